@@ -1,0 +1,185 @@
+"""The ``domainfm`` console script: dispatch only.
+
+``domainfm <group> <verb> [options]`` or ``domainfm <command> [options]``. Groups and verbs are looked up
+in tables of ``"module:function"`` strings, so ``--help`` imports nothing heavy and a run imports only the
+module of its command. Each command is a typed function; its options, ``--config FILE`` and validation
+come from :mod:`domainfm.shared.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from domainfm import __version__
+from domainfm.shared.optional import load_object
+
+
+@dataclass(frozen=True)
+class Group:
+    """A command group: its help line and where its verbs are listed."""
+
+    help: str
+    commands_module: str | None = None
+    commands: dict[str, str] = field(default_factory=dict)
+
+    def verbs(self) -> dict[str, str]:
+        """Verb -> ``"module:function"``, including the generic ``configs`` verb of domain groups."""
+        verbs = dict(self.commands)
+        if self.commands_module:
+            verbs.update(importlib.import_module(self.commands_module).COMMANDS)
+            verbs.setdefault("configs", "domainfm.cli:list_configs")
+        return verbs
+
+
+GROUPS: dict[str, Group] = {
+    "radiology": Group(
+        "ConVIRT: chest X-ray + report ingest, contrastive pretraining, retrieval, label-efficient probes",
+        "domainfm.domains.radiology.cli",
+    ),
+    "pathology": Group(
+        "PLUTO: whole-slide tiling, self-supervised pretraining, embeddings, tile and slide heads",
+        "domainfm.domains.pathology.cli",
+    ),
+    "remote-sensing": Group(
+        "SatVision-TOA: MODIS L1B / GDAL readers, 14-band chips, SimMIM on SwinV2, cloud retrieval",
+        "domainfm.domains.remote_sensing.cli",
+    ),
+    "segmentation": Group(
+        "GMS: generative segmentation in a frozen VAE latent space, UNet baseline",
+        "domainfm.domains.segmentation.cli",
+    ),
+    "tiles": Group("zarr tile store: ingest engine, inspect, verify, streaming loader"),
+    "bench": Group(
+        "benchmarks that print ratios against a baseline measured in the same process",
+        commands={"backbones": "domainfm.shared.backbones.bench:bench_backbones"},
+    ),
+}
+COMMANDS: dict[str, str] = {
+    "info": "domainfm.info:info",
+    "quickstart": "domainfm.quickstart:quickstart",
+}
+
+
+def list_configs(group: str | None = None, show: str | None = None) -> None:
+    """List the configs shipped for a command group, or print one of them.
+
+    Args:
+        group: The command group (set by ``domainfm <group> configs``); all groups when ``None``.
+        show: A config to print (its file name, e.g. ``pluto_tiny.yaml``, or a path).
+    """
+    from domainfm.shared.config import resolve_config_path, shipped_configs
+
+    if show is not None:
+        path = resolve_config_path(show)
+        print(f"# {path}\n{path.read_text()}", end="")
+        return
+    rows = shipped_configs(group)
+    if not rows:
+        print(f"no configs are shipped for {group or 'any group'} yet")
+    for command, path, description in rows:
+        print(f"{path.name:32s} {command:28s} {description}")
+
+
+def _load(target: str) -> Callable[..., Any]:
+    return load_object(target)  # type: ignore[return-value]
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0]
+
+
+def _print_top_help() -> None:
+    print(
+        f"usage: domainfm <group> <verb> [options] | domainfm <command> [options]\n\n"
+        f"domainfm {__version__}: foundation models for radiology, pathology and remote sensing.\n\n"
+        "command groups:"
+    )
+    for name, group in GROUPS.items():
+        print(f"  {name:16s} {group.help}")
+    print("\ncommands:")
+    for name, target in COMMANDS.items():
+        print(f"  {name:16s} {_first_line(_load(target).__doc__)}")
+    print("\n`domainfm <group> --help` lists a group's verbs; `... <verb> --help` its options.")
+
+
+def _print_group_help(name: str, group: Group) -> None:
+    print(f"usage: domainfm {name} <verb> [options]\n\n{group.help}\n\nverbs:")
+    verbs = group.verbs()
+    for verb, target in verbs.items():
+        print(f"  {verb:16s} {_first_line(_load(target).__doc__)}")
+    if not verbs:
+        print("  (none yet: this group's verbs arrive with its issue)")
+
+
+def run_command(
+    command: str, function: Callable[..., Any], argv: Sequence[str], defaults: dict[str, Any] | None = None
+) -> int:
+    """Parses ``argv`` for ``function``, records the resolved config, runs it and returns an exit code."""
+    from domainfm.shared.config import RunRecord, command_parser, explain_parse_error, set_current_run
+
+    parser = command_parser(function, prog=f"domainfm {command}")
+    if defaults:
+        parser.set_defaults(**defaults)
+    try:
+        cfg = parser.parse_args(list(argv))
+    except SystemExit as done:  # --help and --print_config stop here
+        return done.code if isinstance(done.code, int) else 0
+    except argparse.ArgumentError as error:
+        print(f"domainfm {command}: error: {explain_parse_error(error)}", file=sys.stderr)
+        print(f"(`domainfm {command} --help` lists the options)", file=sys.stderr)
+        return 2
+    set_current_run(RunRecord(command, [*command.split(), *argv], parser.dump(cfg, skip_unset=False)))
+    init = parser.instantiate(cfg)
+    names = inspect.signature(function).parameters
+    result = function(**{key: init[key] for key in names})
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``domainfm`` with ``argv`` (``sys.argv[1:]`` when ``None``) and returns the exit status."""
+    from domainfm.shared.errors import DomainfmError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _print_top_help()
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    head, rest = argv[0], argv[1:]
+    try:
+        if head in COMMANDS:
+            return run_command(head, _load(COMMANDS[head]), rest)
+        if head in GROUPS:
+            group = GROUPS[head]
+            verbs = group.verbs()
+            if not rest or rest[0] in ("-h", "--help"):
+                _print_group_help(head, group)
+                return 0 if rest else 2
+            if rest[0] not in verbs:
+                print(
+                    f"domainfm {head}: unknown verb {rest[0]!r}; choose from {', '.join(verbs) or '(none yet)'}",
+                    file=sys.stderr,
+                )
+                return 2
+            function = _load(verbs[rest[0]])
+            defaults = {"group": head} if "group" in inspect.signature(function).parameters else None
+            return run_command(f"{head} {rest[0]}", function, rest[1:], defaults)
+    except DomainfmError as error:
+        print(f"domainfm: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"domainfm: unknown command {head!r}; `domainfm --help` lists the groups and commands",
+        file=sys.stderr,
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

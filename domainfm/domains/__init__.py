@@ -1,0 +1,1 @@
+"""Domain packages. Each imports ``domainfm.shared`` and never another domain."""

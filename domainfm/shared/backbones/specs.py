@@ -1,0 +1,165 @@
+"""The backbone registry: named specs over timm architectures.
+
+Every entry names a timm architecture plus the keyword arguments that make it ours (image size,
+tiny widths for tests, the SatVision-TOA giant shape). Nothing here builds a model; ``create_backbone``
+does. Papers: ViT (Dosovitskiy et al., arXiv 2010.11929), FlexiViT (Beyer et al., arXiv 2212.08013),
+Swin (Liu et al., arXiv 2103.14030), SwinV2 (Liu et al., arXiv 2111.09883), ResNet (He et al.,
+arXiv 1512.03385), SatVision-TOA (arXiv 2411.17000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from domainfm.shared.registry import Registry
+
+Family = Literal["vit", "flexivit", "swin", "swinv2", "resnet"]
+TOKEN_FAMILIES: frozenset[str] = frozenset({"vit", "flexivit"})
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a registered backbone is, readable without building it.
+
+    Attributes:
+        name: Registry key, the name users pass to ``create_backbone``.
+        timm_name: The timm architecture it is built from (random init; nothing downloads).
+        family: Architecture family; decides the feature format and which PEFT methods apply.
+        img_size: Default input size (square); ``None`` for fully convolutional families.
+        description: One line for listings.
+        paper: Where the architecture comes from.
+        timm_kwargs: Extra keyword arguments for ``timm.create_model``.
+        test_variant: A tiny random-initialised model for CPU tests.
+        giant: Too large to instantiate in tests or on CPU (registered for configs and FSDP docs).
+    """
+
+    name: str
+    timm_name: str
+    family: Family
+    img_size: int | None
+    description: str
+    paper: str
+    timm_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    test_variant: bool = False
+    giant: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timm_kwargs", MappingProxyType(dict(self.timm_kwargs)))
+
+    @property
+    def feature_format(self) -> str:
+        """``"tokens"`` (``[B, N, D]``) for ViT families, ``"nchw"`` (``[B, C, H, W]``) otherwise."""
+        return "tokens" if self.family in TOKEN_FAMILIES else "nchw"
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Adds a spec to the registry; its name must be new."""
+    return BACKBONES.add(spec.name, spec)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """The spec registered under ``name`` (unknown names list the close matches)."""
+    return BACKBONES.get(name)
+
+
+def list_backbones(*, include_test: bool = True, include_giant: bool = True) -> list[str]:
+    """Registered backbone names, optionally without tiny test variants or giant specs."""
+    return [
+        name
+        for name in BACKBONES.names()
+        if (include_test or not BACKBONES.get(name).test_variant) and (include_giant or not BACKBONES.get(name).giant)
+    ]
+
+
+_VIT = "ViT, Dosovitskiy et al. 2021 (arXiv 2010.11929)"
+_FLEXIVIT = "FlexiViT, Beyer et al. 2023 (arXiv 2212.08013)"
+_SWIN = "Swin Transformer, Liu et al. 2021 (arXiv 2103.14030)"
+_SWINV2 = "Swin Transformer V2, Liu et al. 2022 (arXiv 2111.09883)"
+_RESNET = "ResNet, He et al. 2016 (arXiv 1512.03385)"
+# ViTs accept any input size (position embeddings interpolated on the fly): X-rays, tiles and chips differ.
+_DYNAMIC = {"dynamic_img_size": True}
+_TINY_SWIN = {"embed_dim": 32, "depths": (1, 1), "num_heads": (2, 4), "window_size": 4}
+
+for _spec in (
+    BackboneSpec("vit_small_patch16_224", "vit_small_patch16_224", "vit", 224, "ViT-S/16, 22 M", _VIT, _DYNAMIC),
+    BackboneSpec("vit_base_patch16_224", "vit_base_patch16_224", "vit", 224, "ViT-B/16, 86 M", _VIT, _DYNAMIC),
+    BackboneSpec(
+        "flexivit_small",
+        "flexivit_small",
+        "flexivit",
+        224,
+        "FlexiViT-S (PLUTO's backbone), 22 M; patch size resampled from checkpoints",
+        _FLEXIVIT,
+        _DYNAMIC,
+    ),
+    BackboneSpec("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", "swin", 224, "Swin-T, 28 M", _SWIN),
+    BackboneSpec("swinv2_tiny_window8_256", "swinv2_tiny_window8_256", "swinv2", 256, "SwinV2-T, 28 M", _SWINV2),
+    BackboneSpec("resnet50", "resnet50", "resnet", None, "ResNet-50 (ConVIRT's image encoder), 24 M", _RESNET),
+    BackboneSpec(
+        "satvision_toa_giant",
+        "swinv2_cr_giant_224",
+        "swinv2",
+        128,
+        "SatVision-TOA giant SwinV2 (~3 B): 14 MODIS bands, patch 4, window 8, depths 2-2-42-2",
+        "SatVision-TOA, NASA GSFC 2024 (arXiv 2411.17000); " + _SWINV2,
+        {"in_chans": 14, "window_size": 8, "extra_norm_period": 6, "drop_path_rate": 0.1},
+        giant=True,
+    ),
+    # Tiny random-initialised variants of each family, for CPU tests and the quickstart.
+    BackboneSpec(
+        "test_vit",
+        "vit_small_patch16_224",
+        "vit",
+        64,
+        "tiny ViT for tests (d=64, depth 2)",
+        _VIT,
+        {**_DYNAMIC, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0},
+        test_variant=True,
+    ),
+    BackboneSpec(
+        "test_flexivit",
+        "flexivit_small",
+        "flexivit",
+        64,
+        "tiny FlexiViT for tests (d=48, depth 2)",
+        _FLEXIVIT,
+        {**_DYNAMIC, "embed_dim": 48, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0},
+        test_variant=True,
+    ),
+    BackboneSpec(
+        "test_swin",
+        "swin_tiny_patch4_window7_224",
+        "swin",
+        64,
+        "tiny Swin for tests",
+        _SWIN,
+        _TINY_SWIN,
+        test_variant=True,
+    ),
+    BackboneSpec(
+        "test_swinv2",
+        "swinv2_tiny_window8_256",
+        "swinv2",
+        64,
+        "tiny SwinV2 for tests",
+        _SWINV2,
+        _TINY_SWIN,
+        test_variant=True,
+    ),
+    BackboneSpec(
+        "test_resnet",
+        "test_resnet",
+        "resnet",
+        None,
+        "timm's tiny ResNet for tests",
+        _RESNET,
+        test_variant=True,
+    ),
+):
+    register_backbone(_spec)
