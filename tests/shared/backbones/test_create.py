@@ -78,3 +78,13 @@ def test_giant_spec_is_registered_with_the_satvision_shape():
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(DomainfmError, match=r"unknown backbone 'vit_smal_patch16_224'.*vit_small_patch16_224"):
         create_backbone("vit_smal_patch16_224")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", TINY)
+def test_backbones_run_in_bf16_on_cuda(name: str):
+    backbone = create_backbone(name, in_chans=14).cuda().eval()
+    size = backbone.img_size or 64
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        pooled = backbone(torch.randn(2, 14, size, size, device="cuda"))
+    assert pooled.shape == (2, backbone.embed_dim) and torch.isfinite(pooled.float()).all()
