@@ -54,10 +54,20 @@ GROUPS: dict[str, Group] = {
         "GMS: generative segmentation in a frozen VAE latent space, UNet baseline",
         "domainfm.domains.segmentation.cli",
     ),
-    "tiles": Group("zarr tile store: ingest engine, inspect, verify, streaming loader"),
+    "tiles": Group(
+        "zarr tile store: ingest engine, inspect, verify, streaming loader",
+        commands={
+            "ingest": "domainfm.shared.tiles.cli:ingest_arrays",
+            "inspect": "domainfm.shared.tiles.cli:inspect",
+            "verify": "domainfm.shared.tiles.cli:verify",
+        },
+    ),
     "bench": Group(
         "benchmarks that print ratios against a baseline measured in the same process",
-        commands={"backbones": "domainfm.shared.backbones.bench:bench_backbones"},
+        commands={
+            "backbones": "domainfm.shared.backbones.bench:bench_backbones",
+            "stream": "domainfm.shared.tiles.bench:bench_stream",
+        },
     ),
 }
 COMMANDS: dict[str, str] = {
@@ -136,8 +146,11 @@ def run_command(
         return 2
     set_current_run(RunRecord(command, [*command.split(), *argv], parser.dump(cfg, skip_unset=False)))
     init = parser.instantiate(cfg)
-    names = inspect.signature(function).parameters
-    result = function(**{key: init[key] for key in names})
+    parameters = inspect.signature(function).parameters.values()
+    args = [init[p.name] for p in parameters if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+    result = function(
+        *args, **{p.name: init[p.name] for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    )
     return result if isinstance(result, int) else 0
 
 

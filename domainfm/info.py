@@ -19,9 +19,18 @@ CORE_PACKAGES = (
     "jsonargparse",
 )
 OPTIONAL_PACKAGES = (
-    "monai", "peft", "captum", "dask", "distributed", "openslide-python", "openslide-bin", "rasterio", "pyhdf",
-    "pydicom", "tokenizers",
-)  # fmt: skip
+    "monai",
+    "peft",
+    "captum",
+    "dask",
+    "distributed",
+    "openslide-python",
+    "openslide-bin",
+    "rasterio",
+    "pyhdf",
+    "pydicom",
+    "tokenizers",
+)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -18,6 +18,7 @@ import datetime as _dt
 import difflib
 import inspect
 import re
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -144,19 +145,27 @@ _loaded_files: list[tuple[Path, set[str]]] = []
 def command_parser(function: Callable[..., Any], prog: str | None = None) -> ArgumentParser:
     """A parser for ``function``'s typed signature, with ``--config`` (YAML) and ``--print_config``.
 
-    Top-level ``bool`` parameters become flags (``--json``, ``--no_json``, or ``--json false``).
+    Positional-only parameters (before ``/``) become positional arguments (``list[...]`` ones take one or
+    more values); keyword parameters become ``--options``, required when they have no default; top-level
+    ``bool`` parameters become flags (``--json``, ``--no_json``, or ``--json false``).
     """
     parser = ArgumentParser(prog=prog, description=(function.__doc__ or "").split("\n\n")[0], exit_on_error=False)
     parser.add_argument("--config", action=ConfigFileAction, help="YAML file with any of the options below.")
-    flags = {
-        name: param
-        for name, param in inspect.signature(function).parameters.items()
-        if param.annotation in (bool, "bool") and isinstance(param.default, bool)
-    }
     helps = {p.arg_name: p.description for p in docstring_parser.parse(function.__doc__ or "").params}
-    for name, param in flags.items():
-        parser.add_argument(f"--{name}", action=ActionYesNo, nargs="?", default=param.default, help=helps.get(name))
-    parser.add_function_arguments(function, fail_untyped=True, as_positional=False, skip=set(flags))
+    hints = typing.get_type_hints(function)
+    handled: set[str] = set()
+    for name, param in inspect.signature(function).parameters.items():
+        hint = hints.get(name)
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            if typing.get_origin(hint) is list:
+                parser.add_argument(name, nargs="+", type=typing.get_args(hint)[0], help=helps.get(name))
+            else:
+                parser.add_argument(name, type=hint, help=helps.get(name))
+            handled.add(name)
+        elif hint is bool and isinstance(param.default, bool):
+            parser.add_argument(f"--{name}", action=ActionYesNo, nargs="?", default=param.default, help=helps.get(name))
+            handled.add(name)
+    parser.add_function_arguments(function, fail_untyped=True, as_positional=False, skip=handled)
     return parser
 
 

@@ -1,0 +1,233 @@
+"""``domainfm bench stream``: TileStream against a PNG DataLoader and the codec's decode limit, in one run.
+
+On a generated store of N tissue-like 224x224x3 uint8 tiles (written by the ingest engine):
+
+(a) ``stream``: TileStream samples/s delivered to the device (shuffled, this machine's default device);
+(b) ``png_dataloader``: ``torch.utils.data.DataLoader`` with 2 workers over the same tiles saved as PNG
+    files, shuffled, decoding with Pillow;
+(c) ``decode_limit``: one tight loop on one thread mapping every shard file and decompressing each inner
+    chunk with the same codec (numcodecs) into a preallocated array: what decoding alone allows.
+
+Ratios are taken within this one run, so they hold on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import mmap
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SOURCE_TILES = 1000
+EMPTY = 2**64 - 1
+
+
+def tissue_tiles(n: int, seed: int, size: int = 224) -> np.ndarray:
+    """``n`` tissue-like RGB tiles: smooth stained texture with nuclei-like dots, shifted per tile."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.empty((8, 3, size, size), np.uint8)
+    for k in range(8):
+        phase = rng.uniform(0, 6.28, 4)
+        field = np.sin(9 * xx + phase[0]) * np.cos(7 * yy + phase[1]) + 0.5 * np.sin(23 * (xx + yy) + phase[2])
+        dots = (np.sin(61 * xx + phase[3]) * np.sin(59 * yy) > 0.93).astype(np.float64)
+        noise = rng.normal(0, 9, (3, size, size))
+        pink = np.array([225, 160, 200])[:, None, None] - np.array([40, 60, 30])[:, None, None] * field
+        base[k] = np.clip(pink - np.array([120, 140, 60])[:, None, None] * dots + noise, 0, 255).astype(np.uint8)
+    shifts = rng.integers(0, size, (n, 2))
+    picks = rng.integers(0, 8, n)
+    tiles = np.empty((n, 3, size, size), np.uint8)
+    for i, (pick, shift) in enumerate(zip(picks, shifts, strict=True)):
+        tiles[i] = np.roll(base[pick], tuple(shift), axis=(1, 2))
+    return tiles
+
+
+def _make_sources(folder: Path, n: int) -> list[Path]:
+    paths = []
+    for i, start in enumerate(range(0, n, SOURCE_TILES)):
+        path = folder / f"tiles_{i:04d}.npy"
+        np.save(path, tissue_tiles(min(SOURCE_TILES, n - start), seed=i))
+        paths.append(path)
+    return paths
+
+
+class _PngTiles(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as image:
+            return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+
+def _write_pngs(sources: list[Path], folder: Path) -> list[Path]:
+    from PIL import Image
+
+    def write(item: tuple[int, np.ndarray]) -> Path:
+        path = folder / f"{item[0]:07d}.png"
+        Image.fromarray(item[1].transpose(1, 2, 0)).save(path, compress_level=1)
+        return path
+
+    files: list[Path] = []
+    with ThreadPoolExecutor(2) as pool:
+        for source in sources:
+            tiles = np.load(source)
+            files += pool.map(write, ((len(files) + i, t) for i, t in enumerate(tiles)))
+    return files
+
+
+def decode_limit(store_path: Path) -> tuple[int, float]:
+    """Tiles decoded per second by one thread doing nothing else (see module docstring (c))."""
+    import numcodecs
+
+    from domainfm.shared.tiles.store import TileStore
+
+    store = TileStore(store_path)
+    codecs = store.tiles.metadata.codecs[0].codecs  # sharding_indexed -> inner codecs
+    blosc = next((c for c in codecs if type(c).__name__ == "BloscCodec"), None)
+    decoder = numcodecs.Blosc() if blosc is not None else None
+    tile_bytes = int(np.prod(store.spec.tile_shape)) * np.dtype(store.spec.dtype).itemsize
+    per_chunk = int(store.tiles.chunks[0])
+    out = np.empty(store.shard_rows * tile_bytes, np.uint8)
+    start, n = time.perf_counter(), 0
+    for shard, (lo, hi) in enumerate(store.shard_ranges()):
+        with (
+            open(store.shard_file(shard), "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            chunks = store.shard_rows // per_chunk  # the index covers the full shard grid, even at the array's end
+            index = np.frombuffer(data[len(data) - 16 * chunks - 4 : len(data) - 4], "<u8").reshape(-1, 2)
+            for k, (offset, nbytes) in enumerate(index.tolist()):
+                if offset == EMPTY:  # inner chunks past the end of the array are not stored
+                    continue
+                target = out[k * per_chunk * tile_bytes :][: per_chunk * tile_bytes]  # edge chunks are stored whole
+                if decoder is None:
+                    target[:] = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
+                else:
+                    view = memoryview(data)[offset : offset + nbytes]
+                    decoder.decode(view, out=target)
+                    view.release()
+        n += hi - lo
+    return n, n / (time.perf_counter() - start)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_stream_benchmark(
+    tiles: int, batch_size: int, device: str, png_tiles: int | None, workdir: Path, rounds: int = 3
+) -> dict:
+    """Builds the data in ``workdir`` and measures (a), (b), (c); returns the JSON fields."""
+    from domainfm.shared.tiles.ingest import ingest
+    from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
+    from domainfm.shared.tiles.store import TileStore
+    from domainfm.shared.tiles.stream import TileStream
+
+    sources = _make_sources(workdir, tiles)
+    store_path = workdir / "store.zarr"
+    t0 = time.perf_counter()
+    summary = ingest(
+        sources,
+        store_path,
+        npy_spec(sources[0], "pathology", ["R", "G", "B"]),
+        read_npy_tiles,
+        "bench.npy",
+        progress=False,
+    )
+    ingest_rate = summary.n_tiles / (time.perf_counter() - t0)
+    pngs = _write_pngs(sources, workdir)
+    for source in sources:
+        source.unlink()
+    results: dict = {
+        "tiles": tiles,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "ingest_tiles_per_s": round(ingest_rate, 1),
+    }
+    # (a) and (c) interleaved, `rounds` times, medians reported: the machine's noise hits both alike
+    samples: dict[str, list[float]] = {"stream": [], "stream_normalized": [], "decode_limit": []}
+    for _ in range(rounds):
+        samples["decode_limit"].append(decode_limit(store_path)[1])
+        for name, normalize in (("stream", False), ("stream_normalized", True)):
+            stream = TileStream(store_path, batch_size, device=device, seed=0, normalize=normalize)
+            start, n = time.perf_counter(), 0
+            for batch in stream:
+                n += len(batch["tiles"])
+            if stream.device.type == "cuda":
+                torch.cuda.synchronize(stream.device)
+            samples[name].append(n / (time.perf_counter() - start))
+            if n != tiles:
+                raise RuntimeError(f"the stream delivered {n} of {tiles} tiles")
+    for name, values in samples.items():
+        results[f"{name}_samples_per_s"] = round(statistics.median(values), 1)
+        results[f"{name}_rounds"] = [round(v, 1) for v in values]
+    results["device"] = str(stream.device)
+    # (b) PNG files through a 2-worker DataLoader (a subset when png_tiles is set)
+    files = pngs[: png_tiles or len(pngs)]
+    loader = torch.utils.data.DataLoader(
+        _PngTiles(files), batch_size=batch_size, shuffle=True, num_workers=2, pin_memory=stream.device.type == "cuda"
+    )
+    start, n = time.perf_counter(), 0
+    for batch in loader:
+        n += len(batch.to(stream.device, non_blocking=True))
+    results["png_dataloader_samples_per_s"] = round(n / (time.perf_counter() - start), 1)
+    results["png_tiles_measured"] = n
+    rate = results["decode_limit_samples_per_s"]
+    results["ratio_vs_png_dataloader"] = round(
+        results["stream_samples_per_s"] / results["png_dataloader_samples_per_s"], 2
+    )
+    results["ratio_vs_decode_limit"] = round(results["stream_samples_per_s"] / rate, 2)
+    results["normalized_ratio_vs_decode_limit"] = round(results["stream_normalized_samples_per_s"] / rate, 2)
+    results["peak_rss_mb"] = round(_rss_mb(), 1)
+    results["layout"] = TileStore(store_path).attrs["layout"]
+    return results
+
+
+def bench_stream(
+    tiles: int = 20000,
+    batch_size: int = 256,
+    device: str = "auto",
+    png_tiles: int | None = None,
+    rounds: int = 3,
+    workdir: Path | None = None,
+    json: bool = False,
+) -> int:
+    """TileStream samples/s against a 2-worker PNG DataLoader and the codec's decode limit.
+
+    Args:
+        tiles: Tiles in the generated store (224x224x3 uint8).
+        batch_size: Tiles per batch for both loaders.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        png_tiles: Measure the PNG loader on this many tiles only (all when unset).
+        rounds: Interleaved rounds of the stream and decode-limit passes (medians are reported).
+        workdir: Where to build the data (a temporary folder, removed afterwards, when unset).
+        json: Print the JSON fields only.
+    """
+    import json as json_module
+
+    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="domainfm-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        results = run_stream_benchmark(tiles, batch_size, device, png_tiles, folder, rounds)
+    finally:
+        if workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    if json:
+        print(json_module.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key:36s} {value}")
+    return 0

@@ -1,0 +1,98 @@
+"""``domainfm tiles ...``: ingest already-tiled arrays, inspect and verify stores, and the stream benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def ingest_arrays(
+    sources: list[Path],
+    /,
+    out: Path,
+    domain: str = "generic",
+    channel_names: list[str] | None = None,
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = False,
+    overwrite: bool = False,
+) -> int:
+    """Ingest .npy tile arrays [N, C, H, W] into a tile store (parallel, resumable).
+
+    Args:
+        sources: ``.npy`` files; their tiles appear in the store in this order.
+        out: Store folder.
+        domain: Recorded domain of the store.
+        channel_names: One name per channel (``c0, c1, ...`` when unset).
+        workers: Local parallel tasks.
+        scheduler: A dask.distributed scheduler address (e.g. ``tcp://host:8786``); local when unset.
+        processes: Local processes instead of threads.
+        overwrite: Replace an existing store of other sources.
+    """
+    from domainfm.shared.tiles.ingest import ingest
+    from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
+
+    spec = npy_spec(sources[0], domain, channel_names)
+    summary = ingest(sources, out, spec, read_npy_tiles, "generic.npy", "1", workers, scheduler, processes, overwrite)
+    print(summary.report())
+    return 0 if summary.ok else 1
+
+
+def inspect(store: Path, /, sheet: Path | None = None, n: int = 64, json: bool = False) -> int:
+    """Counts, channels, statistics and sources of a store, and a PNG contact sheet of sample tiles.
+
+    Args:
+        store: The store folder.
+        sheet: Where to write the contact sheet (``STORE.contact_sheet.png`` beside the store when unset).
+        n: Tiles on the contact sheet.
+        json: Print JSON instead of text.
+    """
+    import json as json_module
+
+    from domainfm.shared.tiles.store import TileStore
+    from domainfm.shared.tiles.summary import contact_sheet, describe
+
+    opened = TileStore(store, allow_incomplete=True)
+    info = describe(opened)
+    default = opened.path.with_name(opened.path.name + ".contact_sheet.png")
+    info["contact_sheet"] = str(contact_sheet(opened, sheet or default, n))
+    if json:
+        print(json_module.dumps(info, indent=2))
+        return 0
+    print(
+        f"{info['path']}: {info['n_tiles']} {info['domain']} tiles {info['tile_shape']} {info['dtype']}, "
+        f"status {info['status']}"
+    )
+    stats = info["stats"]
+    for c, channel in enumerate(info["channels"]):
+        extra = ", ".join(f"{k}={v}" for k, v in channel.items() if k != "name")
+        values = (
+            f"mean {stats['mean'][c]:.4g} std {stats['std'][c]:.4g} [{stats['min'][c]}, {stats['max'][c]}]"
+            if stats
+            else ""
+        )
+        print(f"  channel {channel['name']:10s} {values} {extra}")
+    print(f"  splits {info['splits']}  labels {info['labels']}  companions {info['companions']}")
+    for source in info["sources"]:
+        print(
+            f"  source {source['status']:6s} {source['n_tiles']:7d} tiles  {source['path']}"
+            + (f"  ({source['error']})" if source["error"] else "")
+        )
+    print(f"  contact sheet: {info['contact_sheet']}")
+    return 0
+
+
+def verify(store: Path, /, quick: bool = False) -> int:
+    """Check a store: schema, completion, every shard present and decodable, index consistent.
+
+    Args:
+        store: The store folder.
+        quick: Check that every shard and index chunk exists without decoding the tiles.
+    """
+    from domainfm.shared.tiles.verify import verify_store
+
+    problems = verify_store(store, decode=not quick)
+    for problem in problems:
+        print(f"{store}: {problem}")
+    if not problems:
+        print(f"{store}: ok")
+    return 1 if problems else 0

@@ -1,0 +1,160 @@
+"""Per-source staging fragments: where ingest writes each source before the store is assembled.
+
+A fragment is ``STORE/_staging/<key>/``: a zarr group ``data`` that grows batch by batch (memory bounded
+by the reader's batch size), a ``progress`` file with the tiles written so far, and ``status.json``,
+written atomically as the very last step, saying ``done`` (with the tile count, statistics and source
+fingerprint) or ``failed`` (with the error). A fragment without ``status.json`` was interrupted and is
+redone from scratch on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from domainfm.shared.tiles.schema import INDEX_COLUMNS, INDEX_DEFAULTS, TEXT, StoreSpec, TileBatch
+from domainfm.shared.tiles.stats import RunningStats
+
+Reader = Callable[[Path], Iterator[TileBatch]]
+HEAD_BYTES = 2**20
+_kill_lock = threading.Lock()
+_kill_counts: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Test hook: ``DOMAINFM_TEST_KILL_AT=name:n`` SIGKILLs this process the n-th time ``name`` is reached."""
+    target = os.environ.get("DOMAINFM_TEST_KILL_AT", "")
+    if not target.startswith(name + ":"):
+        return
+    with _kill_lock:
+        _kill_counts[name] = _kill_counts.get(name, 0) + 1
+        if _kill_counts[name] == int(target.split(":", 1)[1]):
+            os.kill(os.getpid(), 9)
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """Identity of a source file: absolute path, size, mtime and the SHA-256 of its first MiB."""
+    stat = path.stat()
+    with open(path, "rb") as handle:
+        head = hashlib.sha256(handle.read(HEAD_BYTES)).hexdigest()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_head": head}
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Writes JSON through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_status(fragment: Path) -> dict[str, Any] | None:
+    """The fragment's final status, or ``None`` if it never finished."""
+    try:
+        return json.loads((fragment / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_progress(fragment: Path) -> int:
+    """Tiles written so far by a running fragment."""
+    try:
+        return int((fragment / "progress").read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+class FragmentWriter:
+    """Appends reader batches to a fragment's growing arrays and keeps their statistics."""
+
+    def __init__(self, fragment: Path, spec: StoreSpec, batch_rows: int = 16) -> None:
+        self.fragment, self.spec, self.n = fragment, spec, 0
+        self.stats = RunningStats(spec.tile_shape[0])
+        group = zarr.open_group(fragment / "data", mode="w")
+        self.arrays = {
+            "tiles": group.create_array(
+                "tiles",
+                shape=(0, *spec.tile_shape),
+                dtype=spec.dtype,
+                chunks=(batch_rows, *spec.tile_shape),
+                compressors=None,
+            )
+        }
+        for name, dtype in INDEX_COLUMNS.items():
+            self.arrays[f"index/{name}"] = group.create_array(f"index/{name}", shape=(0,), dtype=dtype, chunks=(4096,))
+        for name, companion in spec.companions.items():
+            dtype = str if companion.dtype == TEXT else companion.dtype
+            chunks = (batch_rows, *companion.shape)
+            self.arrays[f"companions/{name}"] = group.create_array(
+                f"companions/{name}", shape=(0, *companion.shape), dtype=dtype, chunks=chunks
+            )
+
+    def append(self, batch: TileBatch, source_row: int) -> None:
+        """Writes one batch (validated against the spec) and updates the statistics."""
+        tiles = np.asarray(batch.tiles)
+        if tiles.shape[1:] != self.spec.tile_shape:
+            raise ValueError(f"reader gave tiles of shape {tiles.shape[1:]}, the store holds {self.spec.tile_shape}")
+        n = len(tiles)
+        if n == 0:
+            return
+        columns = {name: np.full(n, INDEX_DEFAULTS[name], dtype) for name, dtype in INDEX_COLUMNS.items()}
+        columns["source"][:] = source_row
+        for name, values in batch.index.items():
+            if name not in INDEX_COLUMNS or name == "source":
+                raise ValueError(f"reader gave unknown index column {name!r}; columns: {list(INDEX_COLUMNS)[1:]}")
+            columns[name][:] = values
+        missing = set(self.spec.companions) - set(batch.companions)
+        if missing or set(batch.companions) - set(self.spec.companions):
+            raise ValueError(
+                f"reader gave companions {sorted(batch.companions)}, the store expects {sorted(self.spec.companions)}"
+            )
+        stop = self.n + n
+        data = {"tiles": tiles.astype(self.spec.dtype, copy=False)}
+        data.update({f"index/{k}": v for k, v in columns.items()})
+        data.update(
+            {
+                f"companions/{k}": np.asarray(v, dtype=object if self.spec.companions[k].dtype == TEXT else None)
+                for k, v in batch.companions.items()
+            }
+        )
+        for key, values in data.items():
+            array = self.arrays[key]
+            array.resize((stop, *array.shape[1:]))
+            array[self.n : stop] = values
+        self.stats.update(data["tiles"], batch.valid)
+        self.n = stop
+        (self.fragment / "progress").write_text(str(self.n))
+        kill_point("batch")
+
+
+def ingest_source(path: str, source_row: int, fragment: str, spec_attrs: dict, reader: Reader) -> dict[str, Any]:
+    """Tiles one source into its fragment; never raises: a failure is recorded in ``status.json``."""
+    fragment_dir, source = Path(fragment), Path(path)
+    shutil.rmtree(fragment_dir, ignore_errors=True)
+    fragment_dir.mkdir(parents=True)
+    spec = StoreSpec.from_attrs(spec_attrs)
+    try:
+        identity = fingerprint(source)
+        writer = FragmentWriter(fragment_dir, spec)
+        for batch in reader(source):
+            writer.append(batch, source_row)
+        status = {"status": "done", "n_tiles": writer.n, "stats": writer.stats.to_dict(), "fingerprint": identity}
+    except Exception as error:  # any reader failure: record it, let the other sources continue
+        status = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(limit=8),
+            "fingerprint": fingerprint(source) if source.is_file() else {"path": str(source)},
+        }
+    write_json_atomic(fragment_dir / "status.json", status)
+    kill_point("source")
+    return status

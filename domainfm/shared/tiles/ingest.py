@@ -1,0 +1,287 @@
+"""The ingest engine: many sources -> one tile store, in parallel, resumable, memory bounded.
+
+1. **Plan.** A new store is created with ``status: ingesting``; an interrupted one is resumed when the
+   command names the same sources and spec (anything else is refused rather than mixed).
+2. **Tile.** Each source whose fragment is not ``done`` (or whose file changed since) is read by the
+   domain's reader into its own staging fragment (:mod:`.fragments`). Sources run as Dask tasks: local
+   threads (default) or processes, or a ``dask.distributed`` cluster when a scheduler address is given
+   (the store must then be on a filesystem every worker sees). A failing source is recorded and the
+   others continue. A progress bar shows tiles and tiles/s.
+3. **Assemble.** The fragments are copied, shard by shard (one task per shard, so one writer per shard),
+   into the sharded store in source order; statistics are merged exactly; the sources table and the
+   attributes are written, ``status: complete`` last.
+
+A run killed at any point and rerun with the same command ends with the same tiles, index and statistics
+as an uninterrupted run: finished fragments are kept, unfinished ones are redone, and assembly is
+repeated from the fragments. The staging folder is removed once every source succeeded; with failures it
+stays, so a rerun only retries the failed sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from domainfm.shared.tiles.fragments import Reader, fingerprint, ingest_source, kill_point, read_progress, read_status
+from domainfm.shared.tiles.layout import choose_layout
+from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
+from domainfm.shared.tiles.stats import RunningStats
+from domainfm.shared.tiles.store import WRITE_ALL_CHUNKS, StoreError, TileStore, create_arrays, initial_attrs
+
+STAGING = "_staging"
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did."""
+
+    store: Path
+    n_tiles: int = 0
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every source was ingested."""
+        return not self.failed
+
+    def report(self) -> str:
+        """A short human summary, naming every failed source and its error."""
+        rate = self.n_tiles / self.seconds if self.seconds else 0.0
+        lines = [
+            f"{self.store}: {self.n_tiles} tiles from {len(self.done)} source(s) in {self.seconds:.1f} s "
+            f"({rate:.0f} tiles/s); {len(self.skipped)} already done, {len(self.failed)} failed"
+        ]
+        lines += [f"  FAILED {path}: {error}" for path, error in self.failed.items()]
+        if self.failed:
+            lines.append("  Fix or remove the failed sources and rerun the same command: finished sources are kept.")
+        return "\n".join(lines)
+
+
+def _open_or_create(out: Path, spec: StoreSpec, sources: list[str], overwrite: bool) -> zarr.Group:
+    planned = [str(Path(s).resolve()) for s in sources]
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if (out / "zarr.json").is_file():
+        try:
+            attrs = dict(zarr.open_group(out, mode="r").attrs)
+        except Exception:  # metadata half-written by a killed run: the fragments still hold everything
+            (out / "zarr.json").unlink()
+            attrs = {}
+        if attrs and StoreSpec.from_attrs(attrs).to_attrs() != spec.to_attrs():
+            raise StoreError(
+                f"{out} holds a store with another spec; pass --overwrite to replace it or choose another --out"
+            )
+        if attrs.get("status") == "complete" and attrs.get("planned_sources") != planned:
+            raise StoreError(
+                f"{out} is a complete store of other sources; pass --overwrite to rebuild it or choose another --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise StoreError(f"{out} exists and is not a tile store; choose another --out")
+    group = zarr.open_group(out, mode="a")
+    if group.attrs.get("status") != "complete":
+        group.attrs.put(
+            {**initial_attrs(spec, choose_layout(spec.tile_shape, spec.dtype, spec.codec)), "planned_sources": planned}
+        )
+    return group
+
+
+def fragment_key(source: str | Path) -> str:
+    """Staging folder name of a source: stable across reruns and across changes to the source list."""
+    return hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:16]
+
+
+def _run_tasks(tasks: list[Any], workers: int, scheduler: str | None, processes: bool) -> list[dict]:
+    import dask
+
+    if scheduler:
+        from domainfm.shared.optional import require
+
+        distributed = require("distributed", "distributed")
+        with distributed.Client(scheduler) as client:
+            return client.gather(client.compute(tasks))
+    mode = "processes" if processes else "threads"
+    return list(dask.compute(*tasks, scheduler=mode, num_workers=workers))
+
+
+def _with_progress(run: Any, fragments: list[Path], show: bool) -> list[dict]:
+    """Runs ``run()`` in a thread while polling the fragments' progress files for a tiles/s bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(value=_capture(run)), daemon=True)
+    start = time.perf_counter()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not show, transient=False) as progress:
+        task = progress.add_task("ingest sources", total=len(fragments), rate="")
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
+            tiles = sum(read_progress(f) for f in fragments)
+            finished = sum(read_status(f) is not None for f in fragments)
+            rate = tiles / max(time.perf_counter() - start, 1e-9)
+            progress.update(task, completed=finished, rate=f"{tiles} tiles, {rate:.0f} tiles/s")
+    if "error" in result["value"]:
+        raise result["value"]["error"]
+    return result["value"]["ok"]
+
+
+def _capture(run: Any) -> dict[str, Any]:
+    try:
+        return {"ok": run()}
+    except BaseException as error:  # re-raised in the caller's thread
+        return {"error": error}
+
+
+def _copy_rows(fragments: list[tuple[Path, int, int]], start: int, stop: int, store: Path, keys: list[str]) -> None:
+    """Writes global rows ``[start, stop)`` of every array from the fragments that hold them (one shard)."""
+    group = zarr.open_group(store, mode="r+")
+    with zarr.config.set(WRITE_ALL_CHUNKS):  # in this worker too: all-zero tiles must still be written
+        for key in keys:
+            parts = []
+            for fragment, offset, count in fragments:
+                lo, hi = max(start, offset), min(stop, offset + count)
+                if lo < hi:
+                    parts.append(zarr.open_array(fragment / "data" / key, mode="r")[lo - offset : hi - offset])
+            group[key][start:stop] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    kill_point("shard")
+
+
+def _assemble(
+    group: zarr.Group,
+    out: Path,
+    spec: StoreSpec,
+    statuses: list[dict],
+    fragment_dirs: list[Path],
+    workers: int,
+    scheduler: str | None,
+    processes: bool,
+) -> int:
+    import dask
+
+    done = [(d, s) for d, s in zip(fragment_dirs, statuses, strict=True) if s["status"] == "done"]
+    offsets, total = [], 0
+    for fragment, status in done:
+        offsets.append((fragment, total, status["n_tiles"]))
+        total += status["n_tiles"]
+    layout = choose_layout(spec.tile_shape, spec.dtype, spec.codec)
+    create_arrays(group, spec, total, layout)
+    keys = ["tiles", *[f"companions/{name}" for name in spec.companions]]
+    rows = int(group["tiles"].shards[0])
+    copies = [dask.delayed(_copy_rows)(offsets, s, min(s + rows, total), out, keys) for s in range(0, total, rows)]
+    if copies:
+        _run_tasks(copies, workers, scheduler, processes)
+    for name in INDEX_COLUMNS:  # a few bytes per tile: assembled in memory, written once
+        parts = [zarr.open_array(f / "data" / "index" / name, mode="r")[:] for f, _, n in offsets if n]
+        if parts:
+            group[f"index/{name}"][:] = np.concatenate(parts)
+    return total
+
+
+def ingest(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    spec: StoreSpec,
+    reader: Reader,
+    reader_name: str,
+    reader_version: str = "1",
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> IngestSummary:
+    """Ingests ``sources`` into the store at ``out`` (see the module docstring for the guarantees).
+
+    Args:
+        sources: Source files, in the order their tiles will appear in the store.
+        out: Store folder.
+        spec: What the store holds (tile shape, dtype, channels, companions, ...).
+        reader: ``reader(path) -> Iterator[TileBatch]``; a module-level function (picklable for processes).
+        reader_name: Recorded in the sources table (e.g. ``"pathology.openslide"``).
+        reader_version: Recorded too; bump it when the reader's output changes.
+        workers: Local parallel tasks.
+        scheduler: ``dask.distributed`` scheduler address; local threads/processes when ``None``.
+        processes: Local processes instead of threads (for readers that hold the GIL).
+        overwrite: Replace an existing store of other sources.
+        progress: Show the progress bar.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    names = [str(s) for s in sources]
+    if len(set(names)) != len(names):
+        raise StoreError("the same source is listed twice")
+    group = _open_or_create(out, spec, names, overwrite)
+    summary = IngestSummary(out)
+    staging = out / STAGING
+    fragment_dirs = [staging / fragment_key(name) for name in names]
+    if group.attrs.get("status") == "complete":
+        shutil.rmtree(staging, ignore_errors=True)
+        summary.skipped, summary.n_tiles = names, int(group["tiles"].shape[0])
+        summary.seconds = time.perf_counter() - start
+        return summary
+    import dask
+
+    todo = []
+    for row, (name, fragment) in enumerate(zip(names, fragment_dirs, strict=True)):
+        status = read_status(fragment)
+        unchanged = status is not None and Path(name).is_file() and status["fingerprint"] == fingerprint(Path(name))
+        if status is not None and status["status"] == "done" and unchanged:
+            summary.skipped.append(name)
+        else:
+            todo.append(dask.delayed(ingest_source)(name, row, str(fragment), spec.to_attrs(), reader))
+    if todo:
+        _with_progress(lambda: _run_tasks(todo, workers, scheduler, processes), fragment_dirs, progress)
+    statuses = [read_status(f) for f in fragment_dirs]
+    if any(s is None for s in statuses):
+        raise StoreError(f"{out}: some sources did not finish; rerun the same command to resume")
+    with zarr.config.set(WRITE_ALL_CHUNKS):
+        summary.n_tiles = _assemble(group, out, spec, statuses, fragment_dirs, workers, scheduler, processes)
+    table = []
+    for name, status in zip(names, statuses, strict=True):
+        entry = {
+            **status["fingerprint"],
+            "reader": reader_name,
+            "reader_version": reader_version,
+            "status": status["status"],
+            "n_tiles": status.get("n_tiles", 0),
+            "error": status.get("error"),
+        }
+        table.append(entry)
+        if status["status"] == "done":
+            summary.done.append(name)
+        else:
+            summary.failed[name] = status["error"]
+    stats = RunningStats(spec.tile_shape[0])
+    for status in statuses:
+        if status["status"] == "done":
+            stats.merge(RunningStats.from_dict(status["stats"]))
+    kill_point("attrs")
+    group.attrs.update({"sources": table, "stats": stats.to_dict(), "status": "complete" if summary.ok else "partial"})
+    if summary.ok:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary.done = [n for n in summary.done if n not in summary.skipped]
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def open_store(path: str | Path) -> TileStore:
+    """Opens a complete store (shorthand for ``TileStore(path)``)."""
+    return TileStore(path)

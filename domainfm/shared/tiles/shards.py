@@ -1,0 +1,141 @@
+"""Whole-shard decoding straight from the shard file, per the zarr v3 ``sharding_indexed`` codec spec.
+
+A shard file holds its inner chunks followed by an index of ``(offset, nbytes)`` little-endian uint64
+pairs per chunk (``2**64 - 1`` for a chunk that is not stored) and the CRC-32C of that index. Reading a
+whole shard through zarr's array API pays per-chunk overhead (measured: 3.6k tiles/s against 15k tiles/s
+for decoding alone, see ``domainfm bench stream``); this decoder reads the file once, checks the index
+checksum and decodes every inner chunk with numcodecs straight into the output (numcodecs releases the
+GIL, so reader threads run in parallel). Layouts it does not know (other codecs, index at the start) fall
+back to zarr.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import google_crc32c
+import numcodecs
+import numpy as np
+import zarr
+
+from domainfm.shared.errors import DomainfmError
+
+EMPTY = 2**64 - 1
+
+
+class ShardCorruptError(DomainfmError):
+    """A shard file is truncated, has a bad index checksum, or lacks a chunk."""
+
+
+class ShardDecoder:
+    """Decodes shards of one sharded array; ``supported`` is False for layouts it does not handle."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.supported = False
+        codecs = array.metadata.codecs
+        if len(codecs) != 1 or type(codecs[0]).__name__ != "ShardingCodec":
+            return
+        sharding = codecs[0]
+        if str(getattr(sharding.index_location, "value", sharding.index_location)) != "end":
+            return
+        if [type(c).__name__ for c in sharding.index_codecs] != ["BytesCodec", "Crc32cCodec"]:
+            return
+        inner = [type(c).__name__ for c in sharding.codecs]
+        if inner[:1] != ["BytesCodec"] or len(inner) > 2:
+            return
+        endian = getattr(sharding.codecs[0].endian, "value", sharding.codecs[0].endian)
+        if array.dtype.itemsize > 1 and endian not in ("little", None):
+            return
+        if inner[1:] == ["BloscCodec"]:
+            self.decoder = numcodecs.Blosc()
+        elif inner[1:] == ["ZstdCodec"]:
+            self.decoder = numcodecs.Zstd()
+        elif inner[1:] == []:
+            self.decoder = None
+        else:
+            return
+        self.rows_per_chunk = int(array.chunks[0])
+        self.rows_per_shard = int(array.shards[0])
+        self.chunks_per_shard = self.rows_per_shard // self.rows_per_chunk
+        self.item_shape = tuple(int(v) for v in array.shape[1:])
+        if tuple(array.chunks[1:]) != self.item_shape or tuple(array.shards[1:]) != self.item_shape:
+            return  # only shards split along the first axis
+        self.chunk_bytes = self.rows_per_chunk * int(np.prod(self.item_shape)) * array.dtype.itemsize
+        self.supported = True
+
+    @property
+    def shard_bytes(self) -> int:
+        """Bytes of one decoded shard (the size of an ``out`` buffer for :meth:`decode`)."""
+        return self.chunks_per_shard * self.chunk_bytes
+
+    def _open(self, path: Path) -> tuple[mmap.mmap, np.ndarray]:
+        """Maps the shard file (no copy out of the page cache) and checks its index."""
+        try:
+            with open(path, "rb") as handle:
+                data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise ShardCorruptError(f"shard file {path} is missing") from None
+        except ValueError:  # an empty file cannot be mapped
+            raise ShardCorruptError(f"shard file {path} is truncated (0 bytes)") from None
+        size, index_size = len(data), 16 * self.chunks_per_shard
+        if size < index_size + 4:
+            raise ShardCorruptError(f"shard file {path} is truncated ({size} bytes)")
+        index_bytes = data[size - index_size - 4 : size - 4]
+        if np.uint32(google_crc32c.value(index_bytes)).tobytes() != data[size - 4 : size]:
+            raise ShardCorruptError(f"shard file {path} is corrupt or truncated: its index checksum does not match")
+        return data, np.frombuffer(index_bytes, "<u8").reshape(-1, 2)
+
+    def _decode_chunk(self, data: mmap.mmap, index: np.ndarray, k: int, target: np.ndarray, path: Path) -> None:
+        offset, nbytes = int(index[k, 0]), int(index[k, 1])
+        if offset == EMPTY or offset + nbytes > len(data) - 16 * self.chunks_per_shard - 4:
+            raise ShardCorruptError(f"shard file {path}: inner chunk {k} is missing or out of bounds")
+        if self.decoder is None:
+            target[:] = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
+            return
+        chunk = memoryview(data)[offset : offset + nbytes]
+        try:
+            self.decoder.decode(chunk, out=target)
+        finally:
+            chunk.release()
+
+    def decode(self, path: Path, rows: int) -> np.ndarray:
+        """The first ``rows`` rows of the shard stored in ``path``."""
+        data, index = self._open(path)
+        out = np.empty(self.shard_bytes, np.uint8)
+        with data:
+            for k in range(-(-rows // self.rows_per_chunk)):
+                self._decode_chunk(data, index, k, out[k * self.chunk_bytes : (k + 1) * self.chunk_bytes], path)
+        return out.view(self.array.dtype).reshape(-1, *self.item_shape)[:rows]
+
+    def iter_rows(self, path: Path, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Decodes only the inner chunks holding ``rows`` (local to the shard), one at a time.
+
+        Yields ``(which, chunk, offsets)``: positions into ``rows``, the decoded inner chunk, and the row
+        of each of them inside ``chunk``. ``chunk`` is a per-thread scratch buffer of one inner chunk
+        (about 2 MiB, so it is still in cache while the caller copies rows out of it); the next step
+        overwrites it.
+        """
+        data, index = self._open(path)
+        scratch = _scratch(self.chunk_bytes)
+        chunk = scratch.view(self.array.dtype).reshape(-1, *self.item_shape)
+        chunk_of = rows // self.rows_per_chunk
+        with data:
+            for k in np.unique(chunk_of).tolist():
+                self._decode_chunk(data, index, k, scratch, path)
+                which = np.flatnonzero(chunk_of == k)
+                yield which, chunk, rows[which] - k * self.rows_per_chunk
+
+
+_local = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A per-thread uint8 buffer of ``size`` bytes, reused across chunks."""
+    buffer = getattr(_local, "scratch", None)
+    if buffer is None or buffer.size != size:
+        buffer = _local.scratch = np.empty(size, np.uint8)
+    return buffer

@@ -1,0 +1,45 @@
+"""A generic reader: NumPy ``.npy`` arrays of tiles ``[N, C, H, W]`` (or ``[N, H, W]`` for one channel).
+
+Domain readers (slides, DICOM, MODIS HDF4, GeoTIFF, image+mask pairs) live in their domain packages and
+yield the same :class:`~domainfm.shared.tiles.schema.TileBatch`. This one serves tests, benchmarks and
+data that is already tiled. Arrays are memory-mapped and read in batches, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from domainfm.shared.tiles.schema import StoreSpec, TileBatch
+
+BATCH = 64
+
+
+def open_npy(path: Path) -> np.ndarray:
+    """Memory-maps a tile array, checking its shape."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable .npy array: {error}") from error
+    if array.ndim == 3:
+        array = array[:, None]
+    if array.ndim != 4:
+        raise ValueError(f"{path} holds shape {array.shape}; expected tiles [N, C, H, W] or [N, H, W]")
+    return array
+
+
+def read_npy_tiles(path: Path) -> Iterator[TileBatch]:
+    """Yields the tiles of one ``.npy`` file in batches; ``x`` is the tile's row in the file."""
+    array = open_npy(path)
+    for start in range(0, len(array), BATCH):
+        tiles = np.ascontiguousarray(array[start : start + BATCH])
+        yield TileBatch(tiles, index={"x": np.arange(start, start + len(tiles))})
+
+
+def npy_spec(path: Path, domain: str = "generic", channel_names: list[str] | None = None) -> StoreSpec:
+    """A store spec matching the first ``.npy`` source."""
+    array = open_npy(path)
+    channels = channel_names or [f"c{i}" for i in range(array.shape[1])]
+    return StoreSpec(domain, tuple(array.shape[1:]), str(array.dtype), [{"name": n} for n in channels])

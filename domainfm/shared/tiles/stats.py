@@ -1,0 +1,93 @@
+"""Exact streaming per-channel statistics (count, mean, variance, min, max) over valid values.
+
+Batches are reduced in float64 and merged with Chan et al.'s parallel update ("Updating Formulae and a
+Pairwise Algorithm for Computing Sample Variances", 1979), so statistics computed while writing, in any
+batching and merged across workers, equal numpy's over the whole data to float64 rounding. NaNs and
+pixels outside a validity mask are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class RunningStats:
+    """Per-channel running statistics. ``update`` with batches ``[N, C, ...]``; ``merge`` partial results."""
+
+    channels: int
+    count: np.ndarray = field(init=False)
+    mean: np.ndarray = field(init=False)
+    m2: np.ndarray = field(init=False)
+    minimum: np.ndarray = field(init=False)
+    maximum: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.count = np.zeros(self.channels, np.int64)
+        self.mean = np.zeros(self.channels, np.float64)
+        self.m2 = np.zeros(self.channels, np.float64)
+        self.minimum = np.full(self.channels, np.inf)
+        self.maximum = np.full(self.channels, -np.inf)
+
+    def update(self, batch: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Adds a batch ``[N, C, *spatial]``; ``valid`` (broadcastable to it, e.g. ``[N, 1, H, W]``) masks pixels."""
+        if batch.ndim < 2 or batch.shape[1] != self.channels:
+            raise ValueError(f"expected a batch [N, {self.channels}, ...], got shape {batch.shape}")
+        floating = np.issubdtype(batch.dtype, np.floating)
+        for c in range(self.channels):
+            values = batch[:, c]
+            if valid is None and not floating:
+                selected = values.reshape(-1).astype(np.float64)
+            else:
+                keep = np.ones(values.shape, bool) if valid is None else np.broadcast_to(valid[:, 0] != 0, values.shape)
+                selected = values[keep & ~np.isnan(values)] if floating else values[keep]
+                selected = selected.astype(np.float64)
+            if selected.size:
+                self._merge_channel(c, selected.size, selected.mean(), ((selected - selected.mean()) ** 2).sum())
+                self.minimum[c] = min(self.minimum[c], selected.min())
+                self.maximum[c] = max(self.maximum[c], selected.max())
+
+    def _merge_channel(self, c: int, n: int, mean: float, m2: float) -> None:
+        total = self.count[c] + n
+        delta = mean - self.mean[c]
+        self.mean[c] += delta * n / total
+        self.m2[c] += m2 + delta**2 * self.count[c] * n / total
+        self.count[c] = total
+
+    def merge(self, other: RunningStats) -> None:
+        """Folds another partial result into this one (order-independent up to rounding)."""
+        for c in range(self.channels):
+            if other.count[c]:
+                self._merge_channel(c, int(other.count[c]), float(other.mean[c]), float(other.m2[c]))
+        self.minimum = np.minimum(self.minimum, other.minimum)
+        self.maximum = np.maximum(self.maximum, other.maximum)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per channel (numpy's ``std`` with ``ddof=0``)."""
+        return np.sqrt(self.m2 / np.maximum(self.count, 1))
+
+    def to_dict(self) -> dict:
+        """JSON form (stored in the group attributes and in staging fragments)."""
+        finite = lambda a: [float(v) if np.isfinite(v) else None for v in a]  # noqa: E731
+        return {
+            "count": self.count.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "m2": self.m2.tolist(),
+            "min": finite(self.minimum),
+            "max": finite(self.maximum),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunningStats:
+        """Inverse of :meth:`to_dict`."""
+        stats = cls(len(data["count"]))
+        stats.count = np.asarray(data["count"], np.int64)
+        stats.mean = np.asarray(data["mean"], np.float64)
+        stats.m2 = np.asarray(data["m2"], np.float64)
+        stats.minimum = np.asarray([np.inf if v is None else v for v in data["min"]], np.float64)
+        stats.maximum = np.asarray([-np.inf if v is None else v for v in data["max"]], np.float64)
+        return stats

@@ -1,0 +1,103 @@
+"""Store verification: schema, completeness, every chunk present and decodable, index consistent.
+
+zarr returns the fill value for a missing chunk without complaint, so verification lists the chunk files
+each array must have (stores write every chunk, see ``WRITE_ALL_CHUNKS``) and decodes them: a truncated
+shard fails its index checksum, a deleted one is missing, a deleted index entry is a missing index chunk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from domainfm.shared.tiles.schema import INDEX_COLUMNS
+from domainfm.shared.tiles.store import StoreError, TileStore
+
+
+def _chunk_files(array: zarr.Array, root: Path) -> list[tuple[tuple[int, ...], Path]]:
+    """The files an array must have: one per shard (or per chunk when unsharded)."""
+    grid = array.shards or array.chunks
+    counts = [math.ceil(s / g) if s else 0 for s, g in zip(array.shape, grid, strict=True)]
+    folder = root / array.path
+    return [(c, folder / "c" / Path(*map(str, c))) for c in itertools.product(*(range(n) for n in counts))]
+
+
+def _check_array(array: zarr.Array, root: Path, decode: bool) -> list[str]:
+    problems = []
+    grid = array.shards or array.chunks
+    for coords, path in _chunk_files(array, root):
+        label = f"{array.path} chunk {'/'.join(map(str, coords))} ({path.relative_to(root)})"
+        if not path.is_file():
+            problems.append(f"{label} is missing")
+            continue
+        if decode:
+            region = tuple(slice(c * g, min((c + 1) * g, s)) for c, g, s in zip(coords, grid, array.shape, strict=True))
+            try:
+                array[region]
+            except Exception as error:  # checksum, codec and truncation errors all mean corruption
+                problems.append(f"{label} is corrupt: {type(error).__name__}: {error}")
+    return problems
+
+
+def verify_store(path: str | Path, decode: bool = True) -> list[str]:
+    """Every problem found in the store at ``path`` (an empty list means it is sound)."""
+    try:
+        store = TileStore(path, allow_incomplete=True)
+    except StoreError as error:
+        return [str(error)]
+    problems: list[str] = []
+    status = store.attrs.get("status")
+    if status != "complete":
+        problems.append(f"status is {status!r}, not 'complete' (rerun the ingest command to finish it)")
+    try:
+        tiles = store.tiles
+    except StoreError as error:
+        return [*problems, str(error)]
+    n = tiles.shape[0]
+    if tuple(tiles.shape[1:]) != store.spec.tile_shape or str(tiles.dtype) != store.spec.dtype:
+        problems.append(
+            f"tiles are {tiles.shape[1:]} {tiles.dtype}; attributes say {store.spec.tile_shape} {store.spec.dtype}"
+        )
+    arrays = [tiles]
+    for name, dtype in INDEX_COLUMNS.items():
+        try:
+            column = store.group[f"index/{name}"]
+        except KeyError:
+            problems.append(f"index column {name!r} is missing")
+            continue
+        if column.shape != (n,) or str(column.dtype) != dtype:
+            problems.append(f"index/{name} is {column.shape} {column.dtype}, expected ({n},) {dtype}")
+        arrays.append(column)
+    for name in store.spec.companions:
+        try:
+            companion = store.group[f"companions/{name}"]
+        except KeyError:
+            problems.append(f"companion {name!r} is missing")
+            continue
+        if companion.shape[0] != n:
+            problems.append(f"companions/{name} has {companion.shape[0]} rows for {n} tiles")
+        arrays.append(companion)
+    for array in arrays:
+        problems += _check_array(array, store.path, decode or array is not tiles)
+    if not problems:
+        problems += _check_index(store)
+    return problems
+
+
+def _check_index(store: TileStore) -> list[str]:
+    sources = store.sources
+    counts = np.bincount(store.index["source"], minlength=len(sources)) if len(store) else np.zeros(len(sources))
+    problems = []
+    if len(counts) > len(sources):
+        problems.append(f"index/source refers to source {len(counts) - 1}; the sources table has {len(sources)} rows")
+    for row, source in enumerate(sources):
+        if row < len(counts) and counts[row] != source.get("n_tiles", 0):
+            problems.append(f"source {source['path']}: {counts[row]} tiles in the index, {source['n_tiles']} recorded")
+    stats = store.stats
+    if stats and len(store) and sum(stats["count"]) == 0:
+        problems.append("normalisation statistics are empty")
+    return problems
