@@ -77,7 +77,7 @@ class TileStream:
         augment: Callable[[Batch], Batch] | None = None,
         companions: tuple[str, ...] = (),
         threads: int = 2,
-        prefetch: int = 3,
+        prefetch: int = 2,
         drop_last: bool = False,
     ) -> None:
         self.store = store if isinstance(store, TileStore) else TileStore(store)
@@ -98,7 +98,7 @@ class TileStream:
         if indices is not None:
             ids = np.intersect1d(ids, np.asarray(indices, dtype=np.int64))
         self.tile_ids = ids
-        self._cpu_buffers = RecyclingBuffers(limit=2 * self.prefetch + 4)
+        self._cpu_buffers = RecyclingBuffers(limit=self._max_open_batches() + self.prefetch + 2)
         self._pinned = PinnedBuffers()
         self.epoch = 0
         self._epoch_set = False
@@ -194,7 +194,7 @@ class TileStream:
         side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         buffers: dict[int, dict[str, Any]] = {}
         in_flight: collections.deque = collections.deque()
-        max_open = -(-self.window_shards * self.store.shard_rows // size) + self.prefetch + 1
+        max_open = self._max_open_batches()
         next_load = next_emit = 0
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="tilestream") as pool:
@@ -232,6 +232,10 @@ class TileStream:
             out.put(error)
             return
         out.put(_DONE)
+
+    def _max_open_batches(self) -> int:
+        """Batches being filled at once: a shuffle window's span plus one (bounds host memory)."""
+        return -(-self.window_shards * self.store.shard_rows // self.batch_size) + 1
 
     def _batch_buffer(self, rows: int) -> dict[str, Any]:
         spec = self.store.spec

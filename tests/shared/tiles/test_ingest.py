@@ -57,19 +57,13 @@ def test_rerun_of_a_complete_store_does_nothing(small_store):
         ingest(sources[:2], store.path, npy_spec(sources[0]), read_npy_tiles, "test.npy", progress=False)
 
 
+def _ingest_command(sources: list[Path], out: Path, workers: int) -> list[str]:
+    files = [str(source) for source in sources]
+    return [sys.executable, "-m", "domainfm", "tiles", "ingest", *files, "--out", str(out), "--workers", str(workers)]
+
+
 def _cli_ingest(sources: list[Path], out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "domainfm",
-        "tiles",
-        "ingest",
-        *map(str, sources),
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-    ]
+    command = _ingest_command(sources, out, workers=1)
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
@@ -89,18 +83,7 @@ def test_killed_ingest_resumes_to_the_same_store(tmp_path: Path, point: str):
 def test_ingest_killed_at_a_random_moment_resumes(tmp_path: Path):
     sources = write_sources(tmp_path, [300] * 24, shape=(3, 64, 64))
     out = tmp_path / "store.zarr"
-    command = [
-        sys.executable,
-        "-m",
-        "domainfm",
-        "tiles",
-        "ingest",
-        *map(str, sources),
-        "--out",
-        str(out),
-        "--workers",
-        "2",
-    ]
+    command = _ingest_command(sources, out, workers=2)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not any((out / STAGING).glob("*/status.json")):
