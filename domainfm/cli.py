@@ -62,6 +62,10 @@ GROUPS: dict[str, Group] = {
             "verify": "domainfm.shared.tiles.cli:verify",
         },
     ),
+    "peft": Group(
+        "PEFT: DVPT and its baselines; parameter counts and method x label-fraction comparisons",
+        commands={"count": "domainfm.shared.peft.cli:count", "compare": "domainfm.shared.peft.cli:compare"},
+    ),
     "bench": Group(
         "benchmarks that print ratios against a baseline measured in the same process",
         commands={

@@ -24,6 +24,7 @@ from domainfm.shared.report import SectionResult, markdown_table
 SECTIONS: dict[str, str] = {
     "backbones": "domainfm.shared.backbones.quickstart:run",
     "tiles": "domainfm.shared.tiles.quickstart:run",
+    "peft": "domainfm.shared.peft.quickstart:run",
 }
 
 

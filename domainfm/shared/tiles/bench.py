@@ -17,9 +17,7 @@ Ratios are taken within this one run, so they hold on a noisy machine.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
-import resource
 import shutil
 import statistics
 import tempfile
@@ -29,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from domainfm.shared.engine.memory import peak_memory_mb, reset_peak_memory
 
 SOURCE_TILES = 1000
 EMPTY = 2**64 - 1
@@ -128,40 +128,6 @@ def decode_limit(store_path: Path) -> tuple[int, float]:
     return n, n / (time.perf_counter() - start)
 
 
-def _reset_peak_rss() -> float:
-    """Returns freed heap to the OS and resets the peak-RSS counter (Linux); returns the current RSS in MB."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _current_rss_mb()
-
-
-def _current_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _peak_rss_since_reset_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return _rss_mb()
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_stream_benchmark(
     tiles: int, batch_size: int, device: str, png_tiles: int | None, workdir: Path, rounds: int = 3
 ) -> dict:
@@ -194,12 +160,12 @@ def run_stream_benchmark(
     }
     # (a) and (c) interleaved, `rounds` times, medians reported: the machine's noise hits both alike
     samples: dict[str, list[float]] = {"stream": [], "stream_normalized": [], "decode_limit": []}
-    phase_peaks = [_peak_rss_since_reset_mb()]  # data generation and ingest
+    phase_peaks = [peak_memory_mb()]  # data generation and ingest
     stream_rss = []
     for _ in range(rounds):
         samples["decode_limit"].append(decode_limit(store_path)[1])
         for name, normalize in (("stream", False), ("stream_normalized", True)):
-            before = _reset_peak_rss()
+            before = reset_peak_memory()
             stream = TileStream(store_path, batch_size, device=device, seed=0, normalize=normalize)
             start, n = time.perf_counter(), 0
             for batch in stream:
@@ -207,7 +173,7 @@ def run_stream_benchmark(
             if stream.device.type == "cuda":
                 torch.cuda.synchronize(stream.device)
             samples[name].append(n / (time.perf_counter() - start))
-            stream_rss.append((_peak_rss_since_reset_mb(), _peak_rss_since_reset_mb() - before))
+            stream_rss.append((peak_memory_mb(), peak_memory_mb() - before))
             if n != tiles:
                 raise RuntimeError(f"the stream delivered {n} of {tiles} tiles")
     for name, values in samples.items():
@@ -232,7 +198,7 @@ def run_stream_benchmark(
     results["normalized_ratio_vs_decode_limit"] = round(results["stream_normalized_samples_per_s"] / rate, 2)
     results["stream_peak_rss_mb"] = round(max(peak for peak, _ in stream_rss), 1)
     results["stream_rss_increase_mb"] = round(max(increase for _, increase in stream_rss), 1)
-    phase_peaks += [peak for peak, _ in stream_rss] + [_peak_rss_since_reset_mb()]
+    phase_peaks += [peak for peak, _ in stream_rss] + [peak_memory_mb()]
     results["peak_rss_mb"] = round(max(phase_peaks), 1)
     results["layout"] = TileStore(store_path).attrs["layout"]
     return results
