@@ -149,6 +149,7 @@ def command_parser(function: Callable[..., Any], prog: str | None = None) -> Arg
     more values); keyword parameters become ``--options``, required when they have no default; top-level
     ``bool`` parameters become flags (``--json``, ``--no_json``, or ``--json false``).
     """
+    _loaded_files.clear()  # error messages name files of this parse only
     parser = ArgumentParser(prog=prog, description=(function.__doc__ or "").split("\n\n")[0], exit_on_error=False)
     parser.add_argument("--config", action=ConfigFileAction, help="YAML file with any of the options below.")
     helps = {p.arg_name: p.description for p in docstring_parser.parse(function.__doc__ or "").params}

@@ -172,6 +172,9 @@ def read_backbone_metadata(path: str | Path) -> dict[str, Any] | None:
         return None
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = (handle.metadata() or {}).get(METADATA_KEY)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = (handle.metadata() or {}).get(METADATA_KEY)
+    except Exception as error:  # safetensors raises its own types for damaged files
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {error}") from error
     return json.loads(meta) if meta else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Literal
 
 from domainfm.shared.registry import Registry
@@ -47,7 +46,7 @@ class BackboneSpec:
     giant: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "timm_kwargs", MappingProxyType(dict(self.timm_kwargs)))
+        object.__setattr__(self, "timm_kwargs", dict(self.timm_kwargs))  # a copy: registered specs stay as built
 
     @property
     def feature_format(self) -> str:

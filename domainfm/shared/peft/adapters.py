@@ -7,11 +7,25 @@ class token: at the input only (shallow) or replaced before every block (deep)).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 
-class AdaptFormerAdapter(nn.Module):
+class ParallelAdapter(nn.Module):
+    """Base of adapters added in parallel to a block's MLP.
+
+    The hook is a bound method, so ``deepcopy`` (EMA teachers, ``AveragedModel``) and pickling rebind it
+    to the copied adapter.
+    """
+
+    def add_to_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the MLP: ``mlp(u) + adapter(u)``."""
+        return output + self(inputs[0])
+
+
+class AdaptFormerAdapter(ParallelAdapter):
     """``s * up(relu(down(x)))`` with ``up`` zero-initialised (identity at initialisation)."""
 
     def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1) -> None:
@@ -27,7 +41,7 @@ class AdaptFormerAdapter(nn.Module):
         return self.scale * self.up(torch.relu(self.down(hidden)))
 
 
-def attach_parallel_to_mlp(block: nn.Module, adapter: nn.Module, name: str) -> None:
+def attach_parallel_to_mlp(block: nn.Module, adapter: ParallelAdapter, name: str) -> None:
     """Registers ``adapter`` on ``block`` and adds ``adapter(mlp_input)`` to the block's MLP output.
 
     A forward hook leaves the frozen MLP and its parameter names untouched, so backbone checkpoints still
@@ -35,7 +49,7 @@ def attach_parallel_to_mlp(block: nn.Module, adapter: nn.Module, name: str) -> N
     blocks.
     """
     block.add_module(name, adapter)
-    block.mlp.register_forward_hook(lambda module, inputs, output: output + adapter(inputs[0]))
+    block.mlp.register_forward_hook(adapter.add_to_output)
 
 
 class VisualPrompts(nn.Module):
@@ -49,13 +63,23 @@ class VisualPrompts(nn.Module):
         self.prompts = nn.Parameter(nn.init.trunc_normal_(torch.empty(depth if deep else 1, tokens, dim), std=0.02))
         self.model = [model]  # a plain list: not a submodule (no parameter duplication)
         # timm reads num_prefix_tokens both before the prompts exist (position embeddings) and after
-        # (pooling, forward_intermediates): it counts the prompts only from their insertion on.
-        model.patch_embed.register_forward_pre_hook(lambda module, inputs: self._set_prefix(self.start))
-        model.norm_pre.register_forward_hook(lambda module, inputs, output: self.insert(output))
+        # (pooling, forward_intermediates): it counts the prompts only from their insertion on. Hooks are
+        # bound methods so deepcopy and pickling rebind them to the copy.
+        model.patch_embed.register_forward_pre_hook(self._reset_prefix)
+        model.norm_pre.register_forward_hook(self._insert_hook)
         if deep:
             for index, block in enumerate(model.blocks):
                 if index:
-                    block.register_forward_pre_hook(lambda module, inputs, i=index: (self.replace(inputs[0], i),))
+                    block.register_forward_pre_hook(functools.partial(self._replace_hook, index))
+
+    def _reset_prefix(self, module: nn.Module, inputs: tuple) -> None:
+        self._set_prefix(self.start)
+
+    def _insert_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.insert(output)
+
+    def _replace_hook(self, layer: int, module: nn.Module, inputs: tuple) -> tuple:
+        return (self.replace(inputs[0], layer),)
 
     def _set_prefix(self, count: int) -> None:
         self.model[0].num_prefix_tokens = count

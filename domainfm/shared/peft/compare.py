@@ -30,8 +30,8 @@ from domainfm.shared.tiles.stream import TileStream, flip_rotate
 
 
 def label_subset(store: TileStore, fraction: float, seed: int) -> np.ndarray:
-    """Tile ids of a stratified ``fraction`` of the train split (at least one tile per class)."""
-    train = np.flatnonzero(store.index["split"] == SPLITS["train"])
+    """Tile ids of a stratified ``fraction`` of the labelled train tiles (at least one tile per class)."""
+    train = np.flatnonzero((store.index["split"] == SPLITS["train"]) & (store.index["label"] >= 0))
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(store.index["label"][train]):
@@ -142,13 +142,16 @@ def run_grid(
             peak = peak_memory_mb(torch_device)
             backbone.to(torch_device)
             head.to(torch_device)
-            val = TileStream(store, 64, split="val", shuffle=False, device=torch_device)
+            labelled_val = np.flatnonzero((store.index["split"] == SPLITS["val"]) & (store.index["label"] >= 0))
+            if not len(labelled_val):
+                raise ValueError(f"{store.path} has no labelled tiles in its val split")
+            val = TileStream(store, 64, indices=labelled_val, shuffle=False, device=torch_device)
             scores = _evaluate(backbone, head, val, classes)
             adapter = save_adapter(backbone.cpu(), out / "adapters" / f"{method}_{fraction:g}.safetensors")
             reattached = load_adapter(
                 adapter, create_backbone(backbone_name, img_size=store.spec.tile_shape[-1], checkpoint=base)
             ).eval()
-            probe = next(iter(TileStream(store, 16, split="val", shuffle=False, device="cpu")))["tiles"]
+            probe = next(iter(TileStream(store, 16, indices=labelled_val, shuffle=False, device="cpu")))["tiles"]
             with torch.no_grad():
                 reattach_diff = float((backbone.eval()(probe) - reattached(probe)).abs().max())
             counts = count_parameters(backbone)

@@ -19,10 +19,12 @@ import math
 import torch
 from torch import nn
 
+from domainfm.shared.peft.adapters import ParallelAdapter
+
 AGGREGATIONS = ("broadcast_pool", "first_k")
 
 
-class DVPT(nn.Module):
+class DVPT(ParallelAdapter):
     """One DVPT module for tokens of width ``dim``.
 
     Args:

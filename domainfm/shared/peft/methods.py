@@ -179,8 +179,17 @@ def count_parameters(backbone: Backbone) -> dict[str, Any]:
 
 
 def peft_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
-    """Only the trainable tensors (shared modules once): what an adapter checkpoint holds."""
-    return {name: p.detach().cpu().contiguous() for name, p in backbone.named_parameters() if p.requires_grad}
+    """What an adapter checkpoint holds.
+
+    The trainable tensors (shared modules once), plus BatchNorm running statistics, which change whenever
+    a CNN runs in training mode, whatever the method trains.
+    """
+    state = {name: p.detach().cpu().contiguous() for name, p in backbone.named_parameters() if p.requires_grad}
+    for module_name, module in backbone.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                state[f"{module_name}.{buffer_name}"] = buffer.detach().cpu().contiguous()
+    return state
 
 
 def save_adapter(backbone: Backbone, path: str | Path) -> Path:
@@ -202,8 +211,11 @@ def load_adapter(path: str | Path, backbone: Backbone | None = None) -> Backbone
     from safetensors.torch import load_file
 
     path = Path(path)
-    with safe_open(str(path), framework="pt") as handle:
-        meta = json.loads((handle.metadata() or {}).get(METADATA_KEY, "null") or "null")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get(METADATA_KEY, "null") or "null")
+    except Exception as error:  # safetensors raises its own types for missing or damaged files
+        raise PeftError(f"{path} is not a readable adapter file: {error}") from error
     if meta is None:
         raise PeftError(f"{path} is not a domainfm adapter file (no {METADATA_KEY} metadata)")
     if backbone is None:

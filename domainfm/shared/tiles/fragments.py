@@ -117,8 +117,15 @@ class FragmentWriter:
             raise ValueError(
                 f"reader gave companions {sorted(batch.companions)}, the store expects {sorted(self.spec.companions)}"
             )
+        target = np.dtype(self.spec.dtype)
+        if tiles.dtype != target and not np.can_cast(tiles.dtype, target, "same_kind"):
+            raise ValueError(f"reader gave {tiles.dtype} tiles; the store holds {target} (convert them in the reader)")
+        if tiles.dtype.kind in "iu" and target.kind in "iu" and tiles.size:
+            info = np.iinfo(target)
+            if tiles.min() < info.min or tiles.max() > info.max:
+                raise ValueError(f"reader gave values outside the {target} range [{info.min}, {info.max}]")
         stop = self.n + n
-        data = {"tiles": tiles.astype(self.spec.dtype, copy=False)}
+        data = {"tiles": tiles.astype(target, copy=False)}
         data.update({f"index/{k}": v for k, v in columns.items()})
         data.update(
             {
@@ -136,7 +143,9 @@ class FragmentWriter:
         kill_point("batch")
 
 
-def ingest_source(path: str, source_row: int, fragment: str, spec_attrs: dict, reader: Reader) -> dict[str, Any]:
+def ingest_source(
+    path: str, source_row: int, fragment: str, spec_attrs: dict, reader: Reader, reader_id: list[str] | None = None
+) -> dict[str, Any]:
     """Tiles one source into its fragment; never raises: a failure is recorded in ``status.json``."""
     fragment_dir, source = Path(fragment), Path(path)
     shutil.rmtree(fragment_dir, ignore_errors=True)
@@ -149,12 +158,17 @@ def ingest_source(path: str, source_row: int, fragment: str, spec_attrs: dict, r
             writer.append(batch, source_row)
         status = {"status": "done", "n_tiles": writer.n, "stats": writer.stats.to_dict(), "fingerprint": identity}
     except Exception as error:  # any reader failure: record it, let the other sources continue
+        try:
+            identity = fingerprint(source)
+        except OSError:
+            identity = {"path": str(source)}
         status = {
             "status": "failed",
             "error": f"{type(error).__name__}: {error}",
             "traceback": traceback.format_exc(limit=8),
-            "fingerprint": fingerprint(source) if source.is_file() else {"path": str(source)},
+            "fingerprint": identity,
         }
+    status["reader"] = reader_id
     write_json_atomic(fragment_dir / "status.json", status)
     kill_point("source")
     return status

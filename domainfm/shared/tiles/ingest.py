@@ -1,7 +1,8 @@
 """The ingest engine: many sources -> one tile store, in parallel, resumable, memory bounded.
 
-1. **Plan.** A new store is created with ``status: ingesting``; an interrupted one is resumed when the
-   command names the same sources and spec (anything else is refused rather than mixed).
+1. **Plan.** A new store is created with ``status: ingesting``. An unfinished one is resumed (its source
+   list may change: fragments are keyed by source path); another spec, a complete store of other sources,
+   or anything at ``out`` that is not a tile store is refused rather than mixed or overwritten.
 2. **Tile.** Each source whose fragment is not ``done`` (or whose file changed since) is read by the
    domain's reader into its own staging fragment (:mod:`.fragments`). Sources run as Dask tasks: local
    threads (default) or processes, or a ``dask.distributed`` cluster when a scheduler address is given
@@ -20,6 +21,7 @@ stays, so a rerun only retries the failed sources.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
 import time
@@ -69,26 +71,41 @@ class IngestSummary:
         return "\n".join(lines)
 
 
+def _read_store_attrs(out: Path) -> dict | None:
+    """The attributes of the tile store at ``out``; ``None`` when its metadata was cut short by a kill.
+
+    Anything else at ``out`` (a plain folder, another zarr array or group) is refused, never modified.
+    """
+    meta_path = out / "zarr.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        return None  # half-written by a killed run: the staging fragments still hold everything
+    if meta.get("node_type") != "group" or "schema_version" not in meta.get("attributes", {}):
+        raise StoreError(f"{out} holds zarr data that is not a domainfm tile store; choose another --out")
+    return meta["attributes"]
+
+
 def _open_or_create(out: Path, spec: StoreSpec, sources: list[str], overwrite: bool) -> zarr.Group:
     planned = [str(Path(s).resolve()) for s in sources]
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if (out / "zarr.json").is_file():
-        try:
-            attrs = dict(zarr.open_group(out, mode="r").attrs)
-        except Exception:  # metadata half-written by a killed run: the fragments still hold everything
-            (out / "zarr.json").unlink()
-            attrs = {}
-        if attrs and StoreSpec.from_attrs(attrs).to_attrs() != spec.to_attrs():
-            raise StoreError(
-                f"{out} holds a store with another spec; pass --overwrite to replace it or choose another --out"
-            )
-        if attrs.get("status") == "complete" and attrs.get("planned_sources") != planned:
-            raise StoreError(
-                f"{out} is a complete store of other sources; pass --overwrite to rebuild it or choose another --out"
-            )
-    elif out.exists() and any(out.iterdir()):
+    if out.exists() and not (out / "zarr.json").is_file() and any(out.iterdir()):
         raise StoreError(f"{out} exists and is not a tile store; choose another --out")
+    attrs = _read_store_attrs(out) if (out / "zarr.json").is_file() else {}
+    if attrs is None:
+        (out / "zarr.json").unlink()
+        attrs = {}
+    resuming = attrs.get("status") in ("ingesting", "partial") and attrs.get("planned_sources") == planned
+    if overwrite and attrs and not resuming:
+        shutil.rmtree(out)  # only ever a tile store (checked above)
+        attrs = {}
+    if attrs and StoreSpec.from_attrs(attrs).to_attrs() != spec.to_attrs():
+        raise StoreError(
+            f"{out} holds a store with another spec; pass --overwrite to replace it or choose another --out"
+        )
+    if attrs.get("status") == "complete" and attrs.get("planned_sources") != planned:
+        raise StoreError(
+            f"{out} is a complete store of other sources; pass --overwrite to rebuild it or choose another --out"
+        )
     group = zarr.open_group(out, mode="a")
     if group.attrs.get("status") != "complete":
         group.attrs.put(
@@ -226,8 +243,10 @@ def ingest(
     start = time.perf_counter()
     out = Path(out)
     names = [str(s) for s in sources]
-    if len(set(names)) != len(names):
-        raise StoreError("the same source is listed twice")
+    resolved = [Path(s).resolve() for s in sources]
+    if len(set(resolved)) != len(resolved):
+        twice = sorted({str(r) for r in resolved if resolved.count(r) > 1})
+        raise StoreError(f"sources listed twice (under any spelling): {twice}")
     group = _open_or_create(out, spec, names, overwrite)
     summary = IngestSummary(out)
     staging = out / STAGING
@@ -242,11 +261,20 @@ def ingest(
     todo = []
     for row, (name, fragment) in enumerate(zip(names, fragment_dirs, strict=True)):
         status = read_status(fragment)
-        unchanged = status is not None and Path(name).is_file() and status["fingerprint"] == fingerprint(Path(name))
+        unchanged = (
+            status is not None
+            and Path(name).is_file()
+            and status["fingerprint"] == fingerprint(Path(name))
+            and status.get("reader") == [reader_name, reader_version]
+        )
         if status is not None and status["status"] == "done" and unchanged:
             summary.skipped.append(name)
         else:
-            todo.append(dask.delayed(ingest_source)(name, row, str(fragment), spec.to_attrs(), reader))
+            todo.append(
+                dask.delayed(ingest_source)(
+                    name, row, str(fragment), spec.to_attrs(), reader, [reader_name, reader_version]
+                )
+            )
     if todo:
         _with_progress(lambda: _run_tasks(todo, workers, scheduler, processes), fragment_dirs, progress)
     statuses = [read_status(f) for f in fragment_dirs]

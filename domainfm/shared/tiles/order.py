@@ -68,9 +68,13 @@ def load_plan(order: np.ndarray, shard_rows: int, gap: int) -> list[ShardLoad]:
     later (the padding at the end of an epoch) is read anew.
     """
     shards = order // shard_rows
+    by_shard = np.argsort(shards, kind="stable")  # positions grouped by shard, ascending within a shard
+    starts = np.flatnonzero(np.diff(shards[by_shard])) + 1
     loads: list[ShardLoad] = []
-    for shard in np.unique(shards).tolist():
-        positions = np.flatnonzero(shards == shard)
+    for positions in np.split(by_shard, starts):
+        if not len(positions):
+            continue
+        shard = int(shards[positions[0]])
         breaks = np.flatnonzero(np.diff(positions) > gap) + 1
         for run in np.split(positions, breaks):
             loads.append(ShardLoad(shard, order[run] - shard * shard_rows, run))

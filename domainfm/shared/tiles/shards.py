@@ -93,14 +93,17 @@ class ShardDecoder:
         offset, nbytes = int(index[k, 0]), int(index[k, 1])
         if offset == EMPTY or offset + nbytes > len(data) - 16 * self.chunks_per_shard - 4:
             raise ShardCorruptError(f"shard file {path}: inner chunk {k} is missing or out of bounds")
-        if self.decoder is None:
-            target[:] = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
-            return
-        chunk = memoryview(data)[offset : offset + nbytes]
         try:
-            self.decoder.decode(chunk, out=target)
-        finally:
-            chunk.release()
+            if self.decoder is None:
+                target[:] = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
+                return
+            chunk = memoryview(data)[offset : offset + nbytes]
+            try:
+                self.decoder.decode(chunk, out=target)
+            finally:
+                chunk.release()
+        except (RuntimeError, ValueError) as error:  # numcodecs and numpy report damage this way
+            raise ShardCorruptError(f"shard file {path}: inner chunk {k} cannot be decoded ({error})") from error
 
     def decode(self, path: Path, rows: int) -> np.ndarray:
         """The first ``rows`` rows of the shard stored in ``path``."""

@@ -56,25 +56,26 @@ def create_arrays(group: zarr.Group, spec: StoreSpec, n_tiles: int, layout: Tile
             config=ARRAY_CONFIG,
             fill_value=INDEX_DEFAULTS[name],
         )
+    # Companion chunks never straddle a tile shard: assembly writes each shard's rows from its own task,
+    # and two tasks writing one chunk would lose rows.
     for name, companion in spec.companions.items():
         if companion.dtype == TEXT:
             group.create_array(
                 f"companions/{name}",
                 shape=(n_tiles,),
                 dtype=str,
-                chunks=(rows,),
+                chunks=(shard_rows,),
                 overwrite=True,
                 config=ARRAY_CONFIG,
             )
         else:
-            shape = (n_tiles, *companion.shape)
             per_tile = int(np.prod(companion.shape)) * np.dtype(companion.dtype).itemsize
-            per_chunk = chunk_rows if per_tile > 4096 else rows
+            rows = chunk_rows if per_tile > 4096 else shard_rows
             group.create_array(
                 f"companions/{name}",
-                shape=shape,
+                shape=(n_tiles, *companion.shape),
                 dtype=companion.dtype,
-                chunks=(per_chunk, *companion.shape),
+                chunks=(rows, *companion.shape),
                 compressors=compressors_for(companion.dtype, layout.codec),
                 overwrite=True,
                 config=ARRAY_CONFIG,

@@ -81,8 +81,8 @@ class TileStream:
         drop_last: bool = False,
     ) -> None:
         self.store = store if isinstance(store, TileStore) else TileStore(store)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 1 or window_shards < 1:
+            raise ValueError(f"batch_size and window_shards must be >= 1, got {batch_size} and {window_shards}")
         self.batch_size, self.shuffle, self.seed, self.window_shards = batch_size, shuffle, seed, window_shards
         self._rank, self._world_size = rank, world_size
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -318,10 +318,12 @@ class RecyclingBuffers:
 
     def acquire(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """A free ``[*shape]`` array (contents undefined)."""
-        for array in self._pool:
+        for index in range(len(self._pool)):
             # references: the pool's list and getrefcount's argument; any tensor or view adds more
-            if sys.getrefcount(array) <= 2 and array.shape == shape and array.dtype == np.dtype(dtype):
-                return array
+            if sys.getrefcount(self._pool[index]) <= 2:
+                array = self._pool[index]
+                if array.shape == shape and array.dtype == np.dtype(dtype):
+                    return array
         array = np.empty(shape, dtype)
         if len(self._pool) < self.limit:
             self._pool.append(array)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.schema import INDEX_COLUMNS
 from domainfm.shared.tiles.store import StoreError, TileStore
 
@@ -81,8 +82,15 @@ def verify_store(path: str | Path, decode: bool = True) -> list[str]:
         if companion.shape[0] != n:
             problems.append(f"companions/{name} has {companion.shape[0]} rows for {n} tiles")
         arrays.append(companion)
-    for array in arrays:
-        problems += _check_array(array, store.path, decode or array is not tiles)
+    problems += _check_array(tiles, store.path, decode=False)
+    if decode and not problems:
+        for shard in range(len(store.shard_ranges())):
+            try:  # the same decoder TileStream uses: it also flags inner chunks the index marks as absent
+                store.read_shard(shard)
+            except DomainfmError as error:
+                problems.append(f"tiles shard {shard} is corrupt: {error}")
+    for array in arrays[1:]:
+        problems += _check_array(array, store.path, decode=True)
     if not problems:
         problems += _check_index(store)
     return problems

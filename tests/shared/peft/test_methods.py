@@ -166,3 +166,42 @@ def test_count_cli_reports_dvpt_under_one_percent_of_vit_base(capsys: pytest.Cap
     counts = json.loads(capsys.readouterr().out)
     assert counts["trainable"] == 415_492 and counts["fraction_of_backbone"] < 0.01
     assert counts["backbone_parameters"] == 85_798_656
+
+
+@pytest.mark.parametrize("method", ["dvpt", "adaptformer", "vpt_deep"])
+def test_deep_copies_use_their_own_adapters(method: str):
+    import copy
+    import pickle
+
+    original = apply_peft(create_backbone("test_vit"), method).eval()
+    if method == "dvpt":
+        for module in original.modules():
+            if isinstance(module, DVPT):
+                torch.nn.init.constant_(module.gate, 1.0)
+    twin = copy.deepcopy(original)
+    x = _input(original)
+    with torch.no_grad():
+        assert torch.equal(original(x), twin(x))
+        for parameter in twin.parameters():
+            if parameter.requires_grad:
+                parameter.add_(1.0)
+        assert not torch.equal(original(x), twin(x)), "the copy must run its own (changed) adapter"
+    restored = pickle.loads(pickle.dumps(twin))
+    with torch.no_grad():
+        assert torch.equal(restored(x), twin(x))
+
+
+def test_batchnorm_statistics_travel_with_the_adapter(tmp_path: Path):
+    torch.manual_seed(0)
+    base = create_backbone("test_resnet")
+    frozen = {k: v.clone() for k, v in base.state_dict().items()}
+    adapted = apply_peft(base, "bitfit").train()
+    for _ in range(3):
+        adapted(torch.randn(4, 3, 64, 64) * 3 + 1)  # training-mode forwards move the running statistics
+    path = save_adapter(adapted, tmp_path / "bitfit.safetensors")
+    fresh = create_backbone("test_resnet")
+    fresh.load_state_dict(frozen)
+    restored = load_adapter(path, fresh).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(adapted.eval()(x), restored(x))

@@ -22,7 +22,7 @@ def test_truncated_shard_is_named(small_store, capsys: pytest.CaptureFixture[str
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     assert main(["tiles", "verify", str(store.path)]) == 1
     out = capsys.readouterr().out
-    assert "tiles chunk 1/0/0/0 (tiles/c/1/0/0/0) is corrupt" in out and "checksum" in out
+    assert "tiles shard 1 is corrupt: shard file" in out and "tiles/c/1/0/0/0" in out and "checksum" in out
     with pytest.raises(Exception, match=r"shard file .*tiles/c/1/0/0/0 is corrupt or truncated"):
         for _ in TileStream(store, 64, normalize=False):
             pass
@@ -75,3 +75,29 @@ def test_inspect_prints_and_draws(small_store, tmp_path: Path, capsys: pytest.Ca
     assert sheet.stat().st_size > 5000 and np.allclose(info["stats"]["mean"], store.stats["mean"])
     assert main(["tiles", "inspect", str(store.path)]) == 0
     assert "channel c0" in capsys.readouterr().out and store.path.with_name("store.zarr.contact_sheet.png").is_file()
+
+
+def test_chunk_marked_absent_in_a_valid_index_is_named(small_store):
+    import google_crc32c
+
+    store, _ = small_store
+    path = store.shard_file(0)
+    data = bytearray(path.read_bytes())
+    entries = store.shard_rows // int(store.tiles.chunks[0])
+    index_start = len(data) - 16 * entries - 4
+    data[index_start : index_start + 16] = np.full(2, 2**64 - 1, "<u8").tobytes()  # chunk 0: "not stored"
+    index = bytes(data[index_start:-4])
+    data[-4:] = np.uint32(google_crc32c.value(index)).tobytes()
+    path.write_bytes(bytes(data))
+    problems = verify_store(store.path)
+    assert any("tiles shard 0 is corrupt" in p and "inner chunk 0 is missing" in p for p in problems), problems
+
+
+def test_damaged_chunk_names_the_shard_file(small_store):
+    store, _ = small_store
+    path = store.shard_file(1)
+    data = bytearray(path.read_bytes())
+    data[0:16] = bytes(16)  # destroy the first Blosc header; the index and its checksum stay valid
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"tiles/c/1/0/0/0: inner chunk 0 cannot be decoded"):
+        store.read_shard(1)
