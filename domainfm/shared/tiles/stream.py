@@ -257,11 +257,14 @@ class TileStream:
         """Decodes one shard's needed rows and copies each straight into its batch slot (a pool task)."""
         size = self.batch_size
         positions = load.positions
+        numbers, slots = (positions // size).tolist(), (positions % size).tolist()
+        targets = {}  # batch number -> numpy view of its tile buffer, looked up once per load
+        for number in set(numbers):
+            tiles = buffers[number]["tiles"]
+            targets[number] = tiles.numpy() if isinstance(tiles, torch.Tensor) else tiles
         for which, chunk, offsets in self.store.iter_shard_rows(load.shard, load.rows):
             for w, offset in zip(which.tolist(), offsets.tolist(), strict=True):
-                q = int(positions[w])
-                target = buffers[q // size]["tiles"]
-                (target.numpy() if isinstance(target, torch.Tensor) else target)[q % size] = chunk[offset]
+                targets[numbers[w]][slots[w]] = chunk[offset]
         if self.companions:
             start, stop = self.store.shard_ranges()[load.shard]
             for name in self.companions:
