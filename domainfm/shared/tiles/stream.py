@@ -318,9 +318,14 @@ class RecyclingBuffers:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._pool: list[np.ndarray] = []
+        self._lock = threading.Lock()  # two live iterators of one stream must never take the same buffer
 
     def acquire(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """A free ``[*shape]`` array (contents undefined)."""
+        with self._lock:
+            return self._acquire(shape, dtype)
+
+    def _acquire(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         for index in range(len(self._pool)):
             # references: the pool's list and getrefcount's argument; any tensor or view adds more
             if sys.getrefcount(self._pool[index]) <= 2:
@@ -338,18 +343,21 @@ class PinnedBuffers:
 
     def __init__(self) -> None:
         self._pool: list[tuple[torch.Tensor, Any]] = []
+        self._lock = threading.Lock()
 
     def acquire(self, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
         """A free pinned ``[*shape]`` tensor."""
-        for i, (tensor, event) in enumerate(self._pool):
-            if tuple(tensor.shape) == shape and (event is None or event.query()):
-                del self._pool[i]
-                return tensor
+        with self._lock:
+            for i, (tensor, event) in enumerate(self._pool):
+                if tuple(tensor.shape) == shape and (event is None or event.query()):
+                    del self._pool[i]
+                    return tensor
         return torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, pin_memory=True)
 
     def release(self, tensor: torch.Tensor, event: Any) -> None:
         """Returns ``tensor`` to the pool; it is reused after ``event`` (its device copy) completes."""
-        self._pool.append((tensor, event))
+        with self._lock:
+            self._pool.append((tensor, event))
 
 
 def flip_rotate(batch: Batch) -> Batch:

@@ -169,3 +169,15 @@ def test_batches_arrive_on_cuda_through_pinned_buffers(small_store):
     assert count == 3100 and sorted(np.concatenate(ids).tolist()) == list(range(3100))
     raw = next(iter(TileStream(store, 64, device="cuda", seed=0, normalize=False)))
     np.testing.assert_array_equal(raw["tiles"].cpu().numpy(), store.tiles[:][raw["tile_id"].cpu().numpy()])
+
+
+def test_two_live_iterators_of_one_stream_never_share_buffers(small_store):
+    store, _ = small_store
+    stream = TileStream(store, 100, normalize=False, seed=2)
+    first, second = iter(stream), iter(stream)
+    tiles = store.tiles[:]
+    kept = []
+    for a, b in zip(first, second, strict=False):
+        kept += [a, b]
+    for batch in kept:  # every kept batch still holds its own tiles
+        np.testing.assert_array_equal(batch["tiles"].numpy(), tiles[batch["tile_id"].numpy()])
