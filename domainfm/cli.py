@@ -100,10 +100,6 @@ def list_configs(group: str | None = None, show: str | None = None) -> None:
         print(f"{path.name:32s} {command:28s} {description}")
 
 
-def _load(target: str) -> Callable[..., Any]:
-    return load_object(target)  # type: ignore[return-value]
-
-
 def _first_line(text: str | None) -> str:
     return (text or "").strip().split("\n")[0]
 
@@ -118,7 +114,7 @@ def _print_top_help() -> None:
         print(f"  {name:16s} {group.help}")
     print("\ncommands:")
     for name, target in COMMANDS.items():
-        print(f"  {name:16s} {_first_line(_load(target).__doc__)}")
+        print(f"  {name:16s} {_first_line(load_object(target).__doc__)}")
     print("\n`domainfm <group> --help` lists a group's verbs; `... <verb> --help` its options.")
 
 
@@ -126,7 +122,7 @@ def _print_group_help(name: str, group: Group) -> None:
     print(f"usage: domainfm {name} <verb> [options]\n\n{group.help}\n\nverbs:")
     verbs = group.verbs()
     for verb, target in verbs.items():
-        print(f"  {verb:16s} {_first_line(_load(target).__doc__)}")
+        print(f"  {verb:16s} {_first_line(load_object(target).__doc__)}")
     if not verbs:
         print("  (none yet: this group's verbs arrive with its issue)")
 
@@ -172,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head, rest = argv[0], argv[1:]
     try:
         if head in COMMANDS:
-            return run_command(head, _load(COMMANDS[head]), rest)
+            return run_command(head, load_object(COMMANDS[head]), rest)
         if head in GROUPS:
             group = GROUPS[head]
             verbs = group.verbs()
@@ -185,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            function = _load(verbs[rest[0]])
+            function = load_object(verbs[rest[0]])
             defaults = {"group": head} if "group" in inspect.signature(function).parameters else None
             return run_command(f"{head} {rest[0]}", function, rest[1:], defaults)
     except DomainfmError as error:

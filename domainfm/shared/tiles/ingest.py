@@ -37,7 +37,7 @@ from domainfm.shared.tiles.fragments import Reader, fingerprint, ingest_source, 
 from domainfm.shared.tiles.layout import choose_layout
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
 from domainfm.shared.tiles.stats import RunningStats
-from domainfm.shared.tiles.store import WRITE_ALL_CHUNKS, StoreError, TileStore, create_arrays, initial_attrs
+from domainfm.shared.tiles.store import WRITE_ALL_CHUNKS, StoreError, create_arrays, initial_attrs
 
 STAGING = "_staging"
 
@@ -308,8 +308,3 @@ def ingest(
     summary.done = [n for n in summary.done if n not in summary.skipped]
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def open_store(path: str | Path) -> TileStore:
-    """Opens a complete store (shorthand for ``TileStore(path)``)."""
-    return TileStore(path)

@@ -59,27 +59,18 @@ def create_arrays(group: zarr.Group, spec: StoreSpec, n_tiles: int, layout: Tile
     # Companion chunks never straddle a tile shard: assembly writes each shard's rows from its own task,
     # and two tasks writing one chunk would lose rows.
     for name, companion in spec.companions.items():
-        if companion.dtype == TEXT:
-            group.create_array(
-                f"companions/{name}",
-                shape=(n_tiles,),
-                dtype=str,
-                chunks=(shard_rows,),
-                overwrite=True,
-                config=ARRAY_CONFIG,
-            )
-        else:
-            per_tile = int(np.prod(companion.shape)) * np.dtype(companion.dtype).itemsize
-            rows = chunk_rows if per_tile > 4096 else shard_rows
-            group.create_array(
-                f"companions/{name}",
-                shape=(n_tiles, *companion.shape),
-                dtype=companion.dtype,
-                chunks=(rows, *companion.shape),
-                compressors=compressors_for(companion.dtype, layout.codec),
-                overwrite=True,
-                config=ARRAY_CONFIG,
-            )
+        text = companion.dtype == TEXT
+        per_tile = 0 if text else int(np.prod(companion.shape)) * np.dtype(companion.dtype).itemsize
+        codecs = {} if text else {"compressors": compressors_for(companion.dtype, layout.codec)}
+        group.create_array(
+            f"companions/{name}",
+            shape=(n_tiles, *companion.shape),
+            dtype=str if text else companion.dtype,
+            chunks=(chunk_rows if per_tile > 4096 else shard_rows, *companion.shape),
+            overwrite=True,
+            config=ARRAY_CONFIG,
+            **codecs,
+        )
 
 
 def initial_attrs(spec: StoreSpec, layout: TileLayout) -> dict[str, Any]:

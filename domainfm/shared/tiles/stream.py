@@ -1,8 +1,9 @@
 """TileStream: batches from a tile store to the accelerator without stalls.
 
-A producer thread walks this rank's part of the epoch order (:mod:`.order`): whole shards are read and
-decoded by a thread pool ahead of need (zarr/Blosc release the GIL), tiles are gathered into
-pre-allocated pinned host buffers (a ring, reused every step), copied to the device with
+A producer thread walks this rank's part of the epoch order (:mod:`.order`): a thread pool maps shard
+files ahead of need and decodes the inner chunks this rank needs (numcodecs releases the GIL), copying
+each tile straight into its slot of a batch buffer; on CUDA those are pinned host buffers (pooled, reused
+once their copy has finished), copied to the device with
 ``non_blocking=True`` on a side CUDA stream while the previous batch computes, and normalised (and
 optionally augmented) on the device. The consumer's stream waits on the copy's event, and
 ``record_stream`` keeps the caching allocator from reusing the memory early. On a CPU-only machine the
@@ -217,10 +218,10 @@ class TileStream:
                         pending[first : last + 1] -= 1
                     while next_emit < n_batches and pending[next_emit] == 0:
                         ids = order[next_emit * size : (next_emit + 1) * size]
-                        batch, event = self._to_device(self._host_batch(ids, buffers.pop(next_emit)), side)
-                        if event is not None:
-                            self._pinned.release(batch["_host_tiles"], event)
-                        batch.pop("_host_tiles", None)
+                        host = self._host_batch(ids, buffers.pop(next_emit))
+                        batch, event = self._to_device(host, side)
+                        if event is not None:  # the pinned tile buffer is free again once its copy is done
+                            self._pinned.release(host["tiles"], event)
                         while not stop.is_set():
                             try:
                                 out.put((batch, event), timeout=0.1)
@@ -275,7 +276,6 @@ class TileStream:
     def _host_batch(self, ids: np.ndarray, buffer: dict[str, Any]) -> dict[str, Any]:
         tiles = buffer.pop("tiles")
         host: dict[str, Any] = {"tiles": tiles if isinstance(tiles, torch.Tensor) else torch.from_numpy(tiles)}
-        host["_host_tiles"] = tiles
         host["tile_id"] = torch.from_numpy(ids.copy())
         for name, column in self.store.index.items():
             host[name] = torch.from_numpy(column[ids])
@@ -285,15 +285,12 @@ class TileStream:
 
     def _to_device(self, host: dict[str, Any], side: Any) -> tuple[Batch, Any]:
         if side is None:
-            host.pop("_host_tiles")
             batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in host.items()}
             return self._finish(batch), None
-        pinned = host.pop("_host_tiles")
         with torch.cuda.stream(side):
             batch = {
                 k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in host.items()
             }
-            batch["_host_tiles"] = pinned
             batch = self._finish(batch)
             event = torch.cuda.Event()
             event.record(side)
