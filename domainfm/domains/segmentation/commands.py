@@ -1,0 +1,265 @@
+"""``domainfm segmentation ...``: phantom, ingest, train-vae, train, eval and compare.
+
+GMS (Huo et al., "Generative Medical Segmentation", AAAI 2025, arXiv 2403.18198) with a MONAI UNet
+baseline. Every command saves its resolved config beside its outputs, so a run can be repeated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+
+def phantom(out: Path, n: int = 120, size: int = 64, seed: int = 0) -> int:
+    """Write phantom image/mask pairs for two sites (``OUT/site_a``, ``OUT/site_b``).
+
+    Args:
+        out: Output folder.
+        n: Images per site.
+        size: Image side in pixels.
+        seed: Random seed.
+    """
+    from domainfm.domains.segmentation.phantom import write_phantom
+
+    written = write_phantom(Path(out), n, size, seed)
+    for site, info in written["sites"].items():
+        print(f"{site}: {n} images in {info['images']}, masks in {info['masks']}")
+    return 0
+
+
+def ingest(
+    images: Path,
+    masks: Path,
+    out: Path,
+    size: int = 224,
+    foreground: list[int] | None = None,
+    allow_unpaired: bool = False,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = False,
+    overwrite: bool = False,
+) -> int:
+    """Ingest PNG/JPEG/TIFF image + mask pairs (paired by file stem) into a segmentation tile store.
+
+    Args:
+        images: Folder of images.
+        masks: Folder of masks (same stems, optionally ending in _mask, _segmentation, _seg, _label, _gt).
+        out: Store folder.
+        size: Side of the stored square tiles (GMS: 224).
+        foreground: Label values counted as foreground in label masks (default: every nonzero value).
+        allow_unpaired: Ingest the pairs even if some files have no partner (they are listed and recorded).
+        val_fraction: Fraction of pairs in the val split (by a stable hash of the stem).
+        test_fraction: Fraction of pairs in the test split.
+        workers: Local parallel tasks.
+        scheduler: A dask.distributed scheduler address; local when unset.
+        processes: Local processes instead of threads.
+        overwrite: Replace an existing store of other sources.
+    """
+    from domainfm.domains.segmentation.data import ingest_pairs
+
+    summary, pairing = ingest_pairs(
+        Path(images),
+        Path(masks),
+        Path(out),
+        size,
+        tuple(foreground) if foreground else None,
+        allow_unpaired,
+        val_fraction,
+        test_fraction,
+        workers,
+        scheduler,
+        processes,
+        overwrite,
+    )
+    if not pairing.complete:
+        print(pairing.report())
+    print(summary.report())
+    return 0 if summary.ok else 1
+
+
+def train_vae(
+    store: Path,
+    out: Path,
+    vae: dict[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-4,
+    shape_fraction: float = 0.5,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """Train the small SD-layout VAE on a store's images (unlabelled) plus random shapes; write OUT/vae.safetensors.
+
+    Args:
+        store: A segmentation tile store (its train split is used; masks are not).
+        out: Output folder.
+        vae: VAE shape: channels, num_res_blocks, latent_channels, norm_num_groups (tiny default).
+        epochs: Training epochs.
+        batch_size: Batch size.
+        lr: AdamW learning rate.
+        kl_weight: Weight of the KL term (per latent element) against the L1 reconstruction.
+        shape_fraction: Fraction of each batch replaced by random binary shapes.
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+    from domainfm.domains.segmentation.models import save_vae
+    from domainfm.domains.segmentation.train import train_vae as fit_vae
+    from domainfm.domains.segmentation.train import write_history
+    from domainfm.domains.segmentation.vae import TINY_VAE, VAEConfig
+    from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.tiles.store import TileStore
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(out)
+    config = VAEConfig.from_dict({**TINY_VAE.to_dict(), **(vae or {})})
+    trained, config, history = fit_vae(
+        TileStore(store), config, epochs, batch_size, lr, kl_weight, shape_fraction, seed, device
+    )
+    path = save_vae(trained, config, out / "vae.safetensors", trained_on=str(store), epochs=epochs)
+    write_history(history, out / "history.json")
+    print(f"wrote {path} (scaling factor {config.scaling_factor:.4f})")
+    return 0
+
+
+def train(
+    store: Path,
+    out: Path,
+    model: Literal["gms", "unet"] = "gms",
+    vae: Path | None = None,
+    mapper: dict[str, Any] | None = None,
+    unet: dict[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 8,
+    lr: float = 2e-3,
+    warmup_epochs: int = 5,
+    seed: int = 2333,
+    device: str = "auto",
+) -> int:
+    """Train GMS (mapper in a frozen VAE's latent space) or the MONAI UNet baseline; write OUT/model.safetensors.
+
+    Args:
+        store: A segmentation tile store (train split; the best val epoch is kept).
+        out: Output folder.
+        model: ``gms`` or ``unet``.
+        vae: For GMS: a VAE from ``train-vae``, or local Stable-Diffusion VAE weights (diffusers folder or file).
+        mapper: Latent mapper options: base, multipliers, groups (paper: base 32, multipliers [1, 2, 4, 4]).
+        unet: UNet options: channels, strides, num_res_units.
+        epochs: Training epochs (the paper: 1000 on its small sets).
+        batch_size: Batch size (the paper: 8).
+        lr: AdamW learning rate (the paper: 2e-3).
+        warmup_epochs: Linear warm-up epochs before the cosine decay (the paper: 5).
+        seed: Random seed (the paper: 2333).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+    from domainfm.domains.segmentation.workflow import fit
+    from domainfm.shared.config import save_resolved_config
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(out)
+    result = fit(model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device)
+    print(
+        f"wrote {result['checkpoint']}: best val Dice {result['best_val_dice']:.3f} at epoch {result['best_epoch']}, "
+        f"{result['trainable_parameters']:,} trainable parameters; QC picture {result['qc']}"
+    )
+    return 0
+
+
+def evaluate(
+    checkpoint: Path,
+    store: Path,
+    split: str = "test",
+    out: Path | None = None,
+    device: str = "auto",
+    json: bool = False,
+) -> int:
+    """Dice, IoU and HD95 (mean and std over images) and trainable parameters of a trained segmenter.
+
+    Args:
+        checkpoint: A model from ``segmentation train``.
+        store: A segmentation tile store (another site's store for cross-domain evaluation).
+        split: ``train``, ``val``, ``test`` or ``all``.
+        out: Folder for a QC picture of predictions (none when unset).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        json: Print JSON.
+    """
+    import json as json_module
+
+    from domainfm.domains.segmentation.workflow import evaluate_checkpoint
+
+    result = evaluate_checkpoint(Path(checkpoint), Path(store), split, Path(out) if out else None, device)
+    if json:
+        print(json_module.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['model']} on {result['store']} ({result['split']}, {result['images']} images): "
+            f"Dice {result['dice_mean']:.3f} ± {result['dice_std']:.3f}, IoU {result['iou_mean']:.3f}, "
+            f"HD95 {result['hd95_mean']:.2f} px; {result['trainable_parameters']:,} trainable parameters"
+        )
+    return 0
+
+
+def compare(
+    out: Path,
+    n: int = 160,
+    size: int = 64,
+    vae: dict[str, Any] | None = None,
+    vae_epochs: int = 10,
+    vae_weights: Path | None = None,
+    mapper: dict[str, Any] | None = None,
+    unet: dict[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 8,
+    lr: float = 2e-3,
+    warmup_epochs: int = 2,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """GMS against the UNet on the phantom: same site and across sites, with trainable parameters.
+
+    Writes the phantom, both stores, the VAE, both models, results.json, results.md and QC pictures.
+
+    Args:
+        out: Output folder.
+        n: Phantom images per site.
+        size: Image side in pixels.
+        vae: VAE shape (tiny default).
+        vae_epochs: VAE training epochs (on site A's images, no masks).
+        vae_weights: Use these VAE weights (e.g. local Stable-Diffusion weights) instead of training one.
+        mapper: Latent mapper options.
+        unet: UNet options.
+        epochs: Epochs of both segmenters (the same budget).
+        batch_size: Batch size of both segmenters.
+        lr: AdamW learning rate of both.
+        warmup_epochs: Warm-up epochs of both.
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+    from domainfm.domains.segmentation.workflow import compare_on_phantom
+    from domainfm.shared.config import save_resolved_config
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(out)
+    rows = compare_on_phantom(
+        out,
+        n,
+        size,
+        vae,
+        vae_epochs,
+        mapper,
+        unet,
+        epochs,
+        batch_size,
+        lr,
+        warmup_epochs,
+        seed,
+        device,
+        vae_weights=Path(vae_weights) if vae_weights else None,
+    )
+    print((out / "results.md").read_text())
+    return 0 if rows else 1

@@ -1,0 +1,259 @@
+"""Image + mask pairs (PNG, JPEG, TIFF) -> a segmentation tile store.
+
+Pairs are found by file stem (``case_01.png`` + ``case_01.png`` in the mask folder; a mask stem may carry
+one of :data:`MASK_SUFFIXES`, as in BUSI's ``benign (1)_mask.png`` or ISIC's ``..._segmentation.png``).
+Images are stored RGB uint8 at ``size x size`` (greyscale replicated; 16-bit and float images scaled by
+their 0.5-99.5 percentiles), masks as the ``mask`` companion (``[1, size, size]``, 0/1) resized with
+nearest neighbour, the original image size as ``source_shape``. GMS resizes every input to a square
+(224 x 224) without keeping the aspect ratio; the store does the same and keeps the original size, so
+metrics can also be reported at native resolution. Splits are a stable hash of the stem, so adding files
+never moves an existing pair to another split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.ingest import IngestSummary
+from domainfm.shared.tiles.schema import SPLITS, Companion, StoreSpec, TileBatch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MASK_SUFFIXES = ("_mask", "_segmentation", "_seg", "_label", "_gt")
+READER_VERSION = "1"
+
+
+class PairingError(DomainfmError, ValueError):
+    """Images and masks that do not pair up."""
+
+
+@dataclass
+class Pairing:
+    """Image/mask files matched by stem, and what did not match."""
+
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    images_without_mask: list[Path] = field(default_factory=list)
+    masks_without_image: list[Path] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every image has a mask and every mask an image."""
+        return not (self.images_without_mask or self.masks_without_image)
+
+    def report(self, limit: int = 20) -> str:
+        """The unpaired files, one per line (at most ``limit`` of each kind)."""
+        lines = [f"{len(self.pairs)} image/mask pairs"]
+        for title, paths in (
+            ("images without a mask", self.images_without_mask),
+            ("masks without an image", self.masks_without_image),
+        ):
+            if paths:
+                lines.append(f"{len(paths)} {title}:")
+                lines += [f"  {p}" for p in paths[:limit]]
+                if len(paths) > limit:
+                    lines.append(f"  ... and {len(paths) - limit} more")
+        return "\n".join(lines)
+
+
+def _by_stem(folder: Path, strip_suffixes: Sequence[str] = ()) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise PairingError(f"{folder} is not a folder of images")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        stem = path.stem
+        for suffix in strip_suffixes:
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        if stem in found:
+            raise PairingError(f"{found[stem]} and {path} share the stem {stem!r}; keep one of them")
+        found[stem] = path
+    return found
+
+
+def find_pairs(images: Path, masks: Path) -> Pairing:
+    """Matches images to masks by stem (mask stems may end in one of :data:`MASK_SUFFIXES`)."""
+    image_files = _by_stem(Path(images))
+    mask_files = _by_stem(Path(masks))
+    if not set(image_files) & set(mask_files):
+        mask_files = _by_stem(Path(masks), MASK_SUFFIXES)
+    stems = sorted(set(image_files) & set(mask_files))
+    return Pairing(
+        [(image_files[s], mask_files[s]) for s in stems],
+        [image_files[s] for s in sorted(set(image_files) - set(mask_files))],
+        [mask_files[s] for s in sorted(set(mask_files) - set(image_files))],
+    )
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    values = array.astype(np.float64)
+    low, high = np.percentile(values, [0.5, 99.5])
+    if high <= low:
+        high = low + 1
+    return np.clip((values - low) / (high - low) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image as ``[H, W, 3]`` uint8 (greyscale replicated, alpha dropped, >8-bit rescaled)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr"):
+                image = image.convert("RGB")
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{path} is not a readable image: {error}") from error
+    if array.ndim == 3 and array.shape[2] > 3:
+        array = array[..., :3]
+    array = _to_uint8(array)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def read_mask(path: Path, foreground: Sequence[int] | None = None) -> np.ndarray:
+    """A mask as ``[H, W]`` bool: nonzero pixels, or pixels whose label is in ``foreground``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{path} is not a readable mask: {error}") from error
+    if array.ndim != 2:
+        raise ValueError(f"{path}: a mask must have one channel, found shape {array.shape}")
+    return np.isin(array, list(foreground)) if foreground else array > 0
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear image and nearest-neighbour mask at ``size x size``."""
+    from PIL import Image
+
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image is {image.shape[:2]} pixels but its mask is {mask.shape}")
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    mask_image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
+    return resized, np.asarray(mask_image) > 127
+
+
+def split_of(stem: str, val_fraction: float, test_fraction: float) -> int:
+    """A stable split for a stem: its hash, not its position, decides."""
+    u = int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) / 16**8
+    return (
+        SPLITS["test"] if u < test_fraction else SPLITS["val"] if u < test_fraction + val_fraction else SPLITS["train"]
+    )
+
+
+def read_pair(
+    image_path: Path,
+    masks: dict[str, str],
+    size: int,
+    foreground: tuple[int, ...] | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> Iterator[TileBatch]:
+    """Reader for the ingest engine: one image and its mask (found in ``masks`` by image path) as one tile."""
+    mask_path = Path(masks[str(image_path)])
+    image, mask = read_image(Path(image_path)), read_mask(mask_path, foreground)
+    try:
+        tile, tile_mask = resize_pair(image, mask, size)
+    except ValueError as error:
+        raise ValueError(f"{image_path} and {mask_path}: {error}") from error
+    split = split_of(Path(image_path).stem, val_fraction, test_fraction)
+    yield TileBatch(
+        tile.transpose(2, 0, 1)[None],
+        index={"label": np.array([int(tile_mask.any())]), "split": np.array([split])},
+        companions={
+            "mask": tile_mask[None, None].astype(np.uint8),
+            "source_shape": np.array([image.shape[:2]], np.int32),
+        },
+    )
+
+
+def segmentation_spec(size: int) -> StoreSpec:
+    """The store spec of image + binary-mask pairs at ``size x size``."""
+    return StoreSpec(
+        "segmentation",
+        (3, size, size),
+        "uint8",
+        [{"name": c} for c in ("R", "G", "B")],
+        value_scaling={"tiles": "uint8 RGB; models read x / 127.5 - 1", "mask": "0 background, 1 foreground"},
+        label_names=["no_foreground", "foreground"],
+        companions={"mask": Companion((1, size, size), "uint8"), "source_shape": Companion((2,), "int32")},
+    )
+
+
+def ingest_pairs(
+    images: Path,
+    masks: Path,
+    out: Path,
+    size: int = 224,
+    foreground: tuple[int, ...] | None = None,
+    allow_unpaired: bool = False,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[IngestSummary, Pairing]:
+    """Pairs images with masks and ingests the pairs (see the module docstring).
+
+    Unpaired files are refused before anything is written, unless ``allow_unpaired``; then they are
+    listed in the returned pairing (and by the CLI) and recorded in the store's ``unpaired`` attribute.
+    """
+    import zarr
+
+    from domainfm.shared.tiles.ingest import ingest
+
+    pairing = find_pairs(images, masks)
+    if not pairing.pairs:
+        raise PairingError(f"no image in {images} has a mask in {masks} with the same stem\n{pairing.report()}")
+    if not pairing.complete and not allow_unpaired:
+        raise PairingError(
+            f"{pairing.report()}\nNothing was written. Add the missing files, or pass --allow-unpaired "
+            "to ingest the pairs and record the rest."
+        )
+    mask_of = {str(image): str(mask) for image, mask in pairing.pairs}
+    reader = partial(
+        read_pair,
+        masks=mask_of,
+        size=size,
+        foreground=foreground,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
+    sources = [image for image, _ in pairing.pairs]
+    summary = ingest(
+        sources,
+        out,
+        segmentation_spec(size),
+        reader,
+        "segmentation.image_mask_pairs",
+        READER_VERSION,
+        workers,
+        scheduler,
+        processes,
+        overwrite,
+        progress,
+    )
+    if summary.ok:
+        zarr.open_group(out, mode="a").attrs["unpaired"] = {
+            "images_without_mask": [str(p) for p in pairing.images_without_mask],
+            "masks_without_image": [str(p) for p in pairing.masks_without_image],
+        }
+    return summary, pairing
