@@ -141,6 +141,8 @@ def train(
 ) -> int:
     """Train GMS (mapper in a frozen VAE's latent space) or the MONAI UNet baseline; write OUT/model.safetensors.
 
+    A killed run resumes from OUT/resume/last.ckpt (written after every epoch) when rerun with the same command.
+
     Args:
         store: A segmentation tile store (train split; the best val epoch is kept).
         out: Output folder.

@@ -66,7 +66,7 @@ def warmup_cosine(epochs: int, warmup: int) -> Any:
     return factor
 
 
-def _trainer(epochs: int, device: torch.device, progress: bool) -> Any:
+def _trainer(epochs: int, device: torch.device, progress: bool, callbacks: list | None = None) -> Any:
     import lightning
 
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -76,16 +76,17 @@ def _trainer(epochs: int, device: torch.device, progress: bool) -> Any:
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks or []),
+        callbacks=callbacks or [],
         enable_progress_bar=progress,
         enable_model_summary=False,
     )
 
 
-def _fit(trainer: Any, task: Any, stream: TileStream) -> None:
+def _fit(trainer: Any, task: Any, stream: TileStream, resume_from: Path | None = None) -> None:
     with warnings.catch_warnings():  # Lightning warns about modules in eval mode: the frozen VAE, on purpose
         warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")
-        trainer.fit(task, train_dataloaders=stream)
+        trainer.fit(task, train_dataloaders=stream, ckpt_path=resume_from, weights_only=True)
 
 
 def _train_stream(store: TileStore, batch_size: int, seed: int, device: torch.device) -> TileStream:
@@ -195,23 +196,36 @@ def _unet_step(model: UNetSegmenter) -> Any:
     return step
 
 
-class KeepBest:
-    """Evaluates on the val split after each epoch and keeps the trainable weights of the best one."""
+def _keep_best(model: nn.Module, store: TileStore, device: torch.device) -> Any:
+    """A Lightning callback that scores the val split after each epoch and keeps the best trainable weights.
 
-    def __init__(self, model: nn.Module, store: TileStore, device: torch.device) -> None:
-        self.model, self.store, self.device = model, store, device
-        self.best_dice, self.best_epoch, self.best_state = -1.0, -1, None
-        self.history: list[dict[str, float]] = []
+    Its state (best score, epoch, weights, history) is saved in resume checkpoints.
+    """
+    import lightning
 
-    def __call__(self, epoch: int) -> None:
-        """Scores the val split after ``epoch``; keeps the weights if they are the best so far."""
-        metrics = evaluate(self.model, self.store, "val", device=self.device)
-        self.model.train()
-        self.history.append({"epoch": epoch, "val_dice": metrics["dice_mean"], "val_iou": metrics["iou_mean"]})
-        if metrics["dice_mean"] > self.best_dice:
-            self.best_dice, self.best_epoch = metrics["dice_mean"], epoch
-            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items() if k in trainable}
+    class KeepBest(lightning.Callback):
+        def __init__(self) -> None:
+            self.best_dice, self.best_epoch, self.best_state = -1.0, -1, None
+            self.history: list[dict[str, float]] = []
+
+        def on_train_epoch_end(self, trainer: Any, _: Any) -> None:
+            metrics = evaluate(model, store, "val", device=device)
+            model.train()
+            epoch = trainer.current_epoch
+            self.history.append({"epoch": epoch, "val_dice": metrics["dice_mean"], "val_iou": metrics["iou_mean"]})
+            if metrics["dice_mean"] > self.best_dice:
+                self.best_dice, self.best_epoch = metrics["dice_mean"], epoch
+                trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+                self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in trainable}
+
+        def state_dict(self) -> dict[str, Any]:
+            return {k: getattr(self, k) for k in ("best_dice", "best_epoch", "best_state", "history")}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            for key, value in state.items():
+                setattr(self, key, value)
+
+    return KeepBest()
 
 
 def train_segmenter(
@@ -224,25 +238,30 @@ def train_segmenter(
     seed: int = 2333,
     device: str = "auto",
     progress: bool = True,
+    resume_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Trains a :class:`GMSSegmenter` or :class:`UNetSegmenter` in place; restores its best val epoch."""
-    import lightning
+    """Trains a :class:`GMSSegmenter` or :class:`UNetSegmenter` in place; restores its best val epoch.
+
+    With ``resume_dir``, ``last.ckpt`` there is written after every epoch (weights, optimiser, schedule,
+    best-so-far) and a rerun continues from it: a killed run loses at most the epoch it was in. The data
+    order after a resume follows the stream's own epoch counter, so it need not repeat the uninterrupted
+    run's order batch for batch.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     model.to(torch_device)
     step = _gms_step(model) if isinstance(model, GMSSegmenter) else _unet_step(model)
     task = _lightning_task(step, model, lr, epochs, min(warmup_epochs, max(0, epochs - 1)))
-    keep_best = KeepBest(model, store, torch_device)
-
-    class ValidateEachEpoch(lightning.Callback):
-        def on_train_epoch_end(self, trainer: Any, _: Any) -> None:
-            keep_best(trainer.current_epoch)
-
-    trainer = _trainer(epochs, torch_device, progress)
-    trainer.callbacks.append(ValidateEachEpoch())
+    keep_best = _keep_best(model, store, torch_device)
+    callbacks, last = [keep_best], None
+    if resume_dir is not None:
+        callbacks.append(ModelCheckpoint(dirpath=resume_dir, save_top_k=0, save_last=True, every_n_epochs=1))
+        last = Path(resume_dir) / "last.ckpt"
+    trainer = _trainer(epochs, torch_device, progress, callbacks)
     start = time.perf_counter()
-    _fit(trainer, task, _train_stream(store, batch_size, seed, torch_device))
+    _fit(trainer, task, _train_stream(store, batch_size, seed, torch_device), last if last and last.is_file() else None)
     if keep_best.best_state is not None:
         model.load_state_dict(keep_best.best_state, strict=False)
     return {

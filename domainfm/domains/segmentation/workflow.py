@@ -9,6 +9,7 @@ settings, so an interrupted study resumes where it stopped.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ def fit(
     store = TileStore(store_path)
     model = build_model(kind, vae, mapper, unet)
     _check_size(model, store)
-    history = train_segmenter(model, store, epochs, batch_size, lr, warmup_epochs, seed, device, progress)
+    resume_dir = Path(out) / "resume"  # last.ckpt after every epoch: a killed run continues from there
+    history = train_segmenter(model, store, epochs, batch_size, lr, warmup_epochs, seed, device, progress, resume_dir)
     checkpoint = save_segmenter(
         model,
         Path(out) / "model.safetensors",
@@ -94,6 +96,7 @@ def fit(
         **(extra or {}),
     )
     write_history(history, Path(out) / "history.json")
+    shutil.rmtree(resume_dir, ignore_errors=True)
     predictions = predict(model, store, split_ids(store, "val")[:8], device=device)
     qc = qc_figure(predictions, Path(out) / "val_predictions.png", f"{kind} on {store.path.name} (val)")
     return {"checkpoint": checkpoint, "qc": qc, **{k: v for k, v in history.items() if k != "losses"}}

@@ -69,17 +69,18 @@ def test_ingested_mask_lines_up_with_the_resized_image(tmp_path: Path):
     assert store.index["label"][0] == 1
 
 
-def test_sixteen_bit_greyscale_and_label_masks(tmp_path: Path):
+def test_sixteen_bit_greyscale_png_and_tiff_and_label_masks(tmp_path: Path):
     image = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
-    path = write(tmp_path / "img16.png", image)
-    rgb = read_image(path)
-    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
-    assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and np.all(rgb[..., 0] == rgb[..., 2])
+    for suffix in (".png", ".tif"):
+        rgb = read_image(write(tmp_path / f"img16{suffix}", image))
+        assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+        assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and np.all(rgb[..., 0] == rgb[..., 2])
     labels = np.zeros((8, 8), np.uint8)
     labels[:2], labels[2:4] = 1, 2
-    mask_path = write(tmp_path / "labels.png", labels)
-    assert read_mask(mask_path).sum() == 32
-    assert read_mask(mask_path, foreground=[2]).sum() == 16
+    for suffix in (".png", ".tiff"):
+        mask_path = write(tmp_path / f"labels{suffix}", labels)
+        assert read_mask(mask_path).sum() == 32
+        assert read_mask(mask_path, foreground=[2]).sum() == 16
 
 
 def test_splits_depend_on_the_stem_only():

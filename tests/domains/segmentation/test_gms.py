@@ -100,3 +100,18 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path: Path, trained_vae):
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(SegmentationCheckpointError, match=r"junk\.safetensors"):
         load_segmenter(tmp_path / "junk.safetensors")
+
+
+def test_a_stopped_training_resumes_from_its_last_epoch(tmp_path: Path, site_stores):
+    from domainfm.domains.segmentation.models import UNetSegmenter
+    from domainfm.domains.segmentation.train import train_segmenter
+    from domainfm.shared.tiles.store import TileStore
+
+    store = TileStore(site_stores["site_a"])
+    first = train_segmenter(UNetSegmenter([8, 16], [2]), store, 2, device="cpu", progress=False, resume_dir=tmp_path)
+    assert (tmp_path / "last.ckpt").is_file()
+    model = UNetSegmenter([8, 16], [2])
+    resumed = train_segmenter(model, store, 3, device="cpu", progress=False, resume_dir=tmp_path)
+    assert [h["epoch"] for h in resumed["val_history"]] == [0, 1, 2]  # epochs 0-1 restored, only epoch 2 run
+    assert len(resumed["losses"]) == len(first["losses"]) // 2
+    assert resumed["val_history"][:2] == first["val_history"]
