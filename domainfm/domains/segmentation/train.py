@@ -21,10 +21,8 @@ lobulated binary shapes (never the store's masks), so that its decoder can draw 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from domainfm.domains.segmentation.models import GMSSegmenter, UNetSegmenter, to
 from domainfm.domains.segmentation.phantom import lesion_mask
 from domainfm.domains.segmentation.vae import VAEConfig, create_vae, encode_mean, freeze
 from domainfm.shared.engine import resolve_device
+from domainfm.shared.engine.training import fit, make_trainer, step_task
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -66,57 +65,17 @@ def warmup_cosine(epochs: int, warmup: int) -> Any:
     return factor
 
 
-def _trainer(epochs: int, device: torch.device, progress: bool, callbacks: list | None = None) -> Any:
-    import lightning
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return lightning.Trainer(
-        max_epochs=epochs,
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks or []),
-        callbacks=callbacks or [],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-    )
-
-
-def _fit(trainer: Any, task: Any, stream: TileStream, resume_from: Path | None = None) -> None:
-    with warnings.catch_warnings():  # Lightning warns about modules in eval mode: the frozen VAE, on purpose
-        warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")
-        trainer.fit(task, train_dataloaders=stream, ckpt_path=resume_from, weights_only=True)
-
-
 def _train_stream(store: TileStore, batch_size: int, seed: int, device: torch.device) -> TileStream:
     return TileStream(store, batch_size, split="train", seed=seed, device=device, normalize=False, companions=("mask",))
 
 
-def _lightning_task(step: Any, module: nn.Module, lr: float, epochs: int, warmup: int) -> Any:
-    """A LightningModule around ``step(batch) -> loss``.
+def _adamw_warmup_cosine(lr: float, epochs: int, warmup: int) -> Any:
+    def optimizers(parameters: list[nn.Parameter]) -> dict:
+        optimizer = torch.optim.AdamW(parameters, lr=lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(epochs, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
-    It optimises ``module``'s trainable parameters with AdamW and the warm-up/cosine schedule.
-    """
-    import lightning
-
-    class Task(lightning.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.module = module
-            self.losses: list[float] = []
-
-        def training_step(self, batch: dict, _: int) -> torch.Tensor:
-            loss = step(batch)
-            self.losses.append(float(loss.detach()))
-            return loss
-
-        def configure_optimizers(self) -> dict:
-            optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(epochs, warmup))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
-
-    return Task()
+    return optimizers
 
 
 def random_shapes(n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -153,9 +112,9 @@ def train_vae(
         kl = 0.5 * (mean.pow(2) + sigma.pow(2) - 2 * torch.log(sigma) - 1).mean()
         return nn.functional.l1_loss(reconstruction, images) + kl_weight * kl
 
-    task = _lightning_task(step, vae, lr, epochs, warmup=0)
+    task = step_task(step, vae, _adamw_warmup_cosine(lr, epochs, 0))
     start = time.perf_counter()
-    _fit(_trainer(epochs, torch_device, progress), task, _train_stream(store, batch_size, seed, torch_device))
+    fit(make_trainer(epochs, torch_device, progress), task, _train_stream(store, batch_size, seed, torch_device))
     vae = freeze(vae.to(torch_device))
     with torch.no_grad():
         stream = TileStream(store, 32, split="train", shuffle=False, device=torch_device, normalize=False)
@@ -253,15 +212,15 @@ def train_segmenter(
     torch.manual_seed(seed)
     model.to(torch_device)
     step = _gms_step(model) if isinstance(model, GMSSegmenter) else _unet_step(model)
-    task = _lightning_task(step, model, lr, epochs, min(warmup_epochs, max(0, epochs - 1)))
+    task = step_task(step, model, _adamw_warmup_cosine(lr, epochs, min(warmup_epochs, max(0, epochs - 1))))
     keep_best = _keep_best(model, store, torch_device)
     callbacks, last = [keep_best], None
     if resume_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=resume_dir, save_top_k=0, save_last=True, every_n_epochs=1))
         last = Path(resume_dir) / "last.ckpt"
-    trainer = _trainer(epochs, torch_device, progress, callbacks)
+    trainer = make_trainer(epochs, torch_device, progress, callbacks)
     start = time.perf_counter()
-    _fit(trainer, task, _train_stream(store, batch_size, seed, torch_device), last if last and last.is_file() else None)
+    fit(trainer, task, _train_stream(store, batch_size, seed, torch_device), last)
     if keep_best.best_state is not None:
         model.load_state_dict(keep_best.best_state, strict=False)
     return {
