@@ -25,6 +25,7 @@ SECTIONS: dict[str, str] = {
     "backbones": "domainfm.shared.backbones.quickstart:run",
     "tiles": "domainfm.shared.tiles.quickstart:run",
     "peft": "domainfm.shared.peft.quickstart:run",
+    "radiology": "domainfm.domains.radiology.quickstart:run",
     "segmentation": "domainfm.domains.segmentation.quickstart:run",
 }
 

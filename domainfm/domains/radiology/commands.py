@@ -94,6 +94,7 @@ def pretrain(
     lr: float = 1e-4,
     weight_decay: float = 1e-6,
     hflip: float = 0.5,
+    augment_strength: float = 1.0,
     seed: int = 0,
     device: str = "auto",
 ) -> int:
@@ -116,6 +117,7 @@ def pretrain(
         lr: Adam learning rate (the paper: 1e-4).
         weight_decay: Adam weight decay (the paper: 1e-6).
         hflip: Horizontal-flip probability (the paper: 0.5; flipping swaps the sides a report names).
+        augment_strength: Scales the ranges of crop, affine, jitter and blur (1: the paper's).
         seed: Random seed.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
     """
@@ -127,6 +129,7 @@ def pretrain(
     result = run(
         Path(store), Path(out), backbone, Path(image_checkpoint) if image_checkpoint else None, text,
         projection_dim, tau, lam, epochs, batch_size, lr, weight_decay, hflip, seed, device,
+        augment_strength=augment_strength,
     )  # fmt: skip
     losses = result["losses"]
     print(f"wrote {result['checkpoint']}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {result['seconds']:.0f} s")
@@ -134,16 +137,18 @@ def pretrain(
 
 
 def evaluate(
-    task: Literal["retrieval", "probe", "knn"],
+    task: Literal["retrieval", "probe", "knn", "finetune"],
     /,
     checkpoint: Path,
     store: Path | None = None,
     candidates: Path | None = None,
     image_queries: Path | None = None,
     text_queries: Path | None = None,
+    image_root: Path | None = None,
     k: list[int] = [5, 10, 50],  # noqa: B006
     fractions: list[float] = [0.01, 0.1, 1.0],  # noqa: B006
     neighbours: int = 10,
+    finetune_epochs: int = 10,
     seed: int = 0,
     device: str = "auto",
     json: bool = False,
@@ -151,15 +156,17 @@ def evaluate(
     """Evaluate a ConVIRT checkpoint: retrieval Precision@k, or a linear/kNN probe at label fractions.
 
     Args:
-        task: ``retrieval`` (CheXpert 8x200 layout CSVs), ``probe`` (linear) or ``knn``.
+        task: ``retrieval`` (CheXpert 8x200 layout CSVs), ``probe`` (linear), ``knn`` or ``finetune`` (full).
         checkpoint: A checkpoint from ``radiology pretrain``.
         store: For probe/knn: a store ingested with --labels (train split trains, test split scores).
         candidates: For retrieval: candidate CSV (Path + one 0/1 column per category).
-        image_queries: For retrieval: image query CSV (same columns).
-        text_queries: For retrieval: text query CSV (Text, Variable).
+        image_queries: For retrieval: image query CSV (Variable, Path).
+        text_queries: For retrieval: text query CSV (Variable, Text).
+        image_root: For retrieval: folder that relative image paths start from (default: each CSV's folder).
         k: Precision@k cut-offs.
         fractions: Label fractions of the train split for probes.
         neighbours: k of the kNN probe.
+        finetune_epochs: Epochs of each full fine-tune.
         seed: Seed of the label subsets and of the random-init baseline.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: Print JSON.
@@ -176,7 +183,9 @@ def evaluate(
     if task == "retrieval":
         if candidates is None or (image_queries is None and text_queries is None):
             raise DomainfmError("retrieval needs --candidates and --image_queries and/or --text_queries CSVs")
-        result: Any = retrieval(model, tokenizer, meta, candidates, image_queries, text_queries, tuple(k), device)
+        result: Any = retrieval(
+            model, tokenizer, meta, candidates, image_queries, text_queries, tuple(k), device, image_root
+        )
         text = (
             "\n".join(
                 f"{direction}: " + ", ".join(f"P@{c} {result[direction][f'precision_at_{c}']:.3f}" for c in k)
@@ -188,8 +197,10 @@ def evaluate(
     else:
         if store is None:
             raise DomainfmError(f"{task} needs --store (a store ingested with --labels)")
-        method = "knn" if task == "knn" else "linear"
-        result = probe(model, meta, TileStore(store), tuple(fractions), method, neighbours, seed, device)
+        method = "linear" if task == "probe" else task
+        result = probe(
+            model, meta, TileStore(store), tuple(fractions), method, neighbours, seed, device, finetune_epochs
+        )
         text = markdown_table(result)
     print(json_module.dumps(result, indent=2) if json else text)
     return 0
@@ -201,10 +212,11 @@ def study(
     size: int = 64,
     backbone: str = "test_resnet",
     text: dict[str, Any] | None = None,
-    epochs: int = 30,
+    epochs: int = 60,
     batch_size: int = 32,
     lr: float = 3e-4,
     hflip: float = 0.0,
+    augment_strength: float = 0.5,
     seed: int = 0,
     device: str = "auto",
 ) -> int:
@@ -220,6 +232,7 @@ def study(
         batch_size: Pretraining batch.
         lr: Adam learning rate.
         hflip: Horizontal-flip probability (0: the phantom reports name sides).
+        augment_strength: Scale of the paper's augmentation ranges.
         seed: Random seed.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
     """
@@ -228,6 +241,19 @@ def study(
 
     Path(out).mkdir(parents=True, exist_ok=True)
     save_resolved_config(Path(out))
-    run_study(Path(out), n, size, backbone, text, epochs, batch_size, lr, hflip, seed, device)
+    run_study(
+        Path(out),
+        n,
+        size,
+        backbone,
+        text,
+        epochs,
+        batch_size,
+        lr,
+        hflip,
+        seed,
+        device,
+        augment_strength=augment_strength,
+    )
     print((Path(out) / "results.md").read_text())
     return 0

@@ -12,7 +12,8 @@ this is written from the paper and ``shared/methods/convirt.md``:
 
 :func:`augment_images` is the paper's image augmentation, done on the device in one resampling per image:
 random crop (side ratio 0.6-1), horizontal flip, affine (rotation +-20 deg, translation 0.1, scale
-0.95-1.05), brightness and contrast in [0.6, 1.4], Gaussian blur (sigma 0.1-3 px).
+0.95-1.05), brightness and contrast in [0.6, 1.4], Gaussian blur (sigma 0.1-3 px at 224 px, scaled with
+the image size).
 """
 
 from __future__ import annotations
@@ -89,18 +90,23 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
-def augment_images(images: torch.Tensor, hflip: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
-    """ConVIRT's augmentation of images in [0, 1] ``[B, C, H, W]`` (see the module docstring); black fills."""
+def augment_images(
+    images: torch.Tensor, hflip: float = 0.5, generator: torch.Generator | None = None, strength: float = 1.0
+) -> torch.Tensor:
+    """ConVIRT's augmentation of images in [0, 1] ``[B, C, H, W]`` (see the module docstring); black fills.
+
+    ``strength`` scales every range (1: the paper's; 0: only the flip), for short runs on small data.
+    """
     b, device = len(images), images.device
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return (torch.rand(b, generator=generator) * (high - low) + low).to(device)
 
-    crop, scale = uniform(0.6, 1.0), uniform(0.95, 1.05)
-    angle = uniform(-20, 20) * math.pi / 180
+    crop, scale = uniform(1 - 0.4 * strength, 1.0), uniform(1 - 0.05 * strength, 1 + 0.05 * strength)
+    angle = uniform(-20 * strength, 20 * strength) * math.pi / 180
     flip = torch.where(uniform(0, 1) < hflip, -1.0, 1.0)
     # where the crop sits inside the image, plus the affine translation (0.1 of the side = 0.2 in [-1, 1])
-    shift_x, shift_y = (uniform(-1, 1) * (1 - crop) + uniform(-0.2, 0.2) for _ in range(2))
+    shift_x, shift_y = (uniform(-1, 1) * (1 - crop) + uniform(-0.2 * strength, 0.2 * strength) for _ in range(2))
     zoom, cos, sin = crop / scale, torch.cos(angle), torch.sin(angle)
     theta = torch.stack(
         [
@@ -111,7 +117,13 @@ def augment_images(images: torch.Tensor, hflip: float = 0.5, generator: torch.Ge
     ).to(images.dtype)
     grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
     out = nn.functional.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
-    brightness, contrast = uniform(0.6, 1.4).view(b, 1, 1, 1), uniform(0.6, 1.4).view(b, 1, 1, 1)
+    jitter = 0.4 * strength
+    brightness = uniform(1 - jitter, 1 + jitter).view(b, 1, 1, 1)
+    contrast = uniform(1 - jitter, 1 + jitter).view(b, 1, 1, 1)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (((out - mean) * contrast + mean) * brightness).clamp(0, 1)
-    return _gaussian_blur(out, uniform(0.1, 3.0).to(images.dtype))
+    if strength == 0:
+        return out
+    scale_to_paper = images.shape[-1] / 224  # the paper's blur range is in pixels of 224 px images
+    sigma = uniform(0.1, 3.0 * strength) * scale_to_paper
+    return _gaussian_blur(out, sigma.clamp_min(0.05).to(images.dtype))

@@ -2,14 +2,15 @@
 
 Protocols of Zhang et al. (MLHC 2022, arXiv 2010.00747), ``shared/methods/convirt.md`` section 2:
 
-* **Retrieval** in the CheXpert 8x200 layout: candidates ``candidate.csv`` (``Path`` + one 0/1 column per
-  category), image queries (same columns) and text queries (``Text``, ``Variable``). Candidates are ranked
+* **Retrieval** with the CheXpert 8x200 files of the ConVIRT repository: candidates ``candidate.csv``
+  (``Path`` + a column per label), image and text queries (``Variable`` + ``Path``/``Text``). Candidates are ranked
   by cosine similarity of the projected, normalised embeddings; a hit is a candidate whose label for the
   query's category is 1. Precision@k is averaged over the queries of a category, then over categories
   (macro), and reported with its chance level (the mean category prevalence among candidates).
 * **Linear probe**: the frozen image tower's pooled features (projection heads removed), a logistic
   regression per label trained on a seeded fraction of the train split, macro AUROC on the test split.
 * **kNN**: cosine k-nearest neighbours in the same features; a label's score is its mean over neighbours.
+* **Full fine-tune**: the image tower and a linear head trained together (Adam 1e-4, BCE) on the fraction.
 
 Each probe also runs on a random-initialised image tower of the same architecture: the baseline ConVIRT
 has to beat.
@@ -57,7 +58,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @torch.no_grad()
-def _embed_files(model: ConVIRT, paths: list[str], meta: dict[str, Any], device: torch.device) -> torch.Tensor:
+def embed_files(model: ConVIRT, paths: list[str], meta: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Projected, normalised embeddings of radiograph files (read and letterboxed as at ingest)."""
     size = meta["image_size"]
     out = []
     for start in range(0, len(paths), 32):
@@ -65,6 +67,10 @@ def _embed_files(model: ConVIRT, paths: list[str], meta: dict[str, Any], device:
         images = normalise(torch.from_numpy(tiles)[:, None].to(device), meta["normalization"])
         out.append(model.embed_images(images).cpu())
     return torch.cat(out)
+
+
+def _resolve(path: str, root: Path) -> str:
+    return str(Path(path) if Path(path).is_absolute() else root / path)
 
 
 @torch.no_grad()
@@ -77,33 +83,47 @@ def retrieval(
     text_queries: Path | None = None,
     ks: tuple[int, ...] = (5, 10, 50),
     device: str = "auto",
+    image_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Image->image and text->image Precision@k (per category and macro mean) with chance levels."""
+    """Image->image and text->image Precision@k (per category and macro mean) with chance levels.
+
+    The CSVs are those of the ConVIRT repository (CheXpert 8x200): ``candidate.csv`` with ``Path`` and a
+    column per CheXpert label (1.0 = positive; 0, -1 and blank are not hits), ``image-retrieval/query.csv``
+    with ``Variable,Path`` and ``text-retrieval/query.csv`` with ``Variable,Text``. Relative paths resolve
+    against ``image_root`` (default: each CSV's folder).
+    """
     torch_device = resolve_device(device)
     model = model.to(torch_device).eval()
     rows = _read_csv(Path(candidates))
-    categories = [c for c in rows[0] if c != "Path"]
-    base = Path(candidates).parent
-    paths = [str(Path(r["Path"]) if Path(r["Path"]).is_absolute() else base / r["Path"]) for r in rows]
-    labels = torch.tensor([[float(r[c] or 0) > 0 for c in categories] for r in rows])
-    candidate_embeddings = _embed_files(model, paths, meta, torch_device)
+    query_sets: dict[str, list[dict[str, str]]] = {}
+    if image_queries is not None:
+        query_sets["image_to_image"] = _read_csv(Path(image_queries))
+    if text_queries is not None:
+        query_sets["text_to_image"] = _read_csv(Path(text_queries))
+    categories = list(dict.fromkeys(r["Variable"] for queries in query_sets.values() for r in queries))
+    missing = [c for c in categories if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{candidates} has no column for the query categories {missing}")
+
+    def positive(value: str | None) -> bool:
+        try:
+            return float(value or 0) == 1.0
+        except ValueError as error:
+            raise ValueError(f"{candidates}: label values must be numbers, found {value!r}") from error
+
+    labels = torch.tensor([[positive(r[c]) for c in categories] for r in rows])
+    root = Path(image_root) if image_root else Path(candidates).parent
+    candidate_embeddings = embed_files(model, [_resolve(r["Path"], root) for r in rows], meta, torch_device)
     result: dict[str, Any] = {"candidates": len(rows), "categories": categories}
     result["chance"] = float(labels.float().mean(0).mean())
-    queries: dict[str, tuple[torch.Tensor, list[str]]] = {}
-    if image_queries is not None:
-        query_rows = _read_csv(Path(image_queries))
-        qbase = Path(image_queries).parent
-        qpaths = [str(Path(r["Path"]) if Path(r["Path"]).is_absolute() else qbase / r["Path"]) for r in query_rows]
-        query_categories = [next(c for c in categories if float(r.get(c) or 0) > 0) for r in query_rows]
-        queries["image_to_image"] = (_embed_files(model, qpaths, meta, torch_device), query_categories)
-    if text_queries is not None:
-        query_rows = _read_csv(Path(text_queries))
-        tokens = {k: v.to(torch_device) for k, v in tokenizer([r["Text"] for r in query_rows]).items()}
-        queries["text_to_image"] = (model.embed_text(**tokens).cpu(), [r["Variable"] for r in query_rows])
-    for name, (embeddings, query_categories) in queries.items():
-        unknown = sorted(set(query_categories) - set(categories))
-        if unknown:
-            raise ValueError(f"{name} queries name categories {unknown} that the candidates lack ({categories})")
+    for name, queries in query_sets.items():
+        if name == "image_to_image":
+            query_root = Path(image_root) if image_root else Path(image_queries).parent  # type: ignore[arg-type]
+            embeddings = embed_files(model, [_resolve(r["Path"], query_root) for r in queries], meta, torch_device)
+        else:
+            tokens = {k: v.to(torch_device) for k, v in tokenizer([r["Text"] for r in queries]).items()}
+            embeddings = model.embed_text(**tokens).cpu()
+        query_categories = [r["Variable"] for r in queries]
         similarity = embeddings @ candidate_embeddings.T
         relevant = torch.stack([labels[:, categories.index(c)] for c in query_categories])
         per_direction: dict[str, Any] = {}
@@ -169,6 +189,38 @@ def knn_scores(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, k:
     return labels.float()[neighbours].mean(dim=1)
 
 
+def finetune_scores(
+    tower: nn.Module,
+    store: TileStore,
+    subset: np.ndarray,
+    test: np.ndarray,
+    normalization: dict[str, float],
+    epochs: int,
+    seed: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Fine-tunes a copy of ``tower`` with a linear head on ``subset`` (Adam 1e-4, BCE); test-set scores."""
+    import copy
+
+    from domainfm.shared.engine.training import fit, make_trainer, step_task
+
+    torch.manual_seed(seed)
+    labels = torch.from_numpy(store.companion("labels")[:].astype(np.float32))
+    network = nn.Sequential(copy.deepcopy(tower), nn.Linear(tower.embed_dim, labels.shape[1])).to(device)
+
+    def step(batch: dict) -> torch.Tensor:
+        logits = network(normalise(batch["tiles"], normalization))
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels[batch["tile_id"].cpu()].to(device))
+
+    task = step_task(step, network, lambda parameters: torch.optim.Adam(parameters, lr=1e-4))
+    stream = TileStream(store, 32, indices=subset, seed=seed, device=device, normalize=False)
+    fit(make_trainer(epochs, device, progress=False), task, stream)
+    network.eval()
+    with torch.no_grad():
+        test_stream = TileStream(store, 64, indices=test, shuffle=False, device=device, normalize=False)
+        return torch.cat([torch.sigmoid(network(normalise(b["tiles"], normalization))).cpu() for b in test_stream])
+
+
 def probe(
     model: ConVIRT,
     meta: dict[str, Any],
@@ -178,8 +230,9 @@ def probe(
     k: int = 10,
     seed: int = 0,
     device: str = "auto",
+    finetune_epochs: int = 10,
 ) -> list[dict[str, Any]]:
-    """Test-split macro AUROC of a linear probe or kNN, ConVIRT vs random init, per label fraction."""
+    """Test-split macro AUROC of a linear probe, kNN or full fine-tune, ConVIRT vs random init, per fraction."""
     if "labels" not in store.spec.companions:
         raise ValueError(f"{store.path} has no labels: ingest it with --labels LABELS.csv")
     torch_device = resolve_device(device)
@@ -198,8 +251,13 @@ def probe(
             subset = label_fraction(store, fraction, seed)
             rows_subset = [position[t] for t in subset]
             x, y = features_train[rows_subset], labels[subset]
-            knn = method == "knn"
-            scores = knn_scores(x, y, features_test, k) if knn else fit_logistic(x, y)(features_test)
+            if method == "knn":
+                scores = knn_scores(x, y, features_test, k)
+            elif method == "finetune":
+                norm = meta["normalization"]
+                scores = finetune_scores(tower, store, subset, test, norm, finetune_epochs, seed, torch_device)
+            else:
+                scores = fit_logistic(x, y)(features_test)
             auroc = _macro_auroc(scores, labels[test])
             rows.append(
                 {

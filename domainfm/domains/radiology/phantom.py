@@ -4,7 +4,8 @@ For ConVIRT (Zhang et al., "Contrastive Learning of Medical Visual Representatio
 Text", MLHC 2022, arXiv 2010.00747) the image and its report must agree, so each phantom study draws its
 findings first, then renders them into the image and writes them into the report:
 
-* anatomy: a bright body, two dark lung fields, a heart shadow, diaphragm domes, rib shadows, noise;
+* anatomy: a bright body, two dark lung fields, a heart shadow, diaphragm domes, rib shadows; patient
+  size, position and tilt, exposure (gamma) and noise vary per study;
 * findings (0-2 per study): ``cardiomegaly`` (wide heart), ``effusion`` (bright meniscus at a lung base),
   ``nodule`` (small bright round spot), ``pneumothorax`` (very dark rim without lung markings and a pleural
   line), ``consolidation`` (bright patchy area in one lung zone); no finding = ``normal``;
@@ -84,6 +85,13 @@ def render(findings: list[dict[str, str]], size: int, rng: np.random.Generator) 
     from scipy.ndimage import gaussian_filter
 
     yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size
+    # patient and acquisition vary: body size, position and tilt (a random similarity transform of the
+    # drawing coordinates), then exposure (gamma) and noise, so that finding != global appearance
+    zoom, tilt = rng.uniform(0.85, 1.12), rng.uniform(-0.1, 0.1)
+    dx, dy = rng.uniform(-0.06, 0.06, 2)
+    cx0, cy0 = xx - 0.5 - dx, yy - 0.5 - dy
+    xx = 0.5 + (np.cos(tilt) * cx0 + np.sin(tilt) * cy0) / zoom
+    yy = 0.5 + (-np.sin(tilt) * cx0 + np.cos(tilt) * cy0) / zoom
     image = np.full((size, size), 0.15)
     body = ((xx - 0.5) / 0.46) ** 2 + ((yy - 0.55) / 0.55) ** 2 < 1
     image[body] = 0.65
@@ -109,7 +117,9 @@ def render(findings: list[dict[str, str]], size: int, rng: np.random.Generator) 
             image[lung & (yy > 0.58 - 0.03 * rng.random() + 0.4 * np.abs(xx - cx))] = 0.68
         elif finding["name"] == "nodule":
             ny, nx = zone_y[zone] + rng.normal(0, 0.02), cx + rng.normal(0, 0.03)
-            image[((xx - nx) ** 2 + (yy - ny) ** 2 < (0.025 + 0.01 * rng.random()) ** 2) & lung] = 0.8
+            image[((xx - nx) ** 2 + (yy - ny) ** 2 < (0.02 + 0.012 * rng.random()) ** 2) & lung] = rng.uniform(
+                0.55, 0.8
+            )
         elif finding["name"] == "pneumothorax":
             rim = lung & (((xx - cx) / 0.15) ** 2 + ((yy - 0.45) / 0.28) ** 2 > 0.55) & (yy < 0.5)
             image[rim] = 0.05
@@ -119,8 +129,8 @@ def render(findings: list[dict[str, str]], size: int, rng: np.random.Generator) 
             patch = gaussian_filter(rng.random((size, size)), size / 40) > 0.5
             region = lung & (np.abs(yy - zone_y[zone]) < 0.09)
             image[region & patch] = 0.55
-    image = gaussian_filter(image, size / 160) + rng.normal(0, 0.02, (size, size))
-    return np.clip(image, 0, 1)
+    image = gaussian_filter(image, size / 160) + rng.normal(0, rng.uniform(0.01, 0.05), (size, size))
+    return np.clip(image, 0, 1) ** rng.uniform(0.7, 1.4)
 
 
 def write_report(findings: list[dict[str, str]], rng: np.random.Generator) -> dict[str, str]:
@@ -202,16 +212,16 @@ def write_phantom(out: Path, n: int = 200, size: int = 128, seed: int = 0, dicom
 
 
 def write_retrieval_set(out: Path, per_category: int = 20, queries: int = 5, size: int = 128, seed: int = 1) -> dict:
-    """A held-out retrieval benchmark in the CheXpert 8x200 layout, one category per phantom label.
+    """A held-out retrieval benchmark in the ConVIRT repository's CheXpert 8x200 format, one category per label.
 
-    ``candidate.csv`` (``Path`` + one 0/1 column per label), ``image_query.csv`` (the same columns, one
-    category set per query) and ``text_query.csv`` (``Text``, ``Variable`` = the category). Each image
-    holds exactly its category's finding (none for ``normal``); text queries are template sentences.
+    ``candidate.csv`` (``Path`` + one 0/1 column per label), ``image_query.csv`` (``Variable``, ``Path``)
+    and ``text_query.csv`` (``Variable``, ``Text``). Each image holds exactly its category's finding (none
+    for ``normal``); text queries are template sentences.
     """
     from PIL import Image
 
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows: dict[str, list[dict]] = {"candidate": [], "image_query": []}
     for category in LABELS:
@@ -220,15 +230,18 @@ def write_retrieval_set(out: Path, per_category: int = 20, queries: int = 5, siz
                 findings = [] if category == "normal" else [
                     {"name": category, "side": str(rng.choice(SIDES)), "zone": str(rng.choice(ZONES))}
                 ]  # fmt: skip
-                path = out / "images" / f"{kind}_{category}_{i:03d}.png"
+                path = out / f"{kind}_{category}_{i:03d}.png"
                 Image.fromarray((render(findings, size, rng) * 255 + 0.5).astype(np.uint8)).save(path)
-                rows[kind].append({"Path": str(path), **{label: int(label == category) for label in LABELS}})
+                labels = {label: float(label == category) for label in LABELS}
+                rows[kind].append(
+                    {"Path": path.name, **labels} if kind == "candidate" else {"Variable": category, "Path": path.name}
+                )
     text_rows = []
     for category in LABELS:
         pool = IMPRESSION["normal"] + NEGATIVE["consolidation"] if category == "normal" else POSITIVE[category]
         for template in rng.choice(pool, size=queries, replace=len(pool) < queries):
             side, zone = str(rng.choice(SIDES)), str(rng.choice(ZONES))
-            text_rows.append({"Text": str(template).format(side=side, zone=zone), "Variable": category})
+            text_rows.append({"Variable": category, "Text": str(template).format(side=side, zone=zone)})
     for name, data in (*rows.items(), ("text_query", text_rows)):
         with open(out / f"{name}.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(data[0]))

@@ -112,6 +112,7 @@ def pretrain(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    augment_strength: float = 1.0,
 ) -> dict[str, Any]:
     """Trains ConVIRT on the store's train split; writes ``convirt.safetensors`` and ``history.json``."""
     store, out = TileStore(store_path), Path(out)
@@ -145,7 +146,7 @@ def pretrain(
     def step(batch: dict) -> torch.Tensor:
         keep = [i for i, s in enumerate(batch["sentences"]) if s]
         chosen = [str(rng.choice(batch["sentences"][i].split("\n"))) for i in keep]
-        images = augment_images(batch["tiles"][keep].float() / 255, hflip, generator)
+        images = augment_images(batch["tiles"][keep].float() / 255, hflip, generator, augment_strength)
         images = (images - normalization["mean"]) / normalization["std"]
         tokens = {k: v.to(torch_device) for k, v in tokenizer(chosen).items()}
         v, u = model(images, **tokens)

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from domainfm.domains.radiology.data import ingest_studies
 from domainfm.domains.radiology.evaluate import probe, retrieval
 from domainfm.domains.radiology.phantom import write_phantom, write_retrieval_set
@@ -33,13 +35,14 @@ def run_study(
     size: int = 64,
     backbone: str = "test_resnet",
     text: dict[str, Any] | None = None,
-    epochs: int = 30,
+    epochs: int = 60,
     batch_size: int = 32,
     lr: float = 3e-4,
     hflip: float = 0.0,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    augment_strength: float = 0.5,
 ) -> dict[str, Any]:
     """Runs the study into ``out``; returns and writes ``results.json`` and ``results.md``."""
     out = Path(out)
@@ -58,17 +61,19 @@ def run_study(
     if not summary.ok:
         raise DomainfmError(summary.report())
     train_settings = {"size": size, "backbone": backbone, "text": text, "epochs": epochs, "batch": batch_size, "lr": lr}
-    train_settings |= {"hflip": hflip, "seed": seed, "data": data_settings}
+    train_settings |= {"hflip": hflip, "augment": augment_strength, "seed": seed, "data": data_settings}
     run_dir, marker = out / "convirt", out / "convirt" / "settings.json"
     if not _done(marker, train_settings):
         result = pretrain(
             store_path, run_dir, backbone, None, text, 512, 0.1, 0.75, epochs, batch_size, lr, 1e-6, hflip, seed,
-            device, progress,
+            device, progress, augment_strength,
         )  # fmt: skip
         marker.write_text(json.dumps(train_settings))
         losses = result["losses"]
     else:
         losses = json.loads((run_dir / "history.json").read_text())["losses"]
+    per_epoch = max(1, len(losses) // epochs)
+    loss_first, loss_last = float(np.mean(losses[:per_epoch])), float(np.mean(losses[-per_epoch:]))
     model, tokenizer, meta = load_convirt(run_dir / "convirt.safetensors")
     retrieval_dir = out / "phantom" / "retrieval"
     found = retrieval(
@@ -94,14 +99,15 @@ def run_study(
         "probes": table,
         "retrieval": retrieval_rows,
         "retrieval_per_category": {d: found[d] for d in ("image_to_image", "text_to_image")},
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
+        "loss_first_epoch": loss_first,
+        "loss_last_epoch": loss_last,
         "settings": train_settings,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     header = (
         f"ConVIRT on the radiology phantom ({n} studies, {size} px, `{backbone}` + small BERT, {epochs} epochs, "
-        f"batch {batch_size}, Adam {lr}, hflip {hflip}, seed {seed}; loss {losses[0]:.3f} -> {losses[-1]:.3f}). "
+        f"batch {batch_size}, Adam {lr}, hflip {hflip}, augmentation strength {augment_strength}, seed {seed}; "
+        f"mean loss of the first and last epoch {loss_first:.3f} -> {loss_last:.3f}). "
         "Probes: test-split macro AUROC over the 6 labels, ConVIRT image tower vs the same architecture "
         "random-initialised. Retrieval: 6 categories x 20 held-out candidates, 5 image and 5 text queries each."
     )

@@ -74,3 +74,30 @@ def test_augmentation_keeps_shape_and_range_and_varies_per_image():
     assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
     again = augment_images(images, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again) and not torch.equal(out[0], out[1])
+
+
+def test_zero_strength_augmentation_is_the_identity_without_flip():
+    images = torch.rand(3, 1, 32, 32)
+    out = augment_images(images, hflip=0.0, strength=0.0)
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+
+
+def test_a_local_hugging_face_folder_is_used_offline_with_its_own_tokenizer(tmp_path):
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from domainfm.domains.radiology.text import SentenceTokenizer, train_tokenizer
+
+    vocabulary = train_tokenizer(["The heart is normal.", "No pleural effusion."] * 5, tmp_path / "t.json", 80)
+    special = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(vocabulary), **special)
+    fast.save_pretrained(tmp_path / "bert")
+    config = BertConfig(
+        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    tokenizer = SentenceTokenizer(tmp_path / "bert")
+    tower = create_text_tower(tokenizer.vocab_size, local_model=tmp_path / "bert", frozen_layers=1)
+    assert all(not p.requires_grad for p in tower.encoder.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in tower.encoder.encoder.layer[1].parameters())
+    features = tower(**tokenizer(["The heart is normal.", "No effusion."]))
+    assert tuple(features.shape) == (2, 32)

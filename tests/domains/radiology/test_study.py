@@ -1,0 +1,20 @@
+"""The phantom study at quickstart scale: ConVIRT must beat chance at retrieval and random init at probing."""
+
+from pathlib import Path
+
+import pytest
+
+from domainfm.domains.radiology.workflow import run_study
+
+
+@pytest.mark.slow
+def test_convirt_beats_chance_and_random_init_on_the_phantom(tmp_path: Path):
+    results = run_study(
+        tmp_path, n=200, size=64, text={"frozen_layers": 0}, epochs=60, lr=3e-4, augment_strength=0.5,
+        device="cpu", progress=False,
+    )  # fmt: skip
+    text_to_image = next(r for r in results["retrieval"] if r["direction"] == "text_to_image")
+    assert text_to_image["P@5"] >= 2 * text_to_image["chance"]
+    ten_percent = next(r for r in results["probes"] if r["label_fraction"] == 0.1)
+    assert ten_percent["linear_auroc_convirt"] > ten_percent["linear_auroc_random"]
+    assert results["loss_last_epoch"] < results["loss_first_epoch"]
