@@ -1,5 +1,9 @@
-"""Radiology: chest X-ray + report contrastive pretraining (ConVIRT).
+"""Radiology: contrastive image-text pretraining on radiographs and their reports (ConVIRT).
 
-Zhang et al., "Contrastive Learning of Medical Visual Representations from Paired Images and Text",
-MLHC 2022 (arXiv 2010.00747). Readers, ConVIRT, retrieval and probes arrive with the radiology issue.
+Zhang, Jiang, Miura, Manning, Langlotz, "Contrastive Learning of Medical Visual Representations from
+Paired Images and Text", MLHC 2022 (arXiv 2010.00747). ``images`` (DICOM display transform), ``reports``
+(CSV/JSONL/Open-i XML), ``data`` (pairing and ingest into the tile store), ``text`` (offline tokenizer,
+BERT tower), ``convirt`` (model, loss, augmentation), ``pretrain``, ``evaluate`` (retrieval, probes),
+``phantom``, ``workflow`` (the phantom study) and ``commands`` (the CLI verbs). Walkthrough:
+``docs/radiology.md``.
 """
