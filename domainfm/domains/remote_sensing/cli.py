@@ -3,4 +3,14 @@
 Keep this module free of heavy imports: ``domainfm --help`` reads it.
 """
 
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    verb: f"domainfm.domains.remote_sensing.commands:{function}"
+    for verb, function in {
+        "phantom": "phantom",
+        "ingest": "ingest",
+        "pretrain": "pretrain",
+        "eval": "evaluate",
+        "train": "train",
+        "study": "study",
+    }.items()
+}

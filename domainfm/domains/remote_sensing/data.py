@@ -1,0 +1,216 @@
+"""Chipping MODIS granules and GDAL rasters into a remote-sensing tile store (``remote-sensing ingest``).
+
+Chips are ``[C, chip, chip]`` float32 on a regular grid over each source, in row-major order. MODIS chips
+hold SatVision-TOA's [0, 1] scaling of reflectance (%) and brightness temperature (K) (arXiv 2411.17000;
+band table in :mod:`.bands`); raster chips hold the file's values. Invalid pixels (L1B fill and saturation
+codes, raster nodata) are stored as 0 and flagged in the ``valid`` companion (``[C, chip, chip]``, 1 =
+valid), are left out of the store's statistics, and a chip with less than ``min_valid`` valid pixels is
+dropped. Band names, wavelengths and scalings go into the store's channel table. Extra companions:
+``curtain`` (91 x 40 cloud curtain) and ``cloud_mask`` (per pixel), when the granules carry cloud
+ground truth (``--curtains``), ``transform`` (the chip's
+affine transform) and ``crs`` (rasters), ``labels`` (multi-hot, rasters with a labels CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from domainfm.domains.remote_sensing.bands import select_bands
+from domainfm.domains.remote_sensing.phantom import CURTAIN_SHAPE, curtain
+from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.ingest import IngestSummary
+from domainfm.shared.tiles.schema import SPLITS, TEXT, Companion, StoreSpec, TileBatch
+
+HDF_SUFFIXES = (".hdf", ".hdf4", ".h4")
+READER_VERSION = "1"
+
+
+def chip_origins(height: int, width: int, chip: int) -> list[tuple[int, int]]:
+    """Top-left corners of the non-overlapping ``chip`` x ``chip`` windows that fit."""
+    return [(y, x) for y in range(0, height - chip + 1, chip) for x in range(0, width - chip + 1, chip)]
+
+
+def split_of(name: str, val_fraction: float = 0.15, test_fraction: float = 0.15) -> int:
+    """A stable split for a chip id (source name + origin)."""
+    import hashlib
+
+    u = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16**8
+    return (
+        SPLITS["test"] if u < test_fraction else SPLITS["val"] if u < test_fraction + val_fraction else SPLITS["train"]
+    )
+
+
+def _batches(
+    values: np.ndarray,
+    valid: np.ndarray,
+    chip: int,
+    min_valid: float,
+    source: str,
+    pixel_size: float,
+    **companions: object,
+) -> Iterator[TileBatch]:
+    for y, x in chip_origins(values.shape[1], values.shape[2], chip):
+        window = (slice(None), slice(y, y + chip), slice(x, x + chip))
+        ok = valid[window]
+        if ok.mean() < min_valid:
+            continue
+        tile = np.where(ok, np.nan_to_num(values[window]), 0).astype(np.float32)
+        chip_companions = {"valid": ok[None].astype(np.uint8)}
+        for name, make in companions.items():
+            chip_companions[name] = make(y, x)  # type: ignore[operator]
+        yield TileBatch(
+            tile[None],
+            index={
+                "x": np.array([x]),
+                "y": np.array([y]),
+                "scale": np.array([pixel_size]),
+                "split": np.array([split_of(f"{source}:{y}:{x}")]),
+            },
+            companions=chip_companions,
+            valid=ok.all(axis=0)[None, None],
+        )
+
+
+def read_granule_chips(
+    path: Path, chip: int, bands: list[str] | None, min_valid: float, curtains: bool
+) -> Iterator[TileBatch]:
+    """Reader for the ingest engine: SatVision-scaled chips of one L1B granule."""
+    from domainfm.domains.remote_sensing.modis import read_l1b
+
+    granule = read_l1b(Path(path), bands)
+    scaled = np.stack([band.scale(plane) for band, plane in zip(granule.bands, granule.values, strict=True)])
+    extra = {}
+    if curtains:
+        truth_path = Path(str(path) + ".truth.npz")
+        if not truth_path.is_file():
+            raise ValueError(f"{path}: no cloud-height truth {truth_path.name} beside it (needed for --curtains)")
+        with np.load(truth_path) as truth:
+            top, base = truth["cloud_top_km"], truth["cloud_base_km"]
+        extra["curtain"] = lambda y, x: curtain(top[y : y + chip, x : x + chip], base[y : y + chip, x : x + chip])[None]
+        extra["cloud_mask"] = lambda y, x: (~np.isnan(top[y : y + chip, x : x + chip]))[None, None].astype(np.uint8)
+    yield from _batches(scaled, granule.valid, chip, min_valid, str(path), 1000.0, **extra)
+
+
+def read_raster_chips(
+    path: Path, groups: dict[str, list[str]], chip: int, bands: list[str] | None, min_valid: float,
+    labels: dict[str, list[int]] | None = None,
+) -> Iterator[TileBatch]:  # fmt: skip
+    """Reader for the ingest engine: chips of one raster band set (grouped files resampled to one grid)."""
+    from domainfm.domains.remote_sensing.rasters import read_stack
+
+    files = [Path(f) for f in groups[str(path)]]
+    stack = read_stack(files, bands)
+    a, b, c, d, e, f = stack.transform
+    extra = {
+        "transform": lambda y, x: np.array([[a, b, c + a * x + b * y, d, e, f + d * x + e * y]], np.float64),
+        "crs": lambda y, x: [stack.crs],
+    }
+    if labels is not None:
+        key = Path(path).stem.split("_B")[0] if len(files) > 1 else Path(path).stem
+        if key not in labels:
+            raise ValueError(f"{path}: no row {key!r} in the labels CSV")
+        extra["labels"] = lambda y, x: np.asarray([labels[key]], np.uint8)
+    yield from _batches(stack.values, stack.valid, chip, min_valid, str(path), stack.resolution, **extra)
+
+
+def modis_spec(chip: int, bands: list[str] | None, curtains: bool) -> StoreSpec:
+    """Store spec of SatVision-scaled MODIS chips."""
+    selected = select_bands(bands)
+    channels = [
+        {
+            "name": b.name,
+            "band": b.number,
+            "wavelength_um": b.wavelength_um,
+            "quantity": b.quantity,
+            "unit": "%" if b.quantity == "reflectance" else "K",
+            "scaling": [b.low, b.high],
+        }
+        for b in selected
+    ]
+    companions = {"valid": Companion((len(selected), chip, chip), "uint8")}
+    if curtains:
+        companions["curtain"] = Companion(CURTAIN_SHAPE, "uint8")
+        companions["cloud_mask"] = Companion((1, chip, chip), "uint8")
+    scaling = {"tiles": "SatVision-TOA: (x - low) / (high - low) per band, not clipped; invalid = 0, see valid"}
+    return StoreSpec("remote_sensing", (len(selected), chip, chip), "float32", channels, scaling, [], companions)
+
+
+def raster_spec(first: list[Path], chip: int, bands: list[str] | None, label_names: list[str]) -> StoreSpec:
+    """Store spec of raster chips, from the first band set."""
+    from domainfm.domains.remote_sensing.rasters import read_stack
+
+    stack = read_stack(first, bands)
+    channels = [{"name": name} for name in stack.band_names]
+    companions = {
+        "valid": Companion((len(channels), chip, chip), "uint8"),
+        "transform": Companion((6,), "float64"),
+        "crs": Companion((), TEXT),
+    }
+    if label_names:
+        companions["labels"] = Companion((len(label_names),), "uint8")
+    scaling = {
+        "tiles": "values as stored in the rasters; invalid (nodata) = 0, see valid",
+        "resolution": stack.resolution,
+    }
+    return StoreSpec(
+        "remote_sensing", (len(channels), chip, chip), "float32", channels, scaling, label_names, companions
+    )
+
+
+def read_label_csv(path: Path) -> tuple[list[str], dict[str, list[int]]]:
+    """``(label names, source stem -> multi-hot)`` from a CSV with a ``name`` column and 0/1 columns."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "name" not in rows[0]:
+        raise ValueError(f"{path}: a labels CSV needs a name column (the source's stem) and 0/1 label columns")
+    names = [k for k in rows[0] if k != "name"]
+    return names, {r["name"]: [int(float(r[n] or 0) > 0) for n in names] for r in rows}
+
+
+def ingest_chips(
+    files: list[Path],
+    out: Path,
+    chip: int = 128,
+    bands: list[str] | None = None,
+    min_valid: float = 0.9,
+    curtains: bool = False,
+    labels: Path | None = None,
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> IngestSummary:
+    """Chips MODIS L1B granules (``.hdf``) or GDAL rasters into one store (all sources of one kind)."""
+    from domainfm.shared.tiles.ingest import ingest
+
+    files = [Path(f) for f in files]
+    kinds = {f.suffix.lower() in HDF_SUFFIXES for f in files}
+    if len(kinds) != 1:
+        raise DomainfmError("give either MODIS L1B granules (.hdf) or GDAL rasters in one ingest, not both")
+    if kinds == {True}:
+        spec = modis_spec(chip, bands, curtains)
+        reader = partial(read_granule_chips, chip=chip, bands=bands, min_valid=min_valid, curtains=curtains)
+        sources, name = files, "remote_sensing.modis_l1b"
+    else:
+        from domainfm.domains.remote_sensing.rasters import group_band_files
+
+        groups = group_band_files(files)
+        label_names, label_map = read_label_csv(labels) if labels else ([], None)
+        spec = raster_spec(next(iter(groups.values())), chip, bands, label_names)
+        reader = partial(
+            read_raster_chips, groups={str(k): [str(p) for p in v] for k, v in groups.items()}, chip=chip,
+            bands=bands or spec_band_names(spec), min_valid=min_valid, labels=label_map,
+        )  # fmt: skip
+        sources, name = list(groups), "remote_sensing.gdal_raster"
+    return ingest(sources, out, spec, reader, name, READER_VERSION, workers, scheduler, processes, overwrite, progress)
+
+
+def spec_band_names(spec: StoreSpec) -> list[str]:
+    """Channel names of a store spec."""
+    return [c["name"] for c in spec.channels]

@@ -1,0 +1,167 @@
+"""Downstream tasks on a (pretrained) SwinV2 encoder: 3D cloud curtains, per-pixel masks, scene labels.
+
+* ``curtain``: SatVision-TOA's 3D cloud retrieval (arXiv 2411.17000, section 4 of
+  ``shared/methods/satvision.md``): last-stage features -> transposed-convolution decoder (stride 2 per
+  step, back to the chip size) -> 3x3 conv -> dropout 0.2 -> bilinear resize to the 91 x 40 curtain;
+  BCE on logits (positives weighted by the labelled set's negatives-per-positive, at most 20, because
+  cloudy bins are rare; SatVision uses plain BCE); scored by the cloud IoU (binary Jaccard, SatVision's
+  "mIoU"), the mean IoU over cloud and clear, and the false-negative rate.
+* ``segment``: the same decoder at the chip's size for a per-pixel mask (BCE; cloud IoU).
+* ``multilabel``: pooled features -> linear; BCE; macro AUROC (e.g. Sentinel-2 scene labels).
+
+Every task takes any method of the shared PEFT module (``linear`` = frozen encoder, ``full``, ``lora``,
+``dvpt``, ...); the head always trains. A task trains on a seeded number of labelled train chips and is
+scored on the test split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from domainfm.domains.remote_sensing.phantom import CURTAIN_SHAPE
+from domainfm.domains.remote_sensing.pretrain import input_transform, load_encoder, prepare
+from domainfm.domains.remote_sensing.simmim import encode
+from domainfm.shared.backbones import create_backbone
+from domainfm.shared.engine import resolve_device
+from domainfm.shared.engine.training import fit, make_trainer, step_task
+from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.schema import SPLITS
+from domainfm.shared.tiles.store import TileStore
+from domainfm.shared.tiles.stream import TileStream
+
+TARGETS = {"curtain": "curtain", "segment": "cloud_mask", "multilabel": "labels"}
+
+
+class UpsamplingDecoder(nn.Sequential):
+    """Transposed convolutions (stride 2, ReLU) from ``stride``-times smaller features, then a 3x3 conv."""
+
+    def __init__(self, in_channels: int, stride: int, out_channels: int = 1, dropout: float = 0.2) -> None:
+        layers: list[nn.Module] = []
+        width = in_channels
+        for _ in range(int(math.log2(stride))):
+            layers += [nn.ConvTranspose2d(width, max(width // 2, 16), 2, stride=2), nn.ReLU()]
+            width = max(width // 2, 16)
+        layers += [nn.Conv2d(width, out_channels, 3, padding=1), nn.Dropout(dropout)]
+        super().__init__(*layers)
+
+
+class DownstreamModel(nn.Module):
+    """A SwinV2 encoder and a task head; ``forward`` returns logits."""
+
+    def __init__(self, backbone: nn.Module, task: str, image_size: int, outputs: int = 1) -> None:
+        super().__init__()
+        self.backbone, self.task = backbone, task
+        with torch.no_grad():
+            features = encode(backbone, torch.zeros(1, backbone.in_chans, image_size, image_size))
+        if task == "multilabel":
+            self.head: nn.Module = nn.Linear(backbone.embed_dim, outputs)
+        else:
+            self.head = UpsamplingDecoder(features.shape[1], image_size // features.shape[-1], outputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Task logits: ``[B, 91, 40]`` curtain, ``[B, 1, H, W]`` mask, or ``[B, labels]``."""
+        if self.task == "multilabel":
+            return self.head(self.backbone(images))
+        maps = self.head(encode(self.backbone, images))
+        if self.task == "curtain":
+            return nn.functional.interpolate(maps, size=CURTAIN_SHAPE, mode="bilinear", align_corners=False)[:, 0]
+        return maps
+
+
+def _scores(task: str, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    if task == "multilabel":
+        from torchmetrics.functional.classification import multilabel_auroc
+
+        return {"macro_auroc": float(multilabel_auroc(logits, target.long(), target.shape[1], average="macro"))}
+    predicted, truth = logits > 0, target.bool()
+    tp, fp, fn = (predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()
+    tn = (~predicted & ~truth).sum()
+    cloud_iou = float(tp / (tp + fp + fn).clamp_min(1))
+    clear_iou = float(tn / (tn + fp + fn).clamp_min(1))
+    return {
+        "cloud_iou": cloud_iou,
+        "miou": (cloud_iou + clear_iou) / 2,
+        "false_negative_rate": float(fn / (fn + tp).clamp_min(1)),
+    }
+
+
+def _positive_weight(store: TileStore, target: str, ids: np.ndarray, task: str) -> torch.Tensor:
+    """Negatives per positive among the labelled targets (at most 20): rare clouds still weigh in the loss."""
+    values = np.asarray(store.companion(target)[:])[ids].astype(np.float64)
+    axes = 0 if task == "multilabel" else None
+    positive = values.sum(axis=axes)
+    weight = (values.size / (values.shape[1] if task == "multilabel" else 1) - positive) / np.maximum(positive, 1)
+    return torch.as_tensor(np.clip(weight, 1.0, 20.0), dtype=torch.float32)
+
+
+def train_task(
+    store_path: Any,
+    task: str = "curtain",
+    checkpoint: Any = None,
+    backbone: str = "test_swinv2",
+    peft: str = "full",
+    peft_options: dict[str, Any] | None = None,
+    labelled: int | None = None,
+    epochs: int = 20,
+    batch_size: int = 16,
+    lr: float = 3e-4,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Trains ``task`` from a SimMIM checkpoint (or from scratch) on ``labelled`` train chips; test scores."""
+    from domainfm.shared.peft.methods import apply_peft, count_parameters
+
+    if task not in TARGETS:
+        raise DomainfmError(f"unknown task {task!r}; choose from {list(TARGETS)}")
+    store = TileStore(store_path)
+    target_name = TARGETS[task]
+    if target_name not in store.spec.companions:
+        raise DomainfmError(f"{store.path} has no {target_name} companion for the {task} task")
+    torch_device = resolve_device(device)
+    torch.manual_seed(seed)
+    size = store.spec.tile_shape[-1]
+    if checkpoint is not None:
+        encoder, meta = load_encoder(checkpoint, store.spec.channels)
+        transform = meta["input_transform"]
+    else:
+        encoder = create_backbone(backbone, in_chans=store.spec.tile_shape[0], img_size=size)
+        transform = input_transform(store)
+    outputs = store.spec.companions[target_name].shape[0] if task == "multilabel" else 1
+    encoder = apply_peft(encoder, peft, **(peft_options or {}))
+    model = DownstreamModel(encoder, task, size, outputs).to(torch_device)
+    train = np.flatnonzero(store.index["split"] == SPLITS["train"])
+    if labelled is not None:
+        train = np.sort(np.random.default_rng(seed).choice(train, size=min(labelled, len(train)), replace=False))
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=_positive_weight(store, target_name, train, task).to(torch_device))
+
+    def step(batch: dict) -> torch.Tensor:
+        return loss_fn(model(prepare(batch["tiles"], transform)), batch[target_name].float())
+
+    task_module = step_task(step, model, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01))
+    stream = TileStream(store, batch_size, indices=train, seed=seed, device=torch_device, normalize=False,
+                        companions=(target_name,))  # fmt: skip
+    fit(make_trainer(epochs, torch_device, progress), task_module, stream)
+    model.eval()
+    test = np.flatnonzero(store.index["split"] == SPLITS["test"])
+    logits, targets = [], []
+    with torch.no_grad():
+        for batch in TileStream(store, 32, indices=test, shuffle=False, device=torch_device, normalize=False,
+                                companions=(target_name,)):  # fmt: skip
+            logits.append(model(prepare(batch["tiles"], transform)).cpu())
+            targets.append(batch[target_name].cpu())
+    counts = count_parameters(encoder)
+    return {
+        "task": task,
+        "init": "simmim" if checkpoint is not None else "scratch",
+        "peft": peft,
+        "labelled_chips": len(train),
+        "test_chips": len(test),
+        "trainable_encoder_parameters": counts["trainable"],
+        **_scores(task, torch.cat(logits), torch.cat(targets)),
+    }

@@ -1,0 +1,192 @@
+"""Phantom MODIS L1B granules (real HDF4, MOD021KM layout) with surfaces and clouds at known heights.
+
+No PyPI package ships a MODIS granule, so tests, the quickstart and the tutorial write their own with
+pyhdf, in the layout a real MOD021KM has (``shared/methods/satvision.md`` section 5): the four uint16
+``EV_*`` science datasets with every L1B band listed in ``band_names``, ``valid_range``,
+``reflectance_scales/offsets`` and ``radiance_scales/offsets``, 5-km ``Latitude``/``Longitude``, the
+``CoreMetadata.0`` attribute naming the product, fill codes on a dead-detector stripe and saturation on
+the brightest cloud pixels.
+
+The scene: ocean and land with band-dependent reflectance and surface temperature, and a few clouds, each
+with a top and base height (km). Visible and short-wave bands brighten under clouds, the 1.375 um cirrus
+band only under high clouds, and emissive bands see the cloud top's temperature (6.5 K/km lapse rate)
+through the cloud's emissivity. The heights are written beside the granule (``FILE.truth.npz``), so
+the vertical cloud curtain of any chip has ground truth (:func:`curtain`), as CloudSat/CALIPSO give it for
+SatVision-TOA's 3D-cloud task (arXiv 2411.17000).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from domainfm.domains.remote_sensing.bands import (
+    L1B_SDS,
+    SDS_1KM_EMISSIVE,
+    SDS_1KM_REFLECTIVE,
+    SDS_250,
+    SDS_500,
+    TERRA_EMISSIVE,
+    planck_radiance,
+)
+
+SDS_BANDS = {
+    SDS_250: ["1", "2"],
+    SDS_500: ["3", "4", "5", "6", "7"],
+    SDS_1KM_REFLECTIVE: [
+        "8",
+        "9",
+        "10",
+        "11",
+        "12",
+        "13lo",
+        "13hi",
+        "14lo",
+        "14hi",
+        "15",
+        "16",
+        "17",
+        "18",
+        "19",
+        "26",
+    ],
+    SDS_1KM_EMISSIVE: [str(b) for b in TERRA_EMISSIVE],
+}
+CURTAIN_SHAPE = (91, 40)  # along-track samples x height bins
+CURTAIN_TOP_KM = 20.0
+REFLECTANCE_SCALE = 5e-5  # DN 32767 -> reflectance 1.64
+FILL, SATURATED = 65535, 65533
+
+# clear-sky brightness-temperature offsets from the surface temperature (K): water-vapour and CO2 bands
+# see the colder upper troposphere, window bands nearly the surface
+CLEAR_SKY_OFFSET = {20: 3, 21: 5, 22: 0, 23: -2, 24: -40, 25: -30, 27: -50, 28: -35, 29: -4, 30: -25, 31: -2,
+                    32: -3, 33: -15, 34: -25, 35: -32, 36: -45}  # fmt: skip
+
+
+def _smooth(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    field = gaussian_filter(rng.normal(0, 1, shape), sigma)
+    return field / (field.std() + 1e-9)
+
+
+def draw_scene(rng: np.random.Generator, shape: tuple[int, int], clouds: int = 8) -> dict[str, np.ndarray]:
+    """Land mask, surface temperature and cloud top/base heights (km, NaN where clear) of one scene."""
+    land = _smooth(rng, shape, shape[0] / 10) > 0.3
+    surface_t = np.where(land, 298.0, 291.0) + 2.0 * _smooth(rng, shape, shape[0] / 20)
+    top = np.full(shape, np.nan)
+    base = np.full(shape, np.nan)
+    emissivity = np.zeros(shape)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for _ in range(clouds):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        ry, rx = rng.uniform(0.1, 0.3, 2) * np.array(shape)
+        blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.3 * _smooth(rng, shape, 4) < 1
+        h_top = rng.uniform(1.0, 14.0)
+        h_base = max(0.3, h_top - rng.uniform(1.0, 7.0))
+        higher = blob & ~(top > h_top)  # a higher cloud hides a lower one
+        top[higher], base[higher] = h_top, h_base
+        emissivity[higher] = rng.uniform(0.75, 1.0)
+    return {"land": land, "surface_t": surface_t, "cloud_top_km": top, "cloud_base_km": base, "emissivity": emissivity}
+
+
+def reflectance(scene: dict[str, np.ndarray], band: str, rng: np.random.Generator) -> np.ndarray:
+    """Top-of-atmosphere reflectance (0-1) of a reflective band over the scene."""
+    wavelength = {"1": 0.65, "2": 0.86, "3": 0.47, "4": 0.55, "5": 1.24, "6": 1.64, "7": 2.13, "26": 1.375}
+    w = wavelength.get(band.rstrip("lohi"), 0.9)
+    land = scene["land"]
+    surface = np.where(land, 0.08 + 0.25 * (w > 0.7) - 0.08 * (w > 1.5), 0.04 - 0.03 * (w > 0.7))
+    if band == "26":
+        surface = np.full_like(surface, 0.005)  # water vapour absorbs: the surface is dark at 1.375 um
+    cloudy = ~np.isnan(scene["cloud_top_km"])
+    cloud = 0.55 + 0.25 * scene["emissivity"] - 0.15 * (w > 1.5)
+    if band == "26":
+        cloud = np.where(scene["cloud_top_km"] > 8, 0.3, 0.01)  # only high clouds reach above the vapour
+    value = np.where(cloudy, cloud, surface) + rng.normal(0, 0.005, land.shape)
+    return np.clip(value, 0.001, 1.2)
+
+
+def brightness(scene: dict[str, np.ndarray], band: int) -> np.ndarray:
+    """Brightness temperature (K) of an emissive band over the scene."""
+    clear = scene["surface_t"] + CLEAR_SKY_OFFSET[band]
+    cloud_t = 288.0 - 6.5 * np.nan_to_num(scene["cloud_top_km"])
+    cloud_t = np.minimum(cloud_t, clear)
+    e = scene["emissivity"]
+    return np.where(np.isnan(scene["cloud_top_km"]), clear, e * cloud_t + (1 - e) * clear)
+
+
+def write_granule(path: Path, shape: tuple[int, int] = (256, 256), seed: int = 0, clouds: int = 8) -> Path:
+    """Writes a phantom MOD021KM granule to ``path`` and its cloud heights to ``path.truth.npz``."""
+    from pyhdf.SD import SD, SDC
+
+    rng = np.random.default_rng(seed)
+    scene = draw_scene(rng, shape, clouds)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    sd = SD(str(partial), SDC.WRITE | SDC.CREATE | SDC.TRUNC)
+    sd.attr("CoreMetadata.0").set(SDC.CHAR, 'OBJECT = SHORTNAME\n VALUE = "MOD021KM"\nEND_OBJECT = SHORTNAME\n')
+    for name in L1B_SDS:
+        names = SDS_BANDS[name]
+        dn = np.empty((len(names), *shape), np.uint16)
+        scales, offsets = [], []
+        for i, band in enumerate(names):
+            if name == SDS_1KM_EMISSIVE:
+                radiance = planck_radiance(brightness(scene, int(band)), int(band))
+                scale, offset = float(radiance.max()) * 1.3 / 30000, 1577.3397
+                values = radiance / scale + offset
+            else:
+                scale, offset = REFLECTANCE_SCALE, 0.0
+                values = reflectance(scene, band, rng) / scale + offset
+            dn[i] = np.clip(np.round(values), 0, 32767)
+            scales.append(scale)
+            offsets.append(offset)
+        if name == SDS_500:
+            dn[0, :, shape[1] // 3] = FILL  # a dead detector column in band 3
+        if name == SDS_250:
+            brightest = reflectance(scene, "1", np.random.default_rng(seed)) > 0.79
+            dn[0][brightest] = SATURATED
+        sds = sd.create(name, SDC.UINT16, dn.shape)
+        sds.setcompress(SDC.COMP_DEFLATE, 4)
+        sds[:] = dn
+        sds.band_names = ",".join(names)
+        sds.attr("valid_range").set(SDC.UINT16, [0, 32767])
+        sds.attr("_FillValue").set(SDC.UINT16, FILL)
+        kind = "radiance" if name == SDS_1KM_EMISSIVE else "reflectance"
+        sds.attr(f"{kind}_scales").set(SDC.FLOAT32, scales)
+        sds.attr(f"{kind}_offsets").set(SDC.FLOAT32, offsets)
+        if kind == "reflectance":  # real RefSB SDS carry radiance calibration too
+            sds.attr("radiance_scales").set(SDC.FLOAT32, [s * 500 for s in scales])
+            sds.attr("radiance_offsets").set(SDC.FLOAT32, offsets)
+        sds.endaccess()
+    lat0, lon0 = rng.uniform(-50, 50), rng.uniform(-170, 170)
+    tie = (shape[0] // 5, shape[1] // 5)
+    rows, cols = np.meshgrid(np.linspace(0, 2.3, tie[0]), np.linspace(0, 2.3, tie[1]), indexing="ij")
+    for name, grid in (("Latitude", lat0 + rows), ("Longitude", lon0 + cols)):
+        sds = sd.create(name, SDC.FLOAT32, tie)
+        sds[:] = grid.astype(np.float32)
+        sds.endaccess()
+    sd.end()
+    np.savez_compressed(
+        path.with_name(path.name + ".truth.npz"),
+        cloud_top_km=scene["cloud_top_km"].astype(np.float32),
+        cloud_base_km=scene["cloud_base_km"].astype(np.float32),
+        land=scene["land"],
+    )
+    partial.replace(path)
+    return path
+
+
+def curtain(top_km: np.ndarray, base_km: np.ndarray, shape: tuple[int, int] = CURTAIN_SHAPE) -> np.ndarray:
+    """The binary cloud curtain (along-track x height bins) under a chip's central column.
+
+    The chip's central column is the satellite track (as CloudSat's under the MODIS swath): ``shape[0]``
+    samples along it, ``shape[1]`` height bins from 0 to 20 km; a bin is cloudy where a cloud spans it.
+    """
+    rows = np.linspace(0, top_km.shape[0] - 1, shape[0]).round().astype(int)
+    column = top_km.shape[1] // 2
+    tops, bases = top_km[rows, column], base_km[rows, column]
+    heights = (np.arange(shape[1]) + 0.5) * CURTAIN_TOP_KM / shape[1]
+    inside = (heights[None, :] <= tops[:, None]) & (heights[None, :] >= bases[:, None])
+    return np.nan_to_num(inside).astype(np.uint8)

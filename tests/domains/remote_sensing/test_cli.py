@@ -1,0 +1,70 @@
+"""The remote-sensing CLI end to end: phantom granules, ingest, pretrain, eval, downstream tasks with PEFT."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domainfm.cli import main
+
+
+def test_granules_to_simmim_to_curtain_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    granules = [tmp_path / f"MOD021KM.{i}.hdf" for i in range(2)]
+    for seed, path in enumerate(granules):
+        assert main(["remote-sensing", "phantom", "--out", str(path), "--size", "128", "--seed", str(seed)]) == 0
+    store = str(tmp_path / "chips.zarr")
+    assert main(["remote-sensing", "ingest", *map(str, granules), "--out", store, "--chip", "32", "--curtains"]) == 0
+    run = ["--store", store, "--out", str(tmp_path / "simmim"), "--epochs", "1", "--device", "cpu"]
+    assert main(["remote-sensing", "pretrain", *run]) == 0
+    checkpoint = str(tmp_path / "simmim" / "simmim.safetensors")
+    capsys.readouterr()
+    assert main(["remote-sensing", "eval", "--checkpoint", checkpoint, "--store", store, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["masked_l1"] > 0 and result["mean_predictor_l1"] > 0
+    for task, peft in (("curtain", "linear"), ("segment", "lora")):
+        args = ["remote-sensing", "train", "--store", store, "--task", task, "--checkpoint", checkpoint]
+        assert main([*args, "--peft", peft, "--epochs", "1", "--labelled", "8", "--device", "cpu", "--json"]) == 0
+        scores = json.loads(capsys.readouterr().out)
+        assert scores["task"] == task and scores["init"] == "simmim" and 0 <= scores["cloud_iou"] <= 1
+
+
+def test_rasters_with_scene_labels_train_a_multilabel_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    names = []
+    for i in range(6):
+        for band, resolution in (("B02", 10), ("B05", 20)):
+            n = 640 // resolution
+            profile = {"driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": "uint16",
+                       "crs": "EPSG:32633", "transform": from_origin(500000, 4000000, resolution, resolution)}  # fmt: skip
+            with rasterio.open(tmp_path / f"patch{i}_{band}.tif", "w", **profile) as handle:
+                handle.write(np.random.default_rng(i).integers(100, 3000, (n, n)).astype(np.uint16), 1)
+        names.append(f"patch{i}")
+    (tmp_path / "labels.csv").write_text(
+        "name,forest,water\n" + "".join(f"{n},{i % 2},{(i + 1) % 2}\n" for i, n in enumerate(names))
+    )
+    store = str(tmp_path / "s2.zarr")
+    files = [str(p) for p in sorted(tmp_path.glob("*.tif"))]
+    assert (
+        main(
+            [
+                "remote-sensing",
+                "ingest",
+                *files,
+                "--out",
+                store,
+                "--chip",
+                "32",
+                "--labels",
+                str(tmp_path / "labels.csv"),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    args = ["remote-sensing", "train", "--store", store, "--task", "multilabel", "--peft", "dvpt", "--epochs", "1"]
+    assert main([*args, "--device", "cpu", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["init"] == "scratch" and scores["peft"] == "dvpt" and "macro_auroc" in scores
