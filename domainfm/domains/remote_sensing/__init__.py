@@ -1,5 +1,8 @@
-"""Remote sensing: 14-band MODIS top-of-atmosphere chips and SimMIM on SwinV2 (SatVision-TOA).
+"""Remote sensing: SatVision-TOA, 14-band MODIS L1B chips, SimMIM on SwinV2, cloud retrieval.
 
-SatVision-TOA (NASA GSFC, 2024; arXiv 2411.17000). Readers, chipping, SimMIM and cloud heads arrive
-with the remote-sensing issue.
+SatVision-TOA, NASA GSFC 2024 (arXiv 2411.17000); SimMIM, Xie et al., CVPR 2022 (arXiv 2111.09886).
+``bands`` (band table, calibration constants), ``modis`` (L1B HDF4 reader), ``rasters`` (GDAL rasters),
+``data`` (chipping into the tile store), ``simmim``, ``pretrain`` (training, band remapping),
+``downstream`` (cloud curtain, masks, scene labels), ``phantom``, ``workflow`` (the phantom study) and
+``commands`` (the CLI verbs). Walkthrough: ``docs/remote_sensing.md``.
 """

@@ -181,7 +181,7 @@ def study(
     backbone: str = "test_swinv2",
     pretrain_epochs: int = 40,
     labelled: int = 16,
-    task_epochs: int = 40,
+    task_epochs: int = 200,
     seed: int = 0,
     device: str = "auto",
 ) -> int:

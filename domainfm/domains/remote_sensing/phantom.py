@@ -84,10 +84,11 @@ def draw_scene(rng: np.random.Generator, shape: tuple[int, int], clouds: int = 8
         ry, rx = rng.uniform(0.1, 0.3, 2) * np.array(shape)
         blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.3 * _smooth(rng, shape, 4) < 1
         h_top = rng.uniform(1.0, 14.0)
-        h_base = max(0.3, h_top - rng.uniform(1.0, 7.0))
+        opacity = rng.uniform(0.75, 1.0)  # optically thicker clouds are deeper: brighter and more opaque
+        h_base = max(0.3, h_top - (1.0 + 24.0 * (opacity - 0.75) + rng.uniform(-0.5, 0.5)))
         higher = blob & ~(top > h_top)  # a higher cloud hides a lower one
         top[higher], base[higher] = h_top, h_base
-        emissivity[higher] = rng.uniform(0.75, 1.0)
+        emissivity[higher] = opacity
     return {"land": land, "surface_t": surface_t, "cloud_top_km": top, "cloud_base_km": base, "emissivity": emissivity}
 
 

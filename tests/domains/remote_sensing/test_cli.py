@@ -37,8 +37,9 @@ def test_rasters_with_scene_labels_train_a_multilabel_head(tmp_path: Path, capsy
     for i in range(6):
         for band, resolution in (("B02", 10), ("B05", 20)):
             n = 640 // resolution
-            profile = {"driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": "uint16",
-                       "crs": "EPSG:32633", "transform": from_origin(500000, 4000000, resolution, resolution)}  # fmt: skip
+            transform = from_origin(500000, 4000000, resolution, resolution)
+            profile = {"driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": "uint16"}
+            profile |= {"crs": "EPSG:32633", "transform": transform}
             with rasterio.open(tmp_path / f"patch{i}_{band}.tif", "w", **profile) as handle:
                 handle.write(np.random.default_rng(i).integers(100, 3000, (n, n)).astype(np.uint16), 1)
         names.append(f"patch{i}")
