@@ -28,3 +28,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row.get(c, "") for c in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def unpaired_report(pairs: int, unpaired: dict[str, list[Any]], limit: int = 20) -> str:
+    """``N pairs`` and, per kind of unpaired item, a count and the first ``limit`` items, one per line."""
+    lines = [f"{pairs} pairs"]
+    for title, items in unpaired.items():
+        if items:
+            lines.append(f"{len(items)} {title}:")
+            lines += [f"  {item}" for item in items[:limit]]
+            if len(items) > limit:
+                lines.append(f"  ... and {len(items) - limit} more")
+    return "\n".join(lines)

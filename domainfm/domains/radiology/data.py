@@ -16,7 +16,6 @@ share a split.
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,8 +27,9 @@ import numpy as np
 from domainfm.domains.radiology.images import DICOM_SUFFIXES, RASTER_SUFFIXES, letterbox, read_radiograph
 from domainfm.domains.radiology.reports import Report, read_reports
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.report import unpaired_report
 from domainfm.shared.tiles.ingest import IngestSummary
-from domainfm.shared.tiles.schema import SPLITS, TEXT, Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.schema import TEXT, Companion, StoreSpec, TileBatch, stable_split
 
 READER_VERSION = "1"
 
@@ -53,17 +53,11 @@ class Pairing:
 
     def report(self, limit: int = 20) -> str:
         """The unpaired items, one per line (at most ``limit`` of each kind)."""
-        lines = [f"{len(self.pairs)} image/report pairs"]
-        for title, items in (
-            ("images without a report", self.images_without_report),
-            ("reports without an image (study ids)", self.reports_without_image),
-        ):
-            if items:
-                lines.append(f"{len(items)} {title}:")
-                lines += [f"  {item}" for item in items[:limit]]
-                if len(items) > limit:
-                    lines.append(f"  ... and {len(items) - limit} more")
-        return "\n".join(lines)
+        unpaired = {
+            "images without a report": self.images_without_report,
+            "reports without an image (study ids)": self.reports_without_image,
+        }
+        return unpaired_report(len(self.pairs), unpaired, limit)
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -108,14 +102,6 @@ def read_labels(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     return names, labels
 
 
-def split_of(study_id: str, val_fraction: float, test_fraction: float) -> int:
-    """A stable split for a study: a hash of its id decides."""
-    u = int(hashlib.sha1(study_id.encode()).hexdigest()[:8], 16) / 16**8
-    if u < test_fraction:
-        return SPLITS["test"]
-    return SPLITS["val"] if u < test_fraction + val_fraction else SPLITS["train"]
-
-
 def read_study(
     path: Path,
     studies: dict[str, tuple[str, str]],
@@ -132,7 +118,7 @@ def read_study(
         if study_id not in labels:
             raise ValueError(f"study {study_id} has no row in the labels CSV")
         companions["labels"] = np.asarray([labels[study_id]], np.uint8)
-    split = split_of(study_id, val_fraction, test_fraction)
+    split = stable_split(study_id, val_fraction, test_fraction)
     yield TileBatch(tile[None, None], index={"split": np.array([split])}, companions=companions)
 
 

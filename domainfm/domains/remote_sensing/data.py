@@ -24,7 +24,7 @@ from domainfm.domains.remote_sensing.bands import select_bands
 from domainfm.domains.remote_sensing.phantom import CURTAIN_SHAPE, curtain
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.ingest import IngestSummary
-from domainfm.shared.tiles.schema import SPLITS, TEXT, Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.schema import TEXT, Companion, StoreSpec, TileBatch, stable_split
 
 HDF_SUFFIXES = (".hdf", ".hdf4", ".h4")
 READER_VERSION = "1"
@@ -33,16 +33,6 @@ READER_VERSION = "1"
 def chip_origins(height: int, width: int, chip: int) -> list[tuple[int, int]]:
     """Top-left corners of the non-overlapping ``chip`` x ``chip`` windows that fit."""
     return [(y, x) for y in range(0, height - chip + 1, chip) for x in range(0, width - chip + 1, chip)]
-
-
-def split_of(name: str, val_fraction: float = 0.15, test_fraction: float = 0.15) -> int:
-    """A stable split for a chip id (source name + origin)."""
-    import hashlib
-
-    u = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16**8
-    return (
-        SPLITS["test"] if u < test_fraction else SPLITS["val"] if u < test_fraction + val_fraction else SPLITS["train"]
-    )
 
 
 def _batches(
@@ -69,7 +59,7 @@ def _batches(
                 "x": np.array([x]),
                 "y": np.array([y]),
                 "scale": np.array([pixel_size]),
-                "split": np.array([split_of(f"{source}:{y}:{x}")]),
+                "split": np.array([stable_split(f"{Path(source).name}:{y}:{x}")]),
             },
             companions=chip_companions,
             valid=ok.all(axis=0)[None, None],

@@ -12,7 +12,6 @@ never moves an existing pair to another split.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.report import unpaired_report
 from domainfm.shared.tiles.ingest import IngestSummary
-from domainfm.shared.tiles.schema import SPLITS, Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch, stable_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = ("_mask", "_segmentation", "_seg", "_label", "_gt")
@@ -48,17 +48,11 @@ class Pairing:
 
     def report(self, limit: int = 20) -> str:
         """The unpaired files, one per line (at most ``limit`` of each kind)."""
-        lines = [f"{len(self.pairs)} image/mask pairs"]
-        for title, paths in (
-            ("images without a mask", self.images_without_mask),
-            ("masks without an image", self.masks_without_image),
-        ):
-            if paths:
-                lines.append(f"{len(paths)} {title}:")
-                lines += [f"  {p}" for p in paths[:limit]]
-                if len(paths) > limit:
-                    lines.append(f"  ... and {len(paths) - limit} more")
-        return "\n".join(lines)
+        unpaired = {
+            "images without a mask": self.images_without_mask,
+            "masks without an image": self.masks_without_image,
+        }
+        return unpaired_report(len(self.pairs), unpaired, limit)
 
 
 def _by_stem(folder: Path, strip_suffixes: Sequence[str] = ()) -> dict[str, Path]:
@@ -149,14 +143,6 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return resized, np.asarray(mask_image) > 127
 
 
-def split_of(stem: str, val_fraction: float, test_fraction: float) -> int:
-    """A stable split for a stem: its hash, not its position, decides."""
-    u = int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) / 16**8
-    return (
-        SPLITS["test"] if u < test_fraction else SPLITS["val"] if u < test_fraction + val_fraction else SPLITS["train"]
-    )
-
-
 def read_pair(
     image_path: Path,
     masks: dict[str, str],
@@ -172,7 +158,7 @@ def read_pair(
         tile, tile_mask = resize_pair(image, mask, size)
     except ValueError as error:
         raise ValueError(f"{image_path} and {mask_path}: {error}") from error
-    split = split_of(Path(image_path).stem, val_fraction, test_fraction)
+    split = stable_split(Path(image_path).stem, val_fraction, test_fraction)
     yield TileBatch(
         tile.transpose(2, 0, 1)[None],
         index={"label": np.array([int(tile_mask.any())]), "split": np.array([split])},

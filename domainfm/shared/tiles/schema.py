@@ -34,6 +34,21 @@ INDEX_COLUMNS: dict[str, str] = {
 }
 INDEX_DEFAULTS: dict[str, float] = {"source": 0, "x": 0, "y": 0, "scale": 0.0, "split": -1, "label": -1}
 SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def stable_split(key: str, val_fraction: float = 0.15, test_fraction: float = 0.15) -> int:
+    """A split id decided by a hash of ``key`` (a stem, study id, chip id), never by position.
+
+    The same key always lands in the same split, so adding or reordering sources moves nothing.
+    """
+    import hashlib
+
+    u = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 16**8
+    if u < test_fraction:
+        return SPLITS["test"]
+    return SPLITS["val"] if u < test_fraction + val_fraction else SPLITS["train"]
+
+
 DOMAINS = ("generic", "radiology", "pathology", "remote_sensing", "segmentation")
 TEXT = "str"
 

@@ -10,7 +10,7 @@ from domainfm.domains.remote_sensing.workflow import run_study
 @pytest.mark.slow
 def test_simmim_reconstructs_held_out_chips_clearly_better_than_the_band_means(tmp_path: Path):
     results = run_study(
-        tmp_path, granules=4, pretrain_epochs=20, labelled=16, task_epochs=5, device="cpu", progress=False
+        tmp_path, granules=6, pretrain_epochs=40, labelled=16, task_epochs=1, device="cpu", progress=False
     )
     reconstruction = results["reconstruction"]
     assert reconstruction["masked_l1"] < 0.8 * reconstruction["mean_predictor_l1"]

@@ -12,8 +12,8 @@ from domainfm.domains.segmentation.data import (
     ingest_pairs,
     read_image,
     read_mask,
-    split_of,
 )
+from domainfm.shared.tiles.schema import stable_split
 from domainfm.shared.tiles.store import TileStore
 
 
@@ -84,10 +84,10 @@ def test_sixteen_bit_greyscale_png_and_tiff_and_label_masks(tmp_path: Path):
 
 
 def test_splits_depend_on_the_stem_only():
-    splits = [split_of(f"case_{i}", 0.15, 0.15) for i in range(2000)]
+    splits = [stable_split(f"case_{i}", 0.15, 0.15) for i in range(2000)]
     counts = np.bincount(splits, minlength=3) / len(splits)
     assert abs(counts[0] - 0.7) < 0.04 and abs(counts[1] - 0.15) < 0.03 and abs(counts[2] - 0.15) < 0.03
-    assert splits == [split_of(f"case_{i}", 0.15, 0.15) for i in range(2000)]
+    assert splits == [stable_split(f"case_{i}", 0.15, 0.15) for i in range(2000)]
 
 
 def test_a_corrupt_image_fails_by_name_and_the_others_are_ingested(tmp_path: Path):
