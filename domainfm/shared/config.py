@@ -234,3 +234,10 @@ def load_config(path: str | Path, function: Callable[..., Any]) -> dict[str, Any
     kwargs = cfg.as_dict()
     kwargs.pop("config", None)
     return kwargs
+
+
+def settings_unchanged(marker: Path, settings: dict[str, Any]) -> bool:
+    """True when ``marker`` records exactly ``settings``: a finished step a rerun may skip."""
+    import json
+
+    return Path(marker).is_file() and json.loads(Path(marker).read_text()) == settings

@@ -18,15 +18,12 @@ from domainfm.domains.radiology.data import ingest_studies
 from domainfm.domains.radiology.evaluate import probe, retrieval
 from domainfm.domains.radiology.phantom import write_phantom, write_retrieval_set
 from domainfm.domains.radiology.pretrain import load_convirt, pretrain
+from domainfm.shared.config import settings_unchanged
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
 from domainfm.shared.tiles.store import TileStore
 
 FRACTIONS = (0.01, 0.1, 1.0)
-
-
-def _done(marker: Path, settings: dict[str, Any]) -> bool:
-    return marker.is_file() and json.loads(marker.read_text()) == settings
 
 
 def run_study(
@@ -48,7 +45,7 @@ def run_study(
     out = Path(out)
     data_settings = {"n": n, "seed": seed}
     data_marker = out / "phantom" / "settings.json"
-    fresh = not _done(data_marker, data_settings)
+    fresh = not settings_unchanged(data_marker, data_settings)
     if fresh:
         write_phantom(out / "phantom", n, 128, seed)
         write_retrieval_set(out / "phantom" / "retrieval", 20, 5, 128, seed + 1)
@@ -63,7 +60,7 @@ def run_study(
     train_settings = {"size": size, "backbone": backbone, "text": text, "epochs": epochs, "batch": batch_size, "lr": lr}
     train_settings |= {"hflip": hflip, "augment": augment_strength, "seed": seed, "data": data_settings}
     run_dir, marker = out / "convirt", out / "convirt" / "settings.json"
-    if not _done(marker, train_settings):
+    if not settings_unchanged(marker, train_settings):
         result = pretrain(
             store_path, run_dir, backbone, None, text, 512, 0.1, 0.75, epochs, batch_size, lr, 1e-6, hflip, seed,
             device, progress, augment_strength,

@@ -17,12 +17,9 @@ from domainfm.domains.remote_sensing.data import ingest_chips
 from domainfm.domains.remote_sensing.downstream import train_task
 from domainfm.domains.remote_sensing.phantom import write_granule
 from domainfm.domains.remote_sensing.pretrain import heldout_loss, pretrain
+from domainfm.shared.config import settings_unchanged
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
-
-
-def _done(marker: Path, settings: dict[str, Any]) -> bool:
-    return marker.is_file() and json.loads(marker.read_text()) == settings
 
 
 def run_study(
@@ -42,7 +39,7 @@ def run_study(
     out = Path(out)
     data_settings = {"granules": granules, "size": granule_size, "seed": seed}
     marker = out / "granules" / "settings.json"
-    fresh = not _done(marker, data_settings)
+    fresh = not settings_unchanged(marker, data_settings)
     files = [out / "granules" / f"MOD021KM.phantom.{i:03d}.hdf" for i in range(granules)]
     if fresh:
         for i, path in enumerate(files):
@@ -60,7 +57,7 @@ def run_study(
         "chip": chip,
     }
     run_dir = out / "simmim"
-    if not _done(run_dir / "settings.json", train_settings):
+    if not settings_unchanged(run_dir / "settings.json", train_settings):
         pretrain(store, run_dir, backbone, epochs=pretrain_epochs, seed=seed, device=device, progress=progress)
         (run_dir / "settings.json").write_text(json.dumps(train_settings))
     checkpoint = run_dir / "simmim.safetensors"

@@ -117,9 +117,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
         return {"kind": "gms", "vae": model.vae_config.to_dict(), "mapper": model.mapper_options}
     if isinstance(model, UNetSegmenter):
         return {"kind": "unet", "unet": model.options}
-    if hasattr(model, "encoder") and hasattr(model, "quant_conv_mu"):
-        raise TypeError("save a VAE with save_vae")
-    raise TypeError(f"not a domainfm segmenter: {type(model).__name__}")
+    raise TypeError(f"not a domainfm segmenter: {type(model).__name__} (save a VAE with save_vae)")
 
 
 def _save(state: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path) -> Path:
