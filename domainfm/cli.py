@@ -71,6 +71,7 @@ GROUPS: dict[str, Group] = {
         commands={
             "backbones": "domainfm.shared.backbones.bench:bench_backbones",
             "stream": "domainfm.shared.tiles.bench:bench_stream",
+            "tiling": "domainfm.domains.pathology.bench:bench_tiling",
         },
     ),
 }
@@ -127,6 +128,29 @@ def _print_group_help(name: str, group: Group) -> None:
         print("  (none yet: this group's verbs arrive with its issue)")
 
 
+def normalise_option_spelling(argv: Sequence[str], function: Callable[..., Any]) -> list[str]:
+    """Accepts ``--tile-size`` for ``--tile_size``, and list options one element at a time.
+
+    Only names of ``function``'s parameters are rewritten. A list option given a single value becomes
+    jsonargparse's append form (``--mpp+``), so ``--mpp 0.5 --mpp 1.0`` means ``[0.5, 1.0]``;
+    ``--mpp [0.5,1.0]`` is left as it is.
+    """
+    parameters = inspect.signature(function).parameters
+    lists = {name for name, p in parameters.items() if "list[" in str(p.annotation)}
+    out = []
+    for i, token in enumerate(argv):
+        if token.startswith("--") and len(token) > 2:
+            name, equals, value = token[2:].partition("=")
+            under = name.replace("-", "_")
+            if under in parameters or under.removeprefix("no_") in parameters:
+                given = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+                if under in lists and not given.lstrip().startswith("["):
+                    under += "+"  # one element: appended, so repeating the option builds the list
+                token = f"--{under}{equals}{value}"
+        out.append(token)
+    return out
+
+
 def run_command(
     command: str, function: Callable[..., Any], argv: Sequence[str], defaults: dict[str, Any] | None = None
 ) -> int:
@@ -134,6 +158,7 @@ def run_command(
     from domainfm.shared.config import RunRecord, command_parser, explain_parse_error, set_current_run
 
     parser = command_parser(function, prog=f"domainfm {command}")
+    argv = normalise_option_spelling(argv, function)
     if defaults:
         parser.set_defaults(**defaults)
     try:

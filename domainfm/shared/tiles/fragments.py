@@ -154,9 +154,12 @@ def ingest_source(
     try:
         identity = fingerprint(source)
         writer = FragmentWriter(fragment_dir, spec)
+        meta: dict[str, Any] = {}
         for batch in reader(source):
+            meta.update(batch.source_meta or {})
             writer.append(batch, source_row)
         status = {"status": "done", "n_tiles": writer.n, "stats": writer.stats.to_dict(), "fingerprint": identity}
+        status["meta"] = meta
     except Exception as error:  # any reader failure: record it, let the other sources continue
         try:
             identity = fingerprint(source)

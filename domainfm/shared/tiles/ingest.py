@@ -291,6 +291,7 @@ def ingest(
             "status": status["status"],
             "n_tiles": status.get("n_tiles", 0),
             "error": status.get("error"),
+            "meta": status.get("meta", {}),
         }
         table.append(entry)
         if status["status"] == "done":

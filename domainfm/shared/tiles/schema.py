@@ -122,12 +122,15 @@ class TileBatch:
     ``index`` maps column names of ``INDEX_COLUMNS`` (except ``source``, set by the engine) to arrays of
     length ``n``; missing columns take their defaults. ``valid`` (``[n, 1, H, W]``, nonzero = valid)
     excludes fill values from the statistics; store it as a companion too when training needs it.
+    ``source_meta`` (any batch, even an empty one) is merged into the source's row of the sources table:
+    what a reader learnt about the whole source (a slide's mpp and where it came from, its size).
     """
 
     tiles: np.ndarray
     index: dict[str, np.ndarray] = field(default_factory=dict)
     companions: dict[str, Any] = field(default_factory=dict)
     valid: np.ndarray | None = None
+    source_meta: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.tiles)

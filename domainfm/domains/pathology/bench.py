@@ -1,0 +1,125 @@
+"""``domainfm bench tiling``: the slide tiler against a naive PNG loop and OpenSlide's read limit, in one run.
+
+On a generated phantom Aperio SVS of ``size`` x ``size`` pixels (JPEG tiles, pyramid, 0.5 mpp), tiling
+224-px tiles at 0.5 mpp (20x, the common case):
+
+(a) ``tiler``: ``domainfm pathology tile`` end to end (thumbnail, tissue mask, QC picture, parallel
+    reads, staging, store assembly and statistics), tiles/s;
+(b) ``naive_png``: what CLAM-style scripts do: one ``read_region`` per tile, converted to RGB and saved as
+    a PNG file, in a plain loop (measured on the first ``naive_tiles`` tiles);
+(c) ``read_limit``: ``read_region`` of the same tiles with the tiler's thread pool and nothing written
+    (measured before and after (a); the mean is used).
+
+``peak_rss_mb`` is the process's peak over the whole run (phantom generation included). Ratios are
+taken within the run, so they hold on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domainfm.shared.engine.memory import peak_memory_mb
+
+
+def _read_limit(slide_path: Path, plan: Any, params: Any) -> float:
+    from domainfm.domains.pathology.tiling import RegionReader, read_tiles
+
+    reader = RegionReader(slide_path, params.threads)
+    start, n = time.perf_counter(), 0
+    try:
+        for mpp, (coords, _, side) in plan.grids.items():
+            for tiles in read_tiles(reader, plan.info, coords, mpp, side, params):
+                n += len(tiles)
+    finally:
+        reader.close()
+    return n / (time.perf_counter() - start)
+
+
+def _naive_png(slide_path: Path, coords: np.ndarray, tile_px: int, folder: Path) -> float:
+    import openslide
+
+    folder.mkdir(parents=True, exist_ok=True)
+    slide = openslide.OpenSlide(str(slide_path))
+    start = time.perf_counter()
+    for x, y in coords:
+        slide.read_region((int(x), int(y)), 0, (tile_px, tile_px)).convert("RGB").save(folder / f"{x}_{y}.png")
+    seconds = time.perf_counter() - start
+    slide.close()
+    return len(coords) / seconds
+
+
+def run_tiling_benchmark(size: int, tile_px: int, threads: int, naive_tiles: int, folder: Path) -> dict[str, Any]:
+    """Runs (a), (b) and (c) on a phantom slide in ``folder``; returns the JSON fields."""
+    from domainfm.domains.pathology.phantom import write_phantom_slide
+    from domainfm.domains.pathology.slides import open_slide
+    from domainfm.domains.pathology.tiling import TilingParams, plan_slide, tile_slides
+
+    start = time.perf_counter()
+    slide = write_phantom_slide(folder / "bench.svs", size, seed=0, mpp=0.5)
+    results: dict[str, Any] = {"slide_px": [size, size], "slide_mb": round(slide.path.stat().st_size / 2**20, 1)}
+    results["phantom_seconds"] = round(time.perf_counter() - start, 1)
+    params = TilingParams(mpps=(0.5,), tile_px=tile_px, threads=threads)
+    handle = open_slide(slide.path)
+    plan = plan_slide(handle, slide.path, params)
+    handle.close()
+    coords = plan.grids[0.5][0]
+    results["tiles"] = len(coords)
+    results["threads"] = threads
+    before = _read_limit(slide.path, plan, params)
+    start = time.perf_counter()
+    summary = tile_slides([slide.path], folder / "tiles.zarr", params, workers=1, progress=False)
+    tiler_seconds = time.perf_counter() - start
+    if not summary.ok or summary.n_tiles != len(coords):
+        raise RuntimeError(f"the tiler wrote {summary.n_tiles} tiles, expected {len(coords)}: {summary.report()}")
+    after = _read_limit(slide.path, plan, params)
+    naive = _naive_png(slide.path, coords[:naive_tiles], tile_px, folder / "png")
+    results["tiler_tiles_per_s"] = round(len(coords) / tiler_seconds, 1)
+    results["naive_png_tiles_per_s"] = round(naive, 1)
+    results["naive_tiles_measured"] = min(naive_tiles, len(coords))
+    results["read_limit_tiles_per_s"] = round((before + after) / 2, 1)
+    results["read_limit_rounds"] = [round(before, 1), round(after, 1)]
+    results["ratio_vs_naive_png"] = round(results["tiler_tiles_per_s"] / naive, 2)
+    results["ratio_vs_read_limit"] = round(results["tiler_tiles_per_s"] / results["read_limit_tiles_per_s"], 2)
+    results["peak_rss_mb"] = round(peak_memory_mb(), 1)
+    return results
+
+
+def bench_tiling(
+    size: int = 20000,
+    tile_size: int = 224,
+    threads: int = 2,
+    naive_tiles: int = 1500,
+    workdir: Path | None = None,
+    json: bool = False,
+) -> int:
+    """Slide tiler tiles/s against a naive read_region + PNG loop and the parallel read limit.
+
+    Args:
+        size: Side of the generated phantom slide in pixels (at least 20000 for the documented figures).
+        tile_size: Tile side in pixels (at 0.5 mpp on a 0.5-mpp slide).
+        threads: Region-reading threads of the tiler and of the read limit.
+        naive_tiles: Tiles timed for the naive PNG loop.
+        workdir: Where to build the data (a temporary folder, removed afterwards, when unset).
+        json: Print the JSON fields only.
+    """
+    import json as json_module
+
+    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="domainfm-bench-tiling-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        results = run_tiling_benchmark(size, tile_size, threads, naive_tiles, folder)
+    finally:
+        if workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    if json:
+        print(json_module.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key:28s} {value}")
+    return 0

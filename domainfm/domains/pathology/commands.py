@@ -1,0 +1,303 @@
+"""``domainfm pathology ...``: phantom, tile, pretrain, embed, probe, train, mil and study.
+
+PLUTO (Juyal et al. 2024, arXiv 2405.07905): whole-slide tiling at several microns per pixel,
+self-supervised pretraining, and tile- and slide-level heads. Every training command saves its resolved
+config beside its outputs.
+"""
+
+from __future__ import annotations
+
+import json as json_module
+from pathlib import Path
+from typing import Any
+
+
+def phantom(
+    out: Path, size: int = 4096, seed: int = 0, mpp: float | None = 0.25, tumor: bool = True, no_mpp: bool = False
+) -> int:
+    """Write a phantom Aperio SVS (pyramid, JPEG, mpp, objective power) with tissue classes (+ FILE.truth.npz).
+
+    Args:
+        out: The slide file (``.svs``).
+        size: Level-0 width and height in pixels.
+        seed: Random seed.
+        mpp: Level-0 microns per pixel.
+        tumor: Include tumour tissue (the slide label of the MIL phantom).
+        no_mpp: Leave the resolution out of the file (a slide without mpp).
+    """
+    from domainfm.domains.pathology.phantom import write_phantom_slide
+
+    slide = write_phantom_slide(Path(out), size, seed, None if no_mpp else mpp, tumor, progress=True)
+    print(f"wrote {slide.path} ({slide.size[0]}x{slide.size[1]}, levels {slide.downsamples}) and {slide.truth_path}")
+    return 0
+
+
+def tile(
+    slides: list[Path],
+    /,
+    out: Path,
+    mpp: list[float] | None = None,
+    tile_size: int = 224,
+    overlap: int = 0,
+    assume_mpp: float | None = None,
+    min_tissue: float = 0.5,
+    truth_labels: bool = False,
+    splits: Path | None = None,
+    threads: int = 2,
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = False,
+    overwrite: bool = False,
+) -> int:
+    """Tile whole slides (any OpenSlide format) at one or more resolutions into a tile store.
+
+    Rerunning the same command after a kill resumes; a corrupt slide is reported and the others are tiled
+    (exit status 1 when any slide failed). A QC picture per slide goes to OUT/qc/.
+
+    Args:
+        slides: Slide files.
+        out: Store folder.
+        mpp: Target microns per pixel, one or more (default 0.5).
+        tile_size: Tile side in pixels at the target resolution.
+        overlap: Pixels (at the target resolution) shared by neighbouring tiles.
+        assume_mpp: Level-0 mpp for slides that record none (never used when the slide has one).
+        min_tissue: Keep tiles with at least this tissue fraction.
+        truth_labels: Phantom slides: label tiles by their ground-truth class (FILE.truth.npz).
+        splits: CSV with columns slide,split (train/val/test); a stable hash of each slide's name when unset.
+        threads: Region-reading threads per slide.
+        workers: Slides tiled in parallel.
+        scheduler: A dask.distributed scheduler address; local when unset.
+        processes: Local processes instead of threads.
+        overwrite: Replace an existing store of other slides.
+    """
+    from domainfm.domains.pathology.tiling import TilingParams, read_splits, tile_slides
+    from domainfm.domains.pathology.tissue import TissueParams
+    from domainfm.shared.errors import DomainfmError
+
+    try:
+        split_table = read_splits(Path(splits)) if splits else None
+    except (OSError, ValueError) as error:
+        raise DomainfmError(str(error)) from error
+    params = TilingParams(
+        tuple(mpp or [0.5]), tile_size, overlap, assume_mpp, TissueParams(min_tissue=min_tissue), threads,
+        truth_labels=truth_labels, splits=split_table,
+    )  # fmt: skip
+    summary = tile_slides([Path(s) for s in slides], Path(out), params, workers, scheduler, processes, overwrite)
+    print(summary.report())
+    return 0 if summary.ok else 1
+
+
+def pretrain(
+    store: Path,
+    out: Path,
+    backbone: str = "test_vit",
+    objective: dict[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    weight_decay: float = 0.04,
+    warmup_epochs: int = 1,
+    teacher_momentum: float = 0.996,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """PLUTO-style pretraining (DINO + masked tokens + MAE + Fourier) on a tile store; writes OUT/encoder.safetensors.
+
+    A killed run resumes from OUT/resume/last.ckpt when rerun with the same command.
+
+    Args:
+        store: A store from ``pathology tile`` (train split; every mpp level mixed).
+        out: Output folder.
+        backbone: A ViT/FlexiViT of the shared registry (``flexivit_small`` is PLUTO's).
+        objective: PLUTO objective options (crop sizes, loss weights; see docs/pathology.md).
+        epochs: Training epochs.
+        batch_size: Tiles per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay on weight matrices.
+        warmup_epochs: Linear warm-up epochs before the cosine decay.
+        teacher_momentum: Initial EMA momentum of the teacher (cosine schedule to 1).
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+    from domainfm.domains.pathology.pretrain import pretrain as run
+    from domainfm.shared.config import save_resolved_config
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_resolved_config(Path(out))
+    result = run(
+        Path(store), Path(out), backbone, objective, epochs, batch_size, lr, weight_decay, warmup_epochs,
+        teacher_momentum, seed, device,
+    )  # fmt: skip
+    print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
+    return 0
+
+
+def embed(
+    store: Path,
+    out: Path,
+    checkpoint: Path | None = None,
+    backbone: str = "test_vit",
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> int:
+    """Per-tile embeddings of a tile store into zarr, keyed by slide and level-0 coordinates.
+
+    Args:
+        store: A store from ``pathology tile``.
+        out: Embedding store folder (zarr).
+        checkpoint: An encoder from ``pathology pretrain``; a random-initialised ``backbone`` when unset.
+        backbone: Backbone for the random-initialised baseline.
+        batch_size: Tiles per forward pass.
+        seed: Seed of the random initialisation.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        overwrite: Replace an existing embedding store.
+    """
+    from domainfm.domains.pathology.embed import embed_store
+
+    path = embed_store(
+        Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, batch_size, seed, device, overwrite
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def probe(embeddings: Path, mpp: float | None = None, labelled: float = 1.0, seed: int = 0, json: bool = False) -> int:
+    """Linear probe of tile labels on an embedding store (train split -> test split).
+
+    Args:
+        embeddings: An embedding store from ``pathology embed`` of a labelled tile store.
+        mpp: Only tiles at this resolution (all when unset).
+        labelled: Fraction of the labelled train tiles used.
+        seed: Random seed.
+        json: Print JSON.
+    """
+    from domainfm.domains.pathology.embed import read_embeddings
+    from domainfm.domains.pathology.heads import linear_probe
+
+    result = linear_probe(read_embeddings(Path(embeddings)), mpp, labelled, seed)
+    print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def train(
+    store: Path,
+    out: Path,
+    checkpoint: Path | None = None,
+    backbone: str = "test_vit",
+    peft: str = "linear",
+    peft_options: dict[str, Any] | None = None,
+    labelled: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "auto",
+    json: bool = False,
+) -> int:
+    """Train a tile classifier with any PEFT method; writes OUT/tile_classifier.safetensors and test scores.
+
+    Args:
+        store: A labelled tile store (``pathology tile --truth_labels`` on phantom slides).
+        out: Output folder.
+        checkpoint: An encoder from ``pathology pretrain``; random-initialised ``backbone`` when unset.
+        backbone: Backbone when training from scratch.
+        peft: A shared PEFT method: linear (frozen encoder), full, bitfit, lora, dvpt, ...
+        peft_options: The method's options.
+        labelled: Labelled train tiles used (all when unset).
+        epochs: Training epochs.
+        batch_size: Tiles per step.
+        lr: AdamW learning rate.
+        seed: Random seed (also picks the labelled tiles).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        json: Print JSON.
+    """
+    from domainfm.domains.pathology.heads import train_tile_classifier
+    from domainfm.shared.config import save_resolved_config
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_resolved_config(Path(out))
+    result = train_tile_classifier(
+        Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, labelled,
+        epochs, batch_size, lr, seed, device, progress=not json,
+    )  # fmt: skip
+    (Path(out) / "scores.json").write_text(json_module.dumps(result, indent=2))
+    print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def mil(
+    embeddings: Path,
+    out: Path,
+    labels: str = "truth",
+    mpp: float | None = None,
+    epochs: int = 50,
+    lr: float = 2e-4,
+    seed: int = 0,
+    json: bool = False,
+) -> int:
+    """Slide-level gated-attention MIL (ABMIL) on an embedding store, with attention heat-maps of test slides.
+
+    Args:
+        embeddings: An embedding store from ``pathology embed``.
+        out: Output folder (mil.json, heat-map PNGs).
+        labels: A CSV with columns slide,label, or ``truth`` (phantom slides: tumour present or not).
+        mpp: Bag tiles at this resolution (the finest in the store when unset).
+        epochs: Training epochs (one slide per step).
+        lr: AdamW learning rate.
+        seed: Random seed.
+        json: Print JSON.
+    """
+    from domainfm.domains.pathology.embed import read_embeddings
+    from domainfm.domains.pathology.slide_heads import run_mil
+    from domainfm.shared.config import save_resolved_config
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_resolved_config(Path(out))
+    result = run_mil(read_embeddings(Path(embeddings)), labels, Path(out), mpp, epochs, lr, seed)
+    print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def study(
+    out: Path,
+    slides: int = 12,
+    slide_size: int = 2048,
+    test_slides: int = 4,
+    tile_size: int = 64,
+    mpp: list[float] | None = None,
+    backbone: str = "test_vit",
+    pretrain_epochs: int = 10,
+    objective: dict[str, Any] | None = None,
+    mil_epochs: int = 40,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """The phantom study: PLUTO pretraining, linear probe vs a random-initialised encoder, and slide MIL.
+
+    Args:
+        out: Output folder.
+        slides: Phantom slides (every other one with tumour).
+        slide_size: Their side in pixels at 0.5 mpp.
+        test_slides: Held-out slides (the last ones).
+        tile_size: Tile side in pixels.
+        mpp: Tile resolutions (default 0.5 and 1.0).
+        backbone: ViT backbone.
+        pretrain_epochs: Pretraining epochs.
+        objective: PLUTO objective options (tiny defaults for the test backbones).
+        mil_epochs: ABMIL epochs.
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+    from domainfm.domains.pathology.workflow import run_study
+    from domainfm.shared.config import save_resolved_config
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_resolved_config(Path(out))
+    run_study(
+        Path(out), slides, slide_size, test_slides, tile_size, tuple(mpp or [0.5, 1.0]), backbone, pretrain_epochs,
+        objective, mil_epochs, seed, device,
+    )  # fmt: skip
+    print((Path(out) / "results.md").read_text())
+    return 0

@@ -1,0 +1,214 @@
+"""Tile- and slide-level heads on a pathology encoder.
+
+* **Linear probe** on frozen embeddings (the eva protocol for patch tasks, ``shared/methods/pluto.md``
+  section 2): multinomial logistic regression on standardised features, trained on the train split and
+  scored on the test split by accuracy, balanced accuracy and macro one-vs-rest AUROC.
+* **Tile classifier** trained end to end with any method of the shared PEFT module (``linear`` = frozen
+  encoder, ``full``, ``lora``, ``dvpt``, ...); saved as ``tile_classifier.safetensors`` with what rebuilds
+  it (encoder build arguments, PEFT method and options, classes, input normalisation).
+* **Slide-level MIL** (gated-attention ABMIL, :mod:`.mil`) on embedding stores: one bag per slide.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from domainfm.domains.pathology.embed import Embeddings
+from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.schema import SPLITS
+
+CLASSIFIER_KEY = "domainfm_pathology_tile_classifier"
+
+
+def classification_scores(probabilities: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro one-vs-rest AUROC (over classes present in ``labels``)."""
+    from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
+
+    predicted = probabilities.argmax(1)
+    present = [c for c in range(n_classes) if 0 < int((labels == c).sum()) < len(labels)]
+    aurocs = [float(binary_auroc(probabilities[:, c], (labels == c).long())) for c in present]
+    balanced = multiclass_accuracy(predicted, labels, n_classes, average="none")
+    seen = [c for c in range(n_classes) if int((labels == c).sum()) > 0]
+    return {
+        "accuracy": float((predicted == labels).float().mean()),
+        "balanced_accuracy": float(balanced[seen].mean()) if seen else float("nan"),
+        "macro_auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
+    }
+
+
+def fit_softmax_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 300) -> Any:
+    """Multinomial logistic regression (full-batch Adam, small L2) on standardised features."""
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    head = nn.Linear(features.shape[1], n_classes)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    x = (features - mean) / std
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(head(x), labels).backward()
+        optimizer.step()
+    return lambda f: torch.softmax(head((f - mean) / std), dim=1).detach()
+
+
+def linear_probe(
+    embeddings: Embeddings, mpp: float | None = None, labelled: float = 1.0, seed: int = 0
+) -> dict[str, Any]:
+    """Linear probe of the tile labels: train split (a seeded ``labelled`` fraction of it) -> test split."""
+    names = embeddings.attrs.get("label_names") or []
+    if not names or (embeddings.label < 0).all():
+        raise DomainfmError(f"{embeddings.path}: tiles carry no labels (tile phantom slides with --truth_labels)")
+    keep = embeddings.label >= 0
+    if mpp is not None:
+        keep &= np.isclose(embeddings.mpp, mpp)
+    train = np.flatnonzero(keep & (embeddings.split == SPLITS["train"]))
+    test = np.flatnonzero(keep & (embeddings.split == SPLITS["test"]))
+    if len(train) < 2 or len(test) < 1:
+        raise DomainfmError(f"{embeddings.path}: need train and test tiles with labels; got {len(train)}, {len(test)}")
+    if labelled < 1.0:
+        rng = np.random.default_rng(seed)
+        train = np.sort(rng.choice(train, size=max(2, round(labelled * len(train))), replace=False))
+    torch.manual_seed(seed)
+    x = torch.from_numpy(embeddings.features)
+    y = torch.from_numpy(embeddings.label.astype(np.int64))
+    score = fit_softmax_probe(x[train], y[train], len(names))
+    return {
+        **classification_scores(score(x[test]), y[test], len(names)),
+        "train_tiles": len(train),
+        "test_tiles": len(test),
+        "classes_in_test": sorted({names[i] for i in embeddings.label[test]}),
+    }
+
+
+class TileClassifier(nn.Module):
+    """An encoder (any PEFT state) and a linear head over its pooled embedding."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.embed_dim, n_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, n_classes]`` of normalised images ``[B, 3, H, W]``."""
+        return self.head(self.backbone(images))
+
+
+def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path) -> Path:
+    """Weights and rebuild metadata in one safetensors file, written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(partial), {CLASSIFIER_KEY: json.dumps(meta)})
+    partial.replace(path)
+    return path
+
+
+def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
+    """A tile classifier saved by :func:`train_tile_classifier` (rebuilt, PEFT reapplied, weights loaded)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from domainfm.shared.backbones import create_backbone
+    from domainfm.shared.peft.methods import apply_peft
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(CLASSIFIER_KEY)
+    except Exception as error:  # not a file or not safetensors
+        raise DomainfmError(f"{path} is not a safetensors checkpoint: {error}") from error
+    if raw is None:
+        raise DomainfmError(f"{path} is not a tile classifier written by `domainfm pathology train`")
+    meta = json.loads(raw)
+    args = dict(meta["encoder"])
+    backbone = apply_peft(create_backbone(args.pop("name"), **args), meta["peft"], **meta["peft_options"])
+    model = TileClassifier(backbone, len(meta["label_names"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), meta
+
+
+def train_tile_classifier(
+    store_path: Path,
+    out: Path,
+    checkpoint: Path | None = None,
+    backbone: str = "test_vit",
+    peft: str = "linear",
+    peft_options: dict[str, Any] | None = None,
+    labelled: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Trains a tile classifier on the store's labelled train tiles with ``peft``; test scores; saves it."""
+    from domainfm.domains.pathology.pretrain import load_encoder, normalise, store_normalization
+    from domainfm.shared.backbones import create_backbone
+    from domainfm.shared.engine import resolve_device
+    from domainfm.shared.engine.training import fit, make_trainer, step_task
+    from domainfm.shared.peft.methods import apply_peft, count_parameters
+    from domainfm.shared.tiles.store import TileStore
+    from domainfm.shared.tiles.stream import TileStream
+
+    store = TileStore(store_path)
+    names = list(store.spec.label_names)
+    labels = store.index["label"]
+    if not names or (labels < 0).all():
+        raise DomainfmError(f"{store.path}: tiles carry no labels (tile phantom slides with --truth_labels)")
+    torch_device = resolve_device(device)
+    torch.manual_seed(seed)
+    if checkpoint is not None:
+        encoder, encoder_meta = load_encoder(Path(checkpoint))
+        normalization = encoder_meta["normalization"]
+    else:
+        encoder = create_backbone(backbone, in_chans=3, img_size=store.spec.tile_shape[-1])
+        normalization = store_normalization(store)
+    build_args = encoder.build_args
+    encoder = apply_peft(encoder, peft, **(peft_options or {}))
+    model = TileClassifier(encoder, len(names)).to(torch_device)
+    train = np.flatnonzero((store.index["split"] == SPLITS["train"]) & (labels >= 0))
+    if labelled is not None:
+        train = np.sort(np.random.default_rng(seed).choice(train, size=min(labelled, len(train)), replace=False))
+    target = torch.from_numpy(labels.astype(np.int64))
+
+    def step(batch: dict) -> torch.Tensor:
+        logits = model(normalise(batch["tiles"], normalization))
+        return nn.functional.cross_entropy(logits, target[batch["tile_id"].cpu()].to(torch_device))
+
+    task = step_task(step, model, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01))
+    stream = TileStream(store, batch_size, indices=train, seed=seed, device=torch_device, normalize=False)
+    fit(make_trainer(epochs, torch_device, progress), task, stream)
+    model.eval()
+    test = np.flatnonzero((store.index["split"] == SPLITS["test"]) & (labels >= 0))
+    probabilities = []
+    with torch.no_grad():
+        for batch in TileStream(store, 64, indices=test, shuffle=False, device=torch_device, normalize=False):
+            probabilities.append(torch.softmax(model(normalise(batch["tiles"], normalization)), 1).cpu())
+    meta = {
+        "encoder": build_args,
+        "peft": peft,
+        "peft_options": peft_options or {},
+        "label_names": names,
+        "normalization": normalization,
+        "tile_px": store.spec.tile_shape[-1],
+        "mpps": store.spec.value_scaling.get("mpps"),
+        "checkpoint": str(checkpoint) if checkpoint else None,
+    }
+    saved = save_tile_classifier(model.cpu(), meta, Path(out) / "tile_classifier.safetensors")
+    scores = classification_scores(torch.cat(probabilities), target[test], len(names)) if len(test) else {}
+    return {
+        "classifier": str(saved),
+        "init": "pluto" if checkpoint else "random",
+        "peft": peft,
+        "train_tiles": len(train),
+        "test_tiles": len(test),
+        "trainable_encoder_parameters": count_parameters(encoder)["trainable"],
+        **scores,
+    }

@@ -1,0 +1,185 @@
+"""PLUTO-style self-supervised pretraining on a pathology tile store (``domainfm pathology pretrain``).
+
+Juyal et al., "PLUTO: Pathology-Universal Transformer", 2024 (arXiv 2405.07905): DINO self-distillation
+with an EMA teacher and multi-crop, masked-token prediction and MAE pixel reconstruction, plus a Fourier
+loss (objective in :mod:`.pluto`). Batches mix every mpp level of the store (the tiler writes all scales
+into one store and the stream shuffles across them), as PLUTO samples 0.25-2 mpp tiles together.
+
+Recipe: AdamW (0.9, 0.999) with weight decay on matrices only, linear warm-up then cosine decay, teacher
+momentum on DINO's cosine schedule from ``teacher_momentum`` to 1. The teacher backbone is what is saved
+(DINO's evaluation convention) as ``encoder.safetensors``: a shared-registry backbone checkpoint
+(``load_backbone`` rebuilds it) whose metadata also holds the input normalisation and the tile geometry.
+A killed run resumes from ``OUT/resume/last.ckpt`` when rerun with the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from domainfm.shared.backbones import Backbone, create_backbone, load_backbone
+from domainfm.shared.backbones.checkpoint import METADATA_KEY
+from domainfm.shared.engine import resolve_device
+from domainfm.shared.engine.training import fit, make_trainer, step_task
+from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.store import TileStore
+from domainfm.shared.tiles.stream import TileStream
+
+ENCODER_KEY = "domainfm_pathology_encoder"
+
+
+def save_encoder(backbone: Backbone, meta: dict[str, Any], path: Path) -> Path:
+    """A backbone checkpoint (readable by ``load_backbone``) with the encoder's input metadata, atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
+    partial = path.with_name(path.name + ".partial")
+    metadata = {METADATA_KEY: json.dumps(backbone.build_args), ENCODER_KEY: json.dumps(meta)}
+    save_file(state, str(partial), metadata=metadata)
+    partial.replace(path)
+    return path
+
+
+def load_encoder(path: Path) -> tuple[Backbone, dict[str, Any]]:
+    """The saved encoder and its metadata (normalisation, tile size, training record)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(ENCODER_KEY)
+    except Exception as error:  # not a file or not safetensors
+        raise DomainfmError(f"{path} is not a safetensors checkpoint: {error}") from error
+    if raw is None:
+        raise DomainfmError(f"{path} has no {ENCODER_KEY} metadata: not written by `domainfm pathology pretrain`")
+    return load_backbone(path), json.loads(raw)
+
+
+def store_normalization(store: TileStore) -> dict[str, list[float]]:
+    """Per-channel mean and std of a store's tiles (from the statistics computed while tiling)."""
+    stats = store.stats
+    if not stats:
+        raise DomainfmError(f"{store.path} has no statistics: re-tile it with `domainfm pathology tile`")
+    return {"mean": [float(m) for m in stats["mean"]], "std": [max(float(s), 1e-6) for s in stats["std"]]}
+
+
+def normalise(tiles: torch.Tensor, normalization: dict[str, list[float]]) -> torch.Tensor:
+    """Float tiles standardised with ``normalization`` (same on every device)."""
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(normalization["mean"], device=tiles.device).view(shape)
+    std = torch.tensor(normalization["std"], device=tiles.device).view(shape)
+    return (tiles.float() - mean) / std
+
+
+def _optimizers(lr: float, weight_decay: float, epochs: int, warmup: int) -> Any:
+    def optimizers(parameters: list[nn.Parameter]) -> dict:
+        decay = [p for p in parameters if p.ndim > 1]
+        rest = [p for p in parameters if p.ndim <= 1]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
+        )
+
+        def factor(epoch: int) -> float:
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(1, epochs - warmup))))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    return optimizers
+
+
+def pretrain(
+    store_path: Path,
+    out: Path,
+    backbone: str = "test_vit",
+    objective: dict[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    weight_decay: float = 0.04,
+    warmup_epochs: int = 1,
+    teacher_momentum: float = 0.996,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """PLUTO-style pretraining on the store's train split; writes ``encoder.safetensors`` and ``history.json``.
+
+    Args:
+        store_path: A store from ``pathology tile``.
+        out: Output folder.
+        backbone: A ViT/FlexiViT of the shared registry (``flexivit_small`` is PLUTO's).
+        objective: Fields of :class:`~domainfm.domains.pathology.pluto.PlutoConfig` (crop sizes, loss weights).
+        epochs: Passes over the train split.
+        batch_size: Tiles per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay on weight matrices.
+        warmup_epochs: Linear warm-up epochs before the cosine decay.
+        teacher_momentum: Start of the teacher's EMA momentum (cosine schedule to 1).
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        progress: Show Lightning's progress bar.
+    """
+    from dataclasses import asdict, fields
+
+    from domainfm.domains.pathology.pluto import Pluto, PlutoConfig
+    from domainfm.domains.pathology.pluto import teacher_momentum as momentum_schedule
+
+    store, out = TileStore(store_path), Path(out)
+    if store.spec.domain != "pathology":
+        raise DomainfmError(f"{store.path} is a {store.spec.domain} store; tile slides with `domainfm pathology tile`")
+    known = {f.name for f in fields(PlutoConfig)}
+    unknown = sorted(set(objective or {}) - known)
+    if unknown:
+        raise DomainfmError(f"unknown objective option(s) {unknown}; choose from {sorted(known)}")
+    tile_px = store.spec.tile_shape[-1]
+    config = PlutoConfig(**{"global_size": tile_px, **(objective or {})})
+    torch_device = resolve_device(device)
+    torch.manual_seed(seed)
+    model = Pluto(create_backbone(backbone, in_chans=3, img_size=tile_px), config).to(torch_device)
+    normalization = store_normalization(store)
+    stream = TileStream(
+        store, batch_size, split="train", seed=seed, device=torch_device, normalize=False, drop_last=True
+    )
+    if len(stream) == 0:
+        raise DomainfmError(f"{store.path}: fewer train tiles than one batch of {batch_size}; lower --batch_size")
+    total_steps = max(1, epochs * len(stream))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def step(batch: dict) -> torch.Tensor:
+        done = int(trainer.global_step)  # optimiser steps so far (restored on resume)
+        if done > 0:  # the EMA follows the optimiser step just taken
+            model.update_teacher(momentum_schedule(done, total_steps, teacher_momentum))
+        return model(normalise(batch["tiles"], normalization), generator)["loss"]
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    resume = out / "resume"
+    task = step_task(step, model, _optimizers(lr, weight_decay, epochs, min(warmup_epochs, max(0, epochs - 1))))
+    trainer = make_trainer(epochs, torch_device, progress, [ModelCheckpoint(resume, save_top_k=0, save_last=True)])
+    start = time.perf_counter()
+    fit(trainer, task, stream, resume / "last.ckpt")
+    model.update_teacher(momentum_schedule(int(trainer.global_step), total_steps, teacher_momentum))
+    meta = {
+        "objective": asdict(config),
+        "normalization": normalization,
+        "tile_px": tile_px,
+        "mpps": store.spec.value_scaling.get("mpps"),
+        "epochs": epochs,
+        "trained_on": str(store.path),
+    }
+    checkpoint = save_encoder(model.encoder().cpu(), meta, out / "encoder.safetensors")
+    history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    shutil.rmtree(resume, ignore_errors=True)
+    return {"checkpoint": checkpoint, **history}

@@ -1,0 +1,131 @@
+"""Slide-level MIL on an embedding store: bags per slide, slide labels, training, heat-maps.
+
+Slide labels come from a CSV (``slide,label``; ``slide`` is the file name or its stem, ``label`` any
+class name) or, for phantom slides, from their ground truth (``tumor`` when the slide has tumour tissue).
+ABMIL (Ilse et al. 2018, arXiv 1802.04712; :mod:`.mil`) trains on the train and val slides and is scored
+on the test slides; each test slide gets an attention heat-map over its thumbnail. Bags hold the tiles
+of one resolution (the finest in the store unless ``mpp`` is given).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from domainfm.domains.pathology.embed import Embeddings
+from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.schema import SPLITS
+
+TRUTH = "truth"
+
+
+def slide_labels(embeddings: Embeddings, labels: str | Path) -> tuple[list[str], dict[int, int]]:
+    """``(class names, slide row -> class id)`` from a CSV or ``"truth"`` (phantom slides)."""
+    slides = embeddings.slides
+    if str(labels) == TRUTH:
+        from domainfm.domains.pathology.phantom import TRUTH_SUFFIX, read_truth
+
+        mapping = {}
+        for row, slide in enumerate(slides):
+            truth_path = Path(slide["path"] + TRUTH_SUFFIX)
+            if not truth_path.is_file():
+                raise DomainfmError(f"{slide['path']}: no ground truth {truth_path.name}; give --labels CSV instead")
+            mapping[row] = int(read_truth(truth_path)["slide_label"])
+        return ["no_tumor", "tumor"], mapping
+    with open(labels, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"slide", "label"} <= set(rows[0]):
+        raise DomainfmError(f"{labels}: a slide-label CSV needs the columns slide,label")
+    by_name = {r["slide"]: r["label"] for r in rows}
+    names = sorted(set(by_name.values()))
+    mapping = {}
+    for row, slide in enumerate(slides):
+        path = Path(slide["path"])
+        label = by_name.get(path.name, by_name.get(path.stem))
+        if label is not None:
+            mapping[row] = names.index(label)
+    if not mapping:
+        raise DomainfmError(f"{labels}: no row names a slide of {embeddings.path} (by file name or stem)")
+    return names, mapping
+
+
+def bags(embeddings: Embeddings, rows: list[int], mpp: float) -> list[torch.Tensor]:
+    """One ``[N, D]`` bag of the tile embeddings at ``mpp`` per slide row."""
+    keep = np.isclose(embeddings.mpp, mpp)
+    return [torch.from_numpy(embeddings.features[keep & (embeddings.slide == r)]) for r in rows]
+
+
+def slide_split(embeddings: Embeddings, row: int) -> int:
+    """A slide's split (all its tiles share it)."""
+    return int(embeddings.split[embeddings.slide == row][0])
+
+
+def run_mil(
+    embeddings: Embeddings,
+    labels: str | Path,
+    out: Path,
+    mpp: float | None = None,
+    epochs: int = 50,
+    lr: float = 2e-4,
+    seed: int = 0,
+    heatmaps: bool = True,
+) -> dict[str, Any]:
+    """Trains ABMIL on train+val slides, scores the test slides, writes heat-maps and ``mil.json``."""
+    from domainfm.domains.pathology.mil import evaluate_mil, train_mil
+
+    mpp = float(np.min(embeddings.mpp)) if mpp is None else mpp
+    names, mapping = slide_labels(embeddings, labels)
+    present = [r for r in sorted(mapping) if (embeddings.slide == r).any()]
+    test = [r for r in present if slide_split(embeddings, r) == SPLITS["test"]]
+    train = [r for r in present if r not in test]
+    if len(train) < 2 or not test:
+        raise DomainfmError(f"{embeddings.path}: need >= 2 train and >= 1 test slides with labels; got {train}, {test}")
+    model = train_mil(bags(embeddings, train, mpp), [mapping[r] for r in train], len(names), epochs, lr, seed=seed)
+    test_bags = bags(embeddings, test, mpp)
+    metrics = evaluate_mil(model, test_bags, [mapping[r] for r in test])
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if heatmaps:
+        figures = [str(p) for p in write_heatmaps(model, embeddings, test, test_bags, mpp, out)]
+    result = {
+        "classes": names,
+        "train_slides": len(train),
+        "test_slides": len(test),
+        "mpp": mpp,
+        **metrics,
+        "heatmaps": figures,
+    }
+    (out / "mil.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def write_heatmaps(
+    model: Any, embeddings: Embeddings, rows: list[int], slide_bags: list[torch.Tensor], mpp: float, out: Path
+) -> list[Path]:
+    """An attention heat-map PNG over the thumbnail of each slide row (tiles at ``mpp``)."""
+    from domainfm.domains.pathology.mil import attention_heatmap
+    from domainfm.domains.pathology.slides import open_slide, read_thumbnail
+
+    written = []
+    model.eval()
+    for row, bag in zip(rows, slide_bags, strict=True):
+        slide = embeddings.slides[row]
+        coords = embeddings.coords[(embeddings.slide == row) & np.isclose(embeddings.mpp, mpp)]
+        with torch.no_grad():
+            logits, attention = model(bag)
+        handle = open_slide(slide["path"])
+        try:
+            thumbnail, downsample = read_thumbnail(handle, max(slide["level0_width"], slide["level0_height"]) / 1024)
+        finally:
+            handle.close()
+        side_level0 = embeddings.attrs["tile_px"] * mpp / slide["mpp"]
+        probability = torch.softmax(logits, -1).numpy()
+        title = f"{Path(slide['path']).name}: p = {np.round(probability, 2).tolist()}"
+        out_png = out / f"{Path(slide['path']).name}.attention.png"
+        written.append(attention_heatmap(thumbnail, coords, side_level0, downsample, attention.numpy(), out_png, title))
+    return written

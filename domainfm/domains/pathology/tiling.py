@@ -1,0 +1,288 @@
+"""Whole-slide tiling into the tile store (``domainfm pathology tile``).
+
+For each slide and each target resolution (microns per pixel): a square grid of ``tile_px`` tiles (with
+``overlap`` target pixels shared between neighbours) in level-0 coordinates, filtered by the tissue mask
+(:mod:`.tissue`), read from the coarsest pyramid level that is not coarser than the target and resized
+to ``tile_px`` (PLUTO samples tiles at 0.25/0.5/1/2 mpp; ``shared/methods/pluto.md`` section 4).
+
+The store holds 8-bit RGB tiles ``[3, tile_px, tile_px]`` with ``index/x, y`` = level-0 top-left,
+``index/scale`` = the tile's mpp, ``index/split`` by slide (tiles of one slide never straddle splits:
+from a ``slide,split`` CSV, or a stable hash of the slide's name),
+a ``tissue`` companion (the tile's tissue fraction) and, with ``truth_labels``, ``index/label`` from a
+phantom slide's ground truth. Each slide's resolved mpp and its provenance, level-0 size and pyramid go
+into the store's sources table; a QC picture per slide goes to ``STORE/qc/<slide>.png``.
+
+Regions are read by a small thread pool per slide (OpenSlide releases the GIL while decoding; every
+thread has its own handle), a bounded number of tiles ahead of the writer, so memory does not grow with
+the slide. Slides run in parallel through the shared ingest engine, which also makes the run resumable
+and records a corrupt slide by name while the others are tiled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domainfm.domains.pathology.slides import (
+    SlideInfo,
+    best_level,
+    open_slide,
+    read_thumbnail,
+    rgb_on_white,
+    slide_info,
+)
+from domainfm.domains.pathology.tissue import TissueParams, tissue_fractions, tissue_mask, write_qc_png
+from domainfm.shared.tiles.ingest import IngestSummary
+from domainfm.shared.tiles.schema import SPLITS, Companion, StoreSpec, TileBatch, stable_split
+
+READER_NAME = "pathology.openslide"
+READER_VERSION = "1"
+THUMBNAIL_MPP = 8.0
+MAX_THUMBNAIL_SIDE = 8192
+QC_FOLDER = "qc"
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    """How slides are cut into tiles (recorded in the store)."""
+
+    mpps: tuple[float, ...] = (0.5,)
+    tile_px: int = 224
+    overlap: int = 0
+    assume_mpp: float | None = None
+    tissue: TissueParams = field(default_factory=TissueParams)
+    threads: int = 2
+    batch: int = 32
+    truth_labels: bool = False
+    splits: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.mpps or any(m <= 0 for m in self.mpps):
+            raise ValueError(f"target mpps must be positive, got {list(self.mpps)}")
+        if self.tile_px < 8 or not 0 <= self.overlap < self.tile_px:
+            raise ValueError(f"need tile_px >= 8 and 0 <= overlap < tile_px, got {self.tile_px} and {self.overlap}")
+
+
+def grid_origins(width: int, height: int, side: float, step: float) -> np.ndarray:
+    """Level-0 top-left corners ``[N, 2]`` (x, y) of the grid tiles that fit inside the slide, row-major."""
+    xs = np.round(np.arange(0, max(0.0, width - side) + 1e-6, step)).astype(np.int64)
+    ys = np.round(np.arange(0, max(0.0, height - side) + 1e-6, step)).astype(np.int64)
+    if side > width or side > height:
+        return np.zeros((0, 2), np.int64)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+def footprint(info: SlideInfo, mpp: float, params: TilingParams) -> tuple[float, float]:
+    """``(tile side, grid step)`` in level-0 pixels for tiles at ``mpp``."""
+    ratio = mpp / info.mpp
+    return params.tile_px * ratio, (params.tile_px - params.overlap) * ratio
+
+
+def thumbnail_downsample(info: SlideInfo, params: TilingParams) -> float:
+    """Thumbnail resolution: about 8 mpp, finer when tiles would span fewer than 16 thumbnail pixels."""
+    smallest_tile = min(footprint(info, m, params)[0] for m in params.mpps)
+    downsample = min(THUMBNAIL_MPP / info.mpp, smallest_tile / 16)
+    downsample = max(downsample, max(info.width, info.height) / MAX_THUMBNAIL_SIDE)
+    return max(1.0, downsample)
+
+
+@dataclass
+class SlidePlan:
+    """Kept tiles of one slide: per mpp, level-0 coords, tissue fractions and the tile side."""
+
+    info: SlideInfo
+    grids: dict[float, tuple[np.ndarray, np.ndarray, float]]
+    thumbnail: np.ndarray
+    mask: np.ndarray
+    thumb_downsample: float
+
+
+def plan_slide(slide: Any, path: Path, params: TilingParams) -> SlidePlan:
+    """Resolves the slide's mpp, detects tissue and keeps the grid tiles with enough of it."""
+    info = slide_info(slide, path, params.assume_mpp)
+    thumbnail, downsample = read_thumbnail(slide, thumbnail_downsample(info, params))
+    mask = tissue_mask(thumbnail, downsample * info.mpp, params.tissue)
+    grids = {}
+    for mpp in params.mpps:
+        side, step = footprint(info, mpp, params)
+        coords = grid_origins(info.width, info.height, side, step)
+        fraction = tissue_fractions(mask, downsample, coords, side)
+        keep = fraction >= params.tissue.min_tissue
+        grids[mpp] = (coords[keep], fraction[keep], side)
+    return SlidePlan(info, grids, thumbnail, mask, downsample)
+
+
+class RegionReader:
+    """Reads tiles of one slide with a thread pool; each thread opens its own OpenSlide handle."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.path, self.local = path, threading.local()
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="slide-read")
+        self.handles: list[Any] = []
+        self.lock = threading.Lock()
+
+    def _slide(self) -> Any:
+        handle = getattr(self.local, "slide", None)
+        if handle is None:
+            handle = self.local.slide = open_slide(self.path)
+            with self.lock:
+                self.handles.append(handle)
+        return handle
+
+    def read(self, x: int, y: int, level: int, size: int, tile_px: int) -> np.ndarray:
+        """One ``[3, tile_px, tile_px]`` tile whose level-``level`` region is ``size`` px square."""
+        from PIL import Image
+
+        rgb = rgb_on_white(self._slide().read_region((int(x), int(y)), level, (size, size)))
+        if size != tile_px:
+            rgb = np.asarray(Image.fromarray(rgb).resize((tile_px, tile_px), Image.BILINEAR))
+        return rgb.transpose(2, 0, 1)
+
+    def close(self) -> None:
+        """Stops the threads and closes every handle."""
+        self.pool.shutdown(wait=True)
+        for handle in self.handles:
+            handle.close()
+
+
+def read_tiles(
+    reader: RegionReader, info: SlideInfo, coords: np.ndarray, mpp: float, side: float, params: TilingParams
+) -> Iterator[np.ndarray]:
+    """Tiles of ``coords`` in order, in batches of ``params.batch``, at most two batches in flight."""
+    level = best_level(info.level_downsamples, side / params.tile_px)
+    size = max(1, round(side / info.level_downsamples[level]))
+    pending: deque[list[Future]] = deque()
+    for start in range(0, len(coords), params.batch):
+        chunk = coords[start : start + params.batch]
+        pending.append([reader.pool.submit(reader.read, x, y, level, size, params.tile_px) for x, y in chunk])
+        if len(pending) > 2:
+            yield np.stack([f.result() for f in pending.popleft()])
+    while pending:
+        yield np.stack([f.result() for f in pending.popleft()])
+
+
+def truth_labels(path: Path, coords: np.ndarray, side: float) -> np.ndarray:
+    """Majority tissue class of each tile of a phantom slide (``FILE.truth.npz`` beside it).
+
+    Kept tiles passed the tissue filter, so the label is the most frequent *tissue* class under the tile
+    (background, class 0, is never a tile label).
+    """
+    from domainfm.domains.pathology.phantom import TRUTH_SUFFIX, read_truth, truth_class_fractions
+
+    truth_path = Path(str(path) + TRUTH_SUFFIX)
+    if not truth_path.is_file():
+        raise ValueError(f"{path}: no ground truth {truth_path.name} beside it (needed for --truth-labels)")
+    truth = read_truth(truth_path)
+    return np.array(
+        [1 + int(np.argmax(truth_class_fractions(truth, x, y, side, side)[1:])) for x, y in coords], np.int32
+    )
+
+
+def read_splits(path: Path) -> dict[str, str]:
+    """Slide name (file name or stem) -> split, from a CSV with columns ``slide,split`` (train/val/test)."""
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"slide", "split"} <= set(rows[0]):
+        raise ValueError(f"{path}: a splits CSV needs the columns slide,split")
+    bad = sorted({r["split"] for r in rows} - set(SPLITS))
+    if bad:
+        raise ValueError(f"{path}: unknown split(s) {bad}; use {list(SPLITS)}")
+    return {r["slide"]: r["split"] for r in rows}
+
+
+def slide_split(path: Path, splits: dict[str, str] | None) -> int:
+    """The slide's split: from ``splits`` (by file name or stem) when given, else a stable hash of its name."""
+    if splits is None:
+        return stable_split(path.name)
+    name = splits.get(path.name, splits.get(path.stem))
+    if name is None:
+        raise ValueError(f"{path}: not listed in the splits CSV (add a row 'slide,split' for it)")
+    return SPLITS[name]
+
+
+def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = None) -> Iterator[TileBatch]:
+    """Reader for the ingest engine: every kept tile of one slide, scale by scale."""
+    path = Path(path)
+    slide = open_slide(path)
+    try:
+        plan = plan_slide(slide, path, params)
+    finally:
+        slide.close()
+    meta = {**plan.info.to_meta(), "tiles_per_mpp": {str(m): len(g[0]) for m, g in plan.grids.items()}}
+    if qc_dir is not None:
+        grids = {m: (coords, side) for m, (coords, _, side) in plan.grids.items()}
+        title = f"{path.name}: {plan.info.mpp:g} mpp ({plan.info.mpp_source})"
+        write_qc_png(plan.thumbnail, plan.mask, plan.thumb_downsample, grids, qc_dir / f"{path.name}.png", title)
+    yield TileBatch(np.zeros((0, 3, params.tile_px, params.tile_px), np.uint8), source_meta=meta)
+    split = slide_split(path, params.splits)
+    reader = RegionReader(path, params.threads)
+    try:
+        for mpp, (coords, fraction, side) in plan.grids.items():
+            labels = truth_labels(path, coords, side) if params.truth_labels else None
+            start = 0
+            for tiles in read_tiles(reader, plan.info, coords, mpp, side, params):
+                stop = start + len(tiles)
+                index = {
+                    "x": coords[start:stop, 0],
+                    "y": coords[start:stop, 1],
+                    "scale": np.full(len(tiles), mpp, np.float32),
+                    "split": np.full(len(tiles), split, np.int8),
+                }
+                if labels is not None:
+                    index["label"] = labels[start:stop]
+                yield TileBatch(tiles, index=index, companions={"tissue": fraction[start:stop]})
+                start = stop
+    finally:
+        reader.close()
+
+
+def tile_spec(params: TilingParams) -> StoreSpec:
+    """Store spec of RGB slide tiles."""
+    scaling = {
+        "tiles": "8-bit RGB as OpenSlide reads it, transparent areas composited on white",
+        "tile_px": params.tile_px,
+        "overlap": params.overlap,
+        "mpps": list(params.mpps),
+        "coords": "index/x, index/y: level-0 top-left pixel; index/scale: the tile's microns per pixel",
+        "tissue": params.tissue.to_dict(),
+    }
+    channels = [{"name": c} for c in ("R", "G", "B")]
+    labels = []
+    if params.truth_labels:
+        from domainfm.domains.pathology.phantom import CLASS_NAMES
+
+        labels = list(CLASS_NAMES)
+    companions = {"tissue": Companion((), "float32")}
+    return StoreSpec("pathology", (3, params.tile_px, params.tile_px), "uint8", channels, scaling, labels, companions)
+
+
+def tile_slides(
+    slides: list[Path],
+    out: Path,
+    params: TilingParams,
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> IngestSummary:
+    """Tiles ``slides`` into the store at ``out`` through the shared ingest engine."""
+    from domainfm.shared.tiles.ingest import ingest
+
+    out = Path(out)
+    reader = partial(read_slide_tiles, params=params, qc_dir=out / QC_FOLDER)
+    return ingest(
+        slides, out, tile_spec(params), reader, READER_NAME, READER_VERSION, workers, scheduler, processes,
+        overwrite, progress,
+    )  # fmt: skip

@@ -1,0 +1,146 @@
+"""Tissue detection on a slide thumbnail and the QC picture of what was tiled.
+
+The default of CLAM, slideflow and eva (``shared/methods/pluto.md`` section 3): HSV saturation of a
+low-resolution thumbnail, median blur, Otsu threshold (never below a floor, so a slide that is all
+background is not split in two by noise), morphological closing, removal of small objects, and filling
+of small holes that tissue encloses (TRIDENT's 60 px / 5000 px at 1.25x, i.e. 8 microns per pixel,
+scaled to the thumbnail's resolution; background connected to the thumbnail's border is never a hole).
+A tile is kept when its tissue fraction reaches ``min_tissue``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
+from skimage import filters, morphology
+from skimage.segmentation import find_boundaries
+
+# scikit-image loads submodules lazily and that loader is not thread-safe: slides are tiled by parallel
+# threads, so everything used is bound here, at import, in one thread.
+_OTSU, _CLOSING, _DISK = filters.threshold_otsu, morphology.closing, morphology.disk
+_REMOVE_OBJECTS = morphology.remove_small_objects
+
+REFERENCE_MPP = 8.0  # 1.25x: the resolution TRIDENT's area thresholds are given at
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Tissue detector settings (recorded in the store)."""
+
+    min_saturation: int = 15
+    median: int = 7
+    close_radius: int = 2
+    min_object_px_at_8mpp: int = 60
+    max_hole_px_at_8mpp: int = 5000
+    min_tissue: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+
+def tissue_mask(thumbnail: np.ndarray, thumb_mpp: float, params: TissueParams | None = None) -> np.ndarray:
+    """Boolean tissue mask of an ``[h, w, 3]`` uint8 thumbnail whose pixels are ``thumb_mpp`` microns."""
+    params = params or TissueParams()
+    saturation = Image.fromarray(thumbnail).convert("HSV").getchannel("S")
+    if params.median > 1:
+        saturation = saturation.filter(ImageFilter.MedianFilter(params.median | 1))
+    values = np.asarray(saturation)
+    threshold = params.min_saturation
+    if values.max() > values.min():
+        threshold = max(threshold, float(_OTSU(values)))
+    mask = values > threshold
+    if params.close_radius > 0:
+        mask = _CLOSING(mask, _DISK(params.close_radius))
+    scale = (REFERENCE_MPP / thumb_mpp) ** 2
+    mask = _REMOVE_OBJECTS(mask, max_size=max(1, int(params.min_object_px_at_8mpp * scale)))
+    return fill_enclosed_holes(mask, max(1, int(params.max_hole_px_at_8mpp * scale)))
+
+
+def fill_enclosed_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """Fills holes of at most ``max_size`` pixels that tissue encloses; background touching the border stays.
+
+    (On a small slide the whole glass area can be smaller than the hole limit; it is never a hole.)
+    """
+    holes, count = ndimage.label(~mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(holes.ravel())
+    fill = sizes <= max_size
+    fill[0] = False
+    fill[np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))] = False
+    return mask | fill[holes]
+
+
+def tissue_fractions(mask: np.ndarray, downsample: float, coords: np.ndarray, side_level0: float) -> np.ndarray:
+    """Tissue fraction of each square tile (level-0 top-left ``coords`` ``[N, 2]``, side in level-0 px).
+
+    Tiles are measured on the mask (pixel ``i`` covers level-0 ``[i*downsample, (i+1)*downsample)``) with
+    a summed-area table; the part of a tile outside the mask counts as background.
+    """
+    if len(coords) == 0:
+        return np.zeros(0, np.float32)
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    h, w = mask.shape
+    x0 = np.clip(np.round(coords[:, 0] / downsample).astype(np.int64), 0, w)
+    y0 = np.clip(np.round(coords[:, 1] / downsample).astype(np.int64), 0, h)
+    x1 = np.clip(np.round((coords[:, 0] + side_level0) / downsample).astype(np.int64), 0, w)
+    y1 = np.clip(np.round((coords[:, 1] + side_level0) / downsample).astype(np.int64), 0, h)
+    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    area = np.maximum(1.0, (side_level0 / downsample) ** 2)
+    return np.clip(inside / area, 0.0, 1.0).astype(np.float32)
+
+
+def write_qc_png(
+    thumbnail: np.ndarray,
+    mask: np.ndarray,
+    downsample: float,
+    grids: dict[float, tuple[np.ndarray, float]],
+    out: Path,
+    title: str,
+    max_side: int = 1600,
+) -> Path:
+    """Thumbnail with the tissue outline (green) and each scale's kept tiles (one colour per mpp), atomically.
+
+    Args:
+        thumbnail: ``[h, w, 3]`` uint8.
+        mask: Tissue mask of the same size.
+        downsample: Level-0 px per thumbnail px.
+        grids: ``mpp -> (kept level-0 coords [N, 2], tile side in level-0 px)``.
+        out: PNG path.
+        title: First line of the legend.
+        max_side: The picture is scaled up (or down) to this longer side.
+    """
+    colours = [(0, 90, 255), (255, 140, 0), (200, 0, 200), (0, 170, 170)]
+    scale = max_side / max(thumbnail.shape[:2])
+    picture = Image.fromarray(thumbnail).resize(
+        (max(1, round(thumbnail.shape[1] * scale)), max(1, round(thumbnail.shape[0] * scale))), Image.NEAREST
+    )
+    outline = np.asarray(Image.fromarray(find_boundaries(mask, mode="inner")).resize(picture.size, Image.NEAREST))
+    pixels = np.array(picture)
+    pixels[outline] = (0, 200, 0)
+    picture = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(picture)
+    legend = [title]
+    for i, (mpp, (coords, side)) in enumerate(sorted(grids.items())):
+        colour = colours[i % len(colours)]
+        k = scale / downsample
+        for x, y in coords:
+            draw.rectangle([x * k, y * k, (x + side) * k - 1, (y + side) * k - 1], outline=colour)
+        legend.append(f"{mpp:g} mpp: {len(coords)} tiles")
+    draw.rectangle([0, 0, 8 + 7 * max(len(line) for line in legend), 6 + 12 * len(legend)], fill=(255, 255, 255))
+    for i, line in enumerate(legend):
+        colour = (0, 0, 0) if i == 0 else colours[(i - 1) % len(colours)]
+        draw.text((4, 3 + 12 * i), line, fill=colour)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial.png")
+    picture.save(partial)
+    os.replace(partial, out)
+    return out

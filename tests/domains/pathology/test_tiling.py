@@ -1,0 +1,146 @@
+"""Slide tiling on phantom slides: tissue grid, coordinates, scales, missing mpp, corrupt slides, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from domainfm.cli import main
+from domainfm.domains.pathology.phantom import read_truth, truth_class_fractions, truth_tissue_grid, write_phantom_slide
+from domainfm.domains.pathology.slides import SlideError, resolve_mpp
+from domainfm.domains.pathology.tiling import TilingParams, tile_slides
+from domainfm.shared.tiles import TileStore
+from domainfm.shared.tiles.ingest import STAGING
+from domainfm.shared.tiles.schema import INDEX_COLUMNS
+
+TILE = 64  # small tiles keep the grid large (and the 5 % tolerance meaningful) on small slides
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_phantom_slide(tmp_path_factory.mktemp("slides") / "a.svs", 3072, seed=1, mpp=0.25).path
+
+
+@pytest.fixture(scope="module")
+def store(slide: Path, tmp_path_factory: pytest.TempPathFactory) -> TileStore:
+    out = tmp_path_factory.mktemp("stores") / "tiles.zarr"
+    params = TilingParams(mpps=(0.5, 1.0), tile_px=TILE, truth_labels=True)
+    summary = tile_slides([slide], out, params, progress=False)
+    assert summary.ok, summary.report()
+    return TileStore(out)
+
+
+def _at(store: TileStore, mpp: float) -> np.ndarray:
+    return np.flatnonzero(np.isclose(store.index["scale"], mpp))
+
+
+def test_tile_count_matches_the_ground_truth_tissue_grid(store: TileStore, slide: Path):
+    truth = read_truth(slide)
+    for mpp in (0.5, 1.0):
+        side = TILE * mpp / 0.25
+        expected = len(truth_tissue_grid(truth, side, side, 0.5))
+        got = len(_at(store, mpp))
+        assert expected > 30
+        assert abs(got - expected) <= 0.05 * expected, (mpp, got, expected)
+    meta = store.sources[0]["meta"]
+    assert meta["mpp"] == pytest.approx(0.25) and meta["mpp_source"] == "openslide.mpp-x"
+    assert meta["level0_width"] == 3072 and (store.path / "qc" / "a.svs.png").is_file()
+
+
+def test_coordinates_map_back_to_the_slide_and_its_regions(store: TileStore, slide: Path):
+    import openslide
+
+    truth = read_truth(slide)
+    ids = _at(store, 0.5)
+    handle = openslide.OpenSlide(str(slide))
+    side = int(TILE * 0.5 / 0.25)
+    for i in ids[:: max(1, len(ids) // 12)]:
+        x, y = int(store.index["x"][i]), int(store.index["y"][i])
+        region = handle.read_region((x, y), 0, (side, side)).convert("RGB").resize((TILE, TILE), Image.BILINEAR)
+        stored = store.tiles[int(i)].transpose(1, 2, 0).astype(np.float64)
+        assert np.abs(stored - np.asarray(region, np.float64)).mean() < 3.0, (x, y)
+    fractions = np.array([truth_class_fractions(truth, x, y, side, side) for x, y in zip(
+        store.index["x"][ids], store.index["y"][ids], strict=True)])  # fmt: skip
+    assert np.mean(1 - fractions[:, 0] >= 0.3) > 0.97  # kept tiles lie on tissue
+    np.testing.assert_array_equal(store.index["label"][ids], 1 + fractions[:, 1:].argmax(1))  # read at the same spot
+
+
+def test_the_same_spot_matches_across_scales(store: TileStore):
+    """A 1.0-mpp tile equals the 2x2 mosaic of 0.5-mpp tiles at its spot, shrunk: far closer than other spots."""
+    coarse, fine = _at(store, 1.0), _at(store, 0.5)
+    position = {(int(store.index["x"][i]), int(store.index["y"][i])): int(i) for i in fine}
+    step = int(TILE * 0.5 / 0.25)
+    pairs = []
+    for i in coarse:
+        x, y = int(store.index["x"][i]), int(store.index["y"][i])
+        quarter = [position.get((x + dx, y + dy)) for dy in (0, step) for dx in (0, step)]
+        if None in quarter:
+            continue
+        rows = [np.concatenate([store.tiles[quarter[r * 2 + c]] for c in range(2)], axis=2) for r in range(2)]
+        mosaic = np.concatenate(rows, axis=1).transpose(1, 2, 0)
+        shrunk = np.asarray(Image.fromarray(mosaic).resize((TILE, TILE), Image.BILINEAR), np.float64)
+        pairs.append((store.tiles[int(i)].transpose(1, 2, 0).astype(np.float64), shrunk))
+    assert len(pairs) >= 5
+    for k, (tile, shrunk) in enumerate(pairs):
+        same = np.abs(shrunk - tile).mean()
+        others = [np.abs(other - tile).mean() for j, (_, other) in enumerate(pairs) if j != k]
+        assert same < 10.0 and same < 0.5 * np.median(others), (k, same, np.median(others))
+
+
+def test_a_slide_without_mpp_fails_clearly_and_works_with_assume_mpp(tmp_path: Path, capsys):
+    bare = write_phantom_slide(tmp_path / "bare.svs", 1024, seed=2, mpp=None).path
+    out = tmp_path / "s.zarr"
+    assert main(["pathology", "tile", str(bare), "--out", str(out), "--tile-size", "64"]) == 1
+    report = capsys.readouterr().out
+    assert "bare.svs" in report and "--assume-mpp" in report and "microns per pixel" in report
+    assert main(["pathology", "tile", str(bare), "--out", str(out), "--tile-size", "64", "--assume-mpp", "0.25"]) == 0
+    meta = TileStore(out).sources[0]["meta"]
+    assert meta["mpp"] == 0.25 and meta["mpp_source"] == "--assume-mpp"
+    with pytest.raises(SlideError, match="objective power"):
+        resolve_mpp({"openslide.objective-power": "20"}, None, "x.svs")
+
+
+def test_a_corrupt_slide_fails_by_name_while_the_others_are_tiled(tmp_path: Path, slide: Path, capsys):
+    truncated = tmp_path / "truncated.svs"
+    truncated.write_bytes(slide.read_bytes()[:5000])
+    text = tmp_path / "notes.svs"
+    text.write_text("not a slide")
+    good = write_phantom_slide(tmp_path / "good.svs", 1024, seed=3, mpp=0.5).path
+    out = tmp_path / "s.zarr"
+    status = main(["pathology", "tile", str(truncated), str(good), str(text), "--out", str(out), "--tile-size", "64"])
+    assert status == 1
+    report = capsys.readouterr().out
+    assert "FAILED" in report and "truncated.svs" in report and "notes.svs" in report
+    store = TileStore(out, allow_incomplete=True)
+    done = [s for s in store.sources if s["status"] == "done"]
+    assert [Path(s["path"]).name for s in done] == ["good.svs"] and done[0]["n_tiles"] == len(store) > 0
+
+
+def _tile_command(slides: list[Path], out: Path) -> list[str]:
+    return [sys.executable, "-m", "domainfm", "pathology", "tile", *map(str, slides), "--out", str(out),
+            "--tile-size", "64", "--mpp", "0.5", "--mpp", "1.0", "--workers", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("point", ["batch:4", "source:1"])
+def test_a_killed_tiling_resumes_to_an_identical_store(tmp_path: Path, slide: Path, point: str):
+    second = write_phantom_slide(tmp_path / "b.svs", 1536, seed=4, mpp=0.5).path
+    clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
+    assert subprocess.run(_tile_command([slide, second], clean), capture_output=True).returncode == 0
+    env = {**os.environ, "DOMAINFM_TEST_KILL_AT": point}
+    run = subprocess.run(_tile_command([slide, second], killed), capture_output=True, env=env)
+    assert run.returncode == -signal.SIGKILL
+    resumed = subprocess.run(_tile_command([slide, second], killed), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = TileStore(clean), TileStore(killed)
+    np.testing.assert_array_equal(a.tiles[:], b.tiles[:])
+    for name in INDEX_COLUMNS:
+        np.testing.assert_array_equal(a.index[name], b.index[name], err_msg=name)
+    assert a.stats == b.stats and not (b.path / STAGING).exists()
+    assert [s["meta"] for s in a.sources] == [s["meta"] for s in b.sources]
