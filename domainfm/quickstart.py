@@ -26,6 +26,7 @@ SECTIONS: dict[str, str] = {
     "tiles": "domainfm.shared.tiles.quickstart:run",
     "peft": "domainfm.shared.peft.quickstart:run",
     "radiology": "domainfm.domains.radiology.quickstart:run",
+    "pathology": "domainfm.domains.pathology.quickstart:run",
     "remote_sensing": "domainfm.domains.remote_sensing.quickstart:run",
     "segmentation": "domainfm.domains.segmentation.quickstart:run",
 }

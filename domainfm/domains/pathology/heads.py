@@ -98,13 +98,15 @@ class TileClassifier(nn.Module):
 
 
 def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path) -> Path:
-    """Weights and rebuild metadata in one safetensors file, written atomically."""
-    from safetensors.torch import save_file
+    """Weights and rebuild metadata in one safetensors file, written atomically.
+
+    Tensors that PEFT modules share across blocks (DVPT's) are stored once.
+    """
+    from safetensors.torch import save_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(partial), {CLASSIFIER_KEY: json.dumps(meta)})
+    save_model(model.cpu(), str(partial), {CLASSIFIER_KEY: json.dumps(meta)})  # shared PEFT tensors stored once
     partial.replace(path)
     return path
 
@@ -112,7 +114,7 @@ def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path
 def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     """A tile classifier saved by :func:`train_tile_classifier` (rebuilt, PEFT reapplied, weights loaded)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.peft.methods import apply_peft
@@ -129,7 +131,7 @@ def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     args = dict(meta["encoder"])
     backbone = apply_peft(create_backbone(args.pop("name"), **args), meta["peft"], **meta["peft_options"])
     model = TileClassifier(backbone, len(meta["label_names"]))
-    model.load_state_dict(load_file(str(path)))
+    load_model(model, str(path))
     return model.eval(), meta
 
 

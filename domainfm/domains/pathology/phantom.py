@@ -240,26 +240,49 @@ def _glass(rng: np.random.Generator) -> np.ndarray:
     return GLASS + faint
 
 
-def _stain(rng: np.random.Generator, hematoxylin: np.ndarray, eosin: np.ndarray) -> np.ndarray:
+def slide_stain(rng: np.random.Generator, variation: float) -> tuple[np.ndarray, np.ndarray]:
+    """This slide's haematoxylin and eosin optical-density vectors: Ruifrok's, varied as labs and scanners do.
+
+    Each stain's strength is scaled by ``exp(U(-v, v))`` and its colour turned by up to ``v / 2`` radians
+    towards a random direction (``v`` = ``variation``; 0 gives the reference vectors). So mean colour alone
+    does not identify a tissue class across slides; texture does.
+    """
+    vectors = []
+    for reference in (HEMATOXYLIN, EOSIN):
+        unit = reference / np.linalg.norm(reference)
+        other = rng.normal(size=3)
+        other -= other.dot(unit) * unit
+        other /= np.linalg.norm(other)
+        angle = rng.uniform(-variation, variation) / 2
+        turned = np.abs(np.cos(angle) * unit + np.sin(angle) * other)
+        vectors.append(turned * np.linalg.norm(reference) * np.exp(rng.uniform(-variation, variation)))
+    return vectors[0], vectors[1]
+
+
+def _stain(
+    rng: np.random.Generator, hematoxylin: np.ndarray, eosin: np.ndarray, stain: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
     """RGB (float) of stain densities by Beer-Lambert absorption on the glass, with faint noise."""
-    density = hematoxylin[..., None] * HEMATOXYLIN + np.clip(eosin, 0, None)[..., None] * EOSIN
+    density = hematoxylin[..., None] * stain[0] + np.clip(eosin, 0, None)[..., None] * stain[1]
     return GLASS * np.exp(-density) + rng.normal(0, 2.0, (PERIOD, PERIOD, 3))
 
 
-def class_textures(seed: int, mpp: float | None) -> np.ndarray:
+def class_textures(seed: int, mpp: float | None, stain_variation: float = 0.6) -> np.ndarray:
     """One periodic ``[PERIOD, PERIOD, 3]`` uint8 RGB texture per class of :data:`CLASS_NAMES`.
 
     Args:
         seed: Random seed.
         mpp: Microns per pixel; sizes (nuclei, fibres, vacuoles) are set in microns. None renders as at
             0.25 um/px; the scale is clamped to 0.2-1.0 um/px so that structures fit the texture period.
+        stain_variation: Per-slide variation of stain strength and colour (:func:`slide_stain`).
 
     Returns:
         ``uint8`` array ``[len(CLASS_NAMES), PERIOD, PERIOD, 3]``.
     """
     um = 1.0 / float(np.clip(0.25 if mpp is None else mpp, 0.2, 1.0))  # pixels per micron
     rng = np.random.default_rng([seed, 7919])
-    layers = [_glass(rng)] + [_stain(rng, *draw(rng, um)) for draw in (_tumor, _stroma, _lymphocytes, _fat)]
+    stain = slide_stain(np.random.default_rng([seed, 104729]), stain_variation)
+    layers = [_glass(rng)] + [_stain(rng, *draw(rng, um), stain) for draw in (_tumor, _stroma, _lymphocytes, _fat)]
     return np.clip(np.round(np.stack(layers)), 0, 255).astype(np.uint8)
 
 

@@ -34,7 +34,9 @@ import numpy as np
 from domainfm.domains.pathology.slides import (
     SlideInfo,
     best_level,
+    bgra_to_rgb,
     open_slide,
+    read_bgra,
     read_thumbnail,
     rgb_on_white,
     slide_info,
@@ -122,10 +124,14 @@ def plan_slide(slide: Any, path: Path, params: TilingParams) -> SlidePlan:
 
 
 class RegionReader:
-    """Reads tiles of one slide with a thread pool; each thread opens its own OpenSlide handle."""
+    """Reads tiles of one slide with a thread pool; each thread opens its own OpenSlide handle.
 
-    def __init__(self, path: Path, threads: int) -> None:
-        self.path, self.local = path, threading.local()
+    Regions are decoded by OpenSlide straight into numpy (:func:`.slides.read_bgra`); ``public_api`` reads
+    through ``OpenSlide.read_region`` and its PIL image instead (the benchmark's read limit).
+    """
+
+    def __init__(self, path: Path, threads: int, public_api: bool = False) -> None:
+        self.path, self.local, self.public_api = path, threading.local(), public_api
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="slide-read")
         self.handles: list[Any] = []
         self.lock = threading.Lock()
@@ -138,14 +144,20 @@ class RegionReader:
                 self.handles.append(handle)
         return handle
 
-    def read(self, x: int, y: int, level: int, size: int, tile_px: int) -> np.ndarray:
-        """One ``[3, tile_px, tile_px]`` tile whose level-``level`` region is ``size`` px square."""
+    def read_into(self, out: np.ndarray, coords: np.ndarray, level: int, size: int) -> None:
+        """Reads the tiles at level-0 ``coords`` into ``out`` ``[n, 3, tile_px, tile_px]`` (one copy per tile)."""
         from PIL import Image
 
-        rgb = rgb_on_white(self._slide().read_region((int(x), int(y)), level, (size, size)))
-        if size != tile_px:
-            rgb = np.asarray(Image.fromarray(rgb).resize((tile_px, tile_px), Image.BILINEAR))
-        return rgb.transpose(2, 0, 1)
+        slide, tile_px = self._slide(), out.shape[-1]
+        for i, (x, y) in enumerate(coords):
+            if self.public_api:  # openslide-python's PIL path, as other tools read (the benchmark's read limit)
+                rgb = rgb_on_white(slide.read_region((int(x), int(y)), level, (size, size)))
+            else:
+                rgb = bgra_to_rgb(read_bgra(slide, int(x), int(y), level, size, size))
+            if size != tile_px:
+                rgb = Image.fromarray(np.ascontiguousarray(rgb)).resize((tile_px, tile_px), Image.BILINEAR)
+                rgb = np.asarray(rgb)
+            out[i] = rgb.transpose(2, 0, 1)
 
     def close(self) -> None:
         """Stops the threads and closes every handle."""
@@ -157,17 +169,31 @@ class RegionReader:
 def read_tiles(
     reader: RegionReader, info: SlideInfo, coords: np.ndarray, mpp: float, side: float, params: TilingParams
 ) -> Iterator[np.ndarray]:
-    """Tiles of ``coords`` in order, in batches of ``params.batch``, at most two batches in flight."""
+    """Tiles of ``coords`` in order, in batches of ``params.batch``, at most two batches in flight.
+
+    Each batch is split into one contiguous part per thread, read straight into the batch array.
+    """
     level = best_level(info.level_downsamples, side / params.tile_px)
     size = max(1, round(side / info.level_downsamples[level]))
-    pending: deque[list[Future]] = deque()
+    threads = reader.pool._max_workers
+    pending: deque[tuple[np.ndarray, list[Future]]] = deque()
     for start in range(0, len(coords), params.batch):
         chunk = coords[start : start + params.batch]
-        pending.append([reader.pool.submit(reader.read, x, y, level, size, params.tile_px) for x, y in chunk])
+        out = np.empty((len(chunk), 3, params.tile_px, params.tile_px), np.uint8)
+        parts = np.array_split(np.arange(len(chunk)), min(threads, len(chunk)))
+        futures = [reader.pool.submit(reader.read_into, out[p[0] : p[-1] + 1], chunk[p], level, size) for p in parts]
+        pending.append((out, futures))
         if len(pending) > 2:
-            yield np.stack([f.result() for f in pending.popleft()])
+            yield _finished(pending.popleft())
     while pending:
-        yield np.stack([f.result() for f in pending.popleft()])
+        yield _finished(pending.popleft())
+
+
+def _finished(item: tuple[np.ndarray, list[Future]]) -> np.ndarray:
+    out, futures = item
+    for future in futures:
+        future.result()  # re-raises a read error here, in the consumer
+    return out
 
 
 def truth_labels(path: Path, coords: np.ndarray, side: float) -> np.ndarray:
@@ -264,7 +290,11 @@ def tile_spec(params: TilingParams) -> StoreSpec:
 
         labels = list(CLASS_NAMES)
     companions = {"tissue": Companion((), "float32")}
-    return StoreSpec("pathology", (3, params.tile_px, params.tile_px), "uint8", channels, scaling, labels, companions)
+    # RGB tissue tiles barely compress (1.0-1.07x with LZ4, docs/tiles.md), so the store skips the codec:
+    # assembly and streaming then cost a copy, not a compression pass.
+    return StoreSpec(
+        "pathology", (3, params.tile_px, params.tile_px), "uint8", channels, scaling, labels, companions, "none"
+    )
 
 
 def tile_slides(

@@ -25,7 +25,14 @@ from domainfm.shared.config import settings_unchanged
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
 
-TINY_OBJECTIVE = {"out_dim": 256, "head_hidden": 128, "head_bottleneck": 64, "local_size": 32, "n_local": 2}
+TINY_OBJECTIVE = {
+    "out_dim": 256,
+    "head_hidden": 128,
+    "head_bottleneck": 64,
+    "local_size": 32,
+    "n_local": 2,
+    "color_jitter": 1.0,
+}
 
 
 def phantom_slides(folder: Path, n: int, size: int, seed: int) -> list[Path]:
@@ -43,12 +50,12 @@ def phantom_slides(folder: Path, n: int, size: int, seed: int) -> list[Path]:
 def run_study(
     out: Path,
     slides: int = 12,
-    slide_size: int = 2048,
+    slide_size: int = 1536,
     test_slides: int = 4,
     tile_px: int = 64,
     mpps: tuple[float, ...] = (0.5, 1.0),
     backbone: str = "test_vit",
-    pretrain_epochs: int = 10,
+    pretrain_epochs: int = 16,
     objective: dict[str, Any] | None = None,
     mil_epochs: int = 40,
     seed: int = 0,

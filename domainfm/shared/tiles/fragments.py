@@ -1,7 +1,7 @@
 """Per-source staging fragments: where ingest writes each source before the store is assembled.
 
-A fragment is ``STORE/_staging/<key>/``: a zarr group ``data`` that grows batch by batch (memory bounded
-by the reader's batch size), a ``progress`` file with the tiles written so far, and ``status.json``,
+A fragment is ``STORE/_staging/<key>/``: a folder ``data`` with one ``.npy`` file per batch and array
+(memory bounded by the reader's batch size), a ``progress`` file with the tiles written so far, and ``status.json``,
 written atomically as the very last step, saying ``done`` (with the tile count, statistics and source
 fingerprint) or ``failed`` (with the error). A fragment without ``status.json`` was interrupted and is
 redone from scratch on resume.
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, INDEX_DEFAULTS, TEXT, StoreSpec, TileBatch
 from domainfm.shared.tiles.stats import RunningStats
@@ -74,44 +73,27 @@ def read_progress(fragment: Path) -> int:
 
 
 class FragmentWriter:
-    """Appends reader batches to a fragment's growing arrays and keeps their statistics."""
+    """Appends reader batches to a fragment as plain ``.npy`` files and keeps their statistics.
 
-    def __init__(self, fragment: Path, spec: StoreSpec, batch_rows: int = 16) -> None:
+    Each batch becomes one file per array (``data/<key>/<batch>.npy``; text as fixed-width unicode, never
+    pickled): a write is one buffered copy, without a chunk codec or per-array bookkeeping, so staging
+    costs a fraction of what reading the source costs. The batch sizes go into ``status.json``.
+    """
+
+    def __init__(self, fragment: Path, spec: StoreSpec) -> None:
         self.fragment, self.spec, self.n = fragment, spec, 0
         self.stats = RunningStats(spec.tile_shape[0])
-        group = zarr.open_group(fragment / "data", mode="w")
-        self.arrays = {
-            "tiles": group.create_array(
-                "tiles",
-                shape=(0, *spec.tile_shape),
-                dtype=spec.dtype,
-                chunks=(batch_rows, *spec.tile_shape),
-                compressors=None,
-            )
-        }
-        for name, dtype in INDEX_COLUMNS.items():
-            self.arrays[f"index/{name}"] = group.create_array(f"index/{name}", shape=(0,), dtype=dtype, chunks=(4096,))
-        for name, companion in spec.companions.items():
-            dtype = str if companion.dtype == TEXT else companion.dtype
-            chunks = (batch_rows, *companion.shape)
-            self.arrays[f"companions/{name}"] = group.create_array(
-                f"companions/{name}", shape=(0, *companion.shape), dtype=dtype, chunks=chunks
-            )
+        self.batches: list[int] = []
+        self.keys = ["tiles", *[f"index/{k}" for k in INDEX_COLUMNS], *[f"companions/{k}" for k in spec.companions]]
+        for key in self.keys:
+            (fragment / "data" / key).mkdir(parents=True, exist_ok=True)
 
-    def append(self, batch: TileBatch, source_row: int) -> None:
-        """Writes one batch (validated against the spec) and updates the statistics."""
-        tiles = np.asarray(batch.tiles)
+    def _validate(self, batch: TileBatch, tiles: np.ndarray) -> None:
         if tiles.shape[1:] != self.spec.tile_shape:
             raise ValueError(f"reader gave tiles of shape {tiles.shape[1:]}, the store holds {self.spec.tile_shape}")
-        n = len(tiles)
-        if n == 0:
-            return
-        columns = {name: np.full(n, INDEX_DEFAULTS[name], dtype) for name, dtype in INDEX_COLUMNS.items()}
-        columns["source"][:] = source_row
-        for name, values in batch.index.items():
+        for name in batch.index:
             if name not in INDEX_COLUMNS or name == "source":
                 raise ValueError(f"reader gave unknown index column {name!r}; columns: {list(INDEX_COLUMNS)[1:]}")
-            columns[name][:] = values
         missing = set(self.spec.companions) - set(batch.companions)
         if missing or set(batch.companions) - set(self.spec.companions):
             raise ValueError(
@@ -124,23 +106,50 @@ class FragmentWriter:
             info = np.iinfo(target)
             if tiles.min() < info.min or tiles.max() > info.max:
                 raise ValueError(f"reader gave values outside the {target} range [{info.min}, {info.max}]")
-        stop = self.n + n
-        data = {"tiles": tiles.astype(target, copy=False)}
+
+    def append(self, batch: TileBatch, source_row: int) -> None:
+        """Writes one batch (validated against the spec) and updates the statistics."""
+        tiles = np.asarray(batch.tiles)
+        n = len(tiles)
+        if n == 0:  # e.g. a batch that only carries source_meta
+            if tiles.ndim > 1 and tiles.shape[1:] != self.spec.tile_shape:
+                raise ValueError(
+                    f"reader gave tiles of shape {tiles.shape[1:]}, the store holds {self.spec.tile_shape}"
+                )
+            return
+        self._validate(batch, tiles)
+        columns = {name: np.full(n, INDEX_DEFAULTS[name], dtype) for name, dtype in INDEX_COLUMNS.items()}
+        columns["source"][:] = source_row
+        for name, values in batch.index.items():
+            columns[name][:] = values
+        data = {"tiles": tiles.astype(np.dtype(self.spec.dtype), copy=False)}
         data.update({f"index/{k}": v for k, v in columns.items()})
-        data.update(
-            {
-                f"companions/{k}": np.asarray(v, dtype=object if self.spec.companions[k].dtype == TEXT else None)
-                for k, v in batch.companions.items()
-            }
-        )
+        for name, values in batch.companions.items():
+            companion = self.spec.companions[name]
+            array = np.asarray(values, dtype=str if companion.dtype == TEXT else companion.dtype)
+            if array.shape != (n, *companion.shape):
+                raise ValueError(f"companion {name!r} has shape {array.shape}, expected {(n, *companion.shape)}")
+            data[f"companions/{name}"] = array
+        number = len(self.batches)
         for key, values in data.items():
-            array = self.arrays[key]
-            array.resize((stop, *array.shape[1:]))
-            array[self.n : stop] = values
+            np.save(self.fragment / "data" / key / f"{number:06d}.npy", np.ascontiguousarray(values))
         self.stats.update(data["tiles"], batch.valid)
-        self.n = stop
+        self.batches.append(n)
+        self.n += n
         (self.fragment / "progress").write_text(str(self.n))
         kill_point("batch")
+
+
+def read_fragment_rows(fragment: Path, batches: list[int], key: str, start: int, stop: int) -> list[np.ndarray]:
+    """Rows ``[start, stop)`` of ``key`` in a finished fragment (memory-mapped reads of the batch files)."""
+    parts, offset = [], 0
+    for number, count in enumerate(batches):
+        lo, hi = max(start, offset), min(stop, offset + count)
+        if lo < hi:
+            array = np.load(fragment / "data" / key / f"{number:06d}.npy", mmap_mode="r", allow_pickle=False)
+            parts.append(np.asarray(array[lo - offset : hi - offset]))
+        offset += count
+    return parts
 
 
 def ingest_source(
@@ -159,7 +168,7 @@ def ingest_source(
             meta.update(batch.source_meta or {})
             writer.append(batch, source_row)
         status = {"status": "done", "n_tiles": writer.n, "stats": writer.stats.to_dict(), "fingerprint": identity}
-        status["meta"] = meta
+        status.update(meta=meta, batches=writer.batches)
     except Exception as error:  # any reader failure: record it, let the other sources continue
         try:
             identity = fingerprint(source)

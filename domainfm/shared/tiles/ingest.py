@@ -33,7 +33,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-from domainfm.shared.tiles.fragments import Reader, fingerprint, ingest_source, kill_point, read_progress, read_status
+from domainfm.shared.tiles.fragments import (
+    Reader,
+    fingerprint,
+    ingest_source,
+    kill_point,
+    read_fragment_rows,
+    read_progress,
+    read_status,
+)
 from domainfm.shared.tiles.layout import choose_layout
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
 from domainfm.shared.tiles.stats import RunningStats
@@ -167,16 +175,16 @@ def _capture(run: Any) -> dict[str, Any]:
         return {"error": error}
 
 
-def _copy_rows(fragments: list[tuple[Path, int, int]], start: int, stop: int, store: Path, keys: list[str]) -> None:
+def _copy_rows(
+    fragments: list[tuple[Path, int, list[int]]], start: int, stop: int, store: Path, keys: list[str]
+) -> None:
     """Writes global rows ``[start, stop)`` of every array from the fragments that hold them (one shard)."""
     group = zarr.open_group(store, mode="r+")
     with zarr.config.set(WRITE_ALL_CHUNKS):  # in this worker too: all-zero tiles must still be written
         for key in keys:
             parts = []
-            for fragment, offset, count in fragments:
-                lo, hi = max(start, offset), min(stop, offset + count)
-                if lo < hi:
-                    parts.append(zarr.open_array(fragment / "data" / key, mode="r")[lo - offset : hi - offset])
+            for fragment, offset, batches in fragments:
+                parts += read_fragment_rows(fragment, batches, key, start - offset, stop - offset)
             group[key][start:stop] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     kill_point("shard")
 
@@ -196,7 +204,7 @@ def _assemble(
     done = [(d, s) for d, s in zip(fragment_dirs, statuses, strict=True) if s["status"] == "done"]
     offsets, total = [], 0
     for fragment, status in done:
-        offsets.append((fragment, total, status["n_tiles"]))
+        offsets.append((fragment, total, status["batches"]))
         total += status["n_tiles"]
     layout = choose_layout(spec.tile_shape, spec.dtype, spec.codec)
     create_arrays(group, spec, total, layout)
@@ -206,7 +214,7 @@ def _assemble(
     if copies:
         _run_tasks(copies, workers, scheduler, processes)
     for name in INDEX_COLUMNS:  # a few bytes per tile: assembled in memory, written once
-        parts = [zarr.open_array(f / "data" / "index" / name, mode="r")[:] for f, _, n in offsets if n]
+        parts = [part for f, _, b in offsets for part in read_fragment_rows(f, b, f"index/{name}", 0, sum(b))]
         if parts:
             group[f"index/{name}"][:] = np.concatenate(parts)
     return total
@@ -267,7 +275,7 @@ def ingest(
             and status["fingerprint"] == fingerprint(Path(name))
             and status.get("reader") == [reader_name, reader_version]
         )
-        if status is not None and status["status"] == "done" and unchanged:
+        if status is not None and status["status"] == "done" and "batches" in status and unchanged:
             summary.skipped.append(name)
         else:
             todo.append(

@@ -1,10 +1,11 @@
 """Exact streaming per-channel statistics (count, mean, variance, min, max) over valid values.
 
-Unsigned 8/16-bit batches are reduced exactly from their histogram (integer sums; 10x faster than float
-passes), float batches in float64; partial results merge with Chan et al.'s parallel update ("Updating
-Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979). So statistics computed while
-writing, in any batching and merged across workers, equal numpy's over the whole data to float64
-rounding. NaNs and pixels outside a validity mask are skipped.
+Unsigned 8/16-bit batches are reduced exactly with integer arithmetic (sums and sums of squares, or a
+histogram where a validity mask applies; several times faster than float passes), float batches in
+float64; partial results merge with Chan et al.'s parallel update ("Updating Formulae and a Pairwise
+Algorithm for Computing Sample Variances", 1979). So statistics computed while writing, in any batching
+and merged across workers, equal numpy's over the whole data to float64 rounding. NaNs and pixels
+outside a validity mask are skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class RunningStats:
             raise ValueError(f"expected a batch [N, {self.channels}, ...], got shape {batch.shape}")
         floating = np.issubdtype(batch.dtype, np.floating)
         histogram = batch.dtype.kind == "u" and batch.dtype.itemsize <= 2
+        if histogram and valid is None and batch.size:
+            self._update_from_sums(batch)
+            return
         for c in range(self.channels):
             values = batch[:, c]
             if valid is not None:
@@ -51,6 +55,20 @@ class RunningStats:
                 self._merge_channel(c, selected.size, selected.mean(), ((selected - selected.mean()) ** 2).sum())
                 self.minimum[c] = min(self.minimum[c], selected.min())
                 self.maximum[c] = max(self.maximum[c], selected.max())
+
+    def _update_from_sums(self, batch: np.ndarray) -> None:
+        """Exact moments of an unmasked unsigned 8/16-bit batch from integer sums (numpy releases the GIL)."""
+        axes = (0, *range(2, batch.ndim))
+        wide = np.uint16 if batch.dtype.itemsize == 1 else np.uint32
+        totals = batch.sum(axis=axes, dtype=np.uint64)
+        squares = np.square(batch, dtype=wide).sum(axis=axes, dtype=np.uint64)
+        low, high = batch.min(axis=axes), batch.max(axis=axes)
+        n = batch.size // batch.shape[1]
+        for c in range(self.channels):
+            total, square = int(totals[c]), int(squares[c])
+            self._merge_channel(c, n, total / n, (square * n - total * total) / n)
+            self.minimum[c] = min(self.minimum[c], float(low[c]))
+            self.maximum[c] = max(self.maximum[c], float(high[c]))
 
     def _update_from_histogram(self, c: int, counts: np.ndarray) -> None:
         """Exact batch moments of unsigned 8/16-bit values from their histogram (integer arithmetic)."""
