@@ -113,21 +113,13 @@ def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path
 
 def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     """A tile classifier saved by :func:`train_tile_classifier` (rebuilt, PEFT reapplied, weights loaded)."""
-    from safetensors import safe_open
     from safetensors.torch import load_model
 
     from domainfm.shared.backbones import create_backbone
+    from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
     from domainfm.shared.peft.methods import apply_peft
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(CLASSIFIER_KEY)
-    except Exception as error:  # not a file or not safetensors
-        raise DomainfmError(f"{path} is not a safetensors checkpoint: {error}") from error
-    if raw is None:
-        raise DomainfmError(f"{path} is not a tile classifier written by `domainfm pathology train`")
-    meta = json.loads(raw)
+    meta = read_checkpoint_metadata(path, CLASSIFIER_KEY, "domainfm pathology train")
     args = dict(meta["encoder"])
     backbone = apply_peft(create_backbone(args.pop("name"), **args), meta["peft"], **meta["peft_options"])
     model = TileClassifier(backbone, len(meta["label_names"]))

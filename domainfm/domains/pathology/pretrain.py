@@ -15,19 +15,17 @@ A killed run resumes from ``OUT/resume/last.ckpt`` when rerun with the same comm
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from domainfm.shared.backbones import Backbone, create_backbone, load_backbone
-from domainfm.shared.backbones.checkpoint import METADATA_KEY
+from domainfm.shared.backbones.checkpoint import METADATA_KEY, read_checkpoint_metadata
 from domainfm.shared.engine import resolve_device
-from domainfm.shared.engine.training import fit, make_trainer, step_task
+from domainfm.shared.engine.training import adamw_warmup_cosine, fit, make_trainer, step_task
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -50,17 +48,8 @@ def save_encoder(backbone: Backbone, meta: dict[str, Any], path: Path) -> Path:
 
 def load_encoder(path: Path) -> tuple[Backbone, dict[str, Any]]:
     """The saved encoder and its metadata (normalisation, tile size, training record)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(ENCODER_KEY)
-    except Exception as error:  # not a file or not safetensors
-        raise DomainfmError(f"{path} is not a safetensors checkpoint: {error}") from error
-    if raw is None:
-        raise DomainfmError(f"{path} has no {ENCODER_KEY} metadata: not written by `domainfm pathology pretrain`")
-    return load_backbone(path), json.loads(raw)
+    meta = read_checkpoint_metadata(path, ENCODER_KEY, "domainfm pathology pretrain")
+    return load_backbone(path), meta
 
 
 def store_normalization(store: TileStore) -> dict[str, list[float]]:
@@ -77,25 +66,6 @@ def normalise(tiles: torch.Tensor, normalization: dict[str, list[float]]) -> tor
     mean = torch.tensor(normalization["mean"], device=tiles.device).view(shape)
     std = torch.tensor(normalization["std"], device=tiles.device).view(shape)
     return (tiles.float() - mean) / std
-
-
-def _optimizers(lr: float, weight_decay: float, epochs: int, warmup: int) -> Any:
-    def optimizers(parameters: list[nn.Parameter]) -> dict:
-        decay = [p for p in parameters if p.ndim > 1]
-        rest = [p for p in parameters if p.ndim <= 1]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
-        )
-
-        def factor(epoch: int) -> float:
-            if epoch < warmup:
-                return (epoch + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(1, epochs - warmup))))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
-
-    return optimizers
 
 
 def pretrain(
@@ -165,7 +135,7 @@ def pretrain(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     resume = out / "resume"
-    task = step_task(step, model, _optimizers(lr, weight_decay, epochs, min(warmup_epochs, max(0, epochs - 1))))
+    task = step_task(step, model, adamw_warmup_cosine(lr, weight_decay, epochs, warmup_epochs))
     trainer = make_trainer(epochs, torch_device, progress, [ModelCheckpoint(resume, save_top_k=0, save_last=True)])
     start = time.perf_counter()
     fit(trainer, task, stream, resume / "last.ckpt")

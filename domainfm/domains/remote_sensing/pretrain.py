@@ -29,7 +29,7 @@ from torch import nn
 from domainfm.domains.remote_sensing.simmim import MaskGenerator, SimMIM
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
-from domainfm.shared.engine.training import fit, make_trainer, step_task
+from domainfm.shared.engine.training import adamw_warmup_cosine, fit, make_trainer, step_task
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
@@ -90,17 +90,12 @@ def save_simmim(model: SimMIM, bands: list[dict[str, Any]], meta: dict[str, Any]
 
 def read_simmim(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict and metadata of a SimMIM checkpoint (a clear error for other files)."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    try:
-        with safe_open(str(path), "pt") as handle:
-            raw = (handle.metadata() or {}).get(METADATA_KEY)
-    except Exception as error:  # not a file, not safetensors
-        raise DomainfmError(f"{path} is not a safetensors checkpoint: {error}") from error
-    if raw is None:
-        raise DomainfmError(f"{path} has no {METADATA_KEY} metadata: not written by `remote-sensing pretrain`")
-    return load_file(str(path)), json.loads(raw)
+    from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(path, METADATA_KEY, "domainfm remote-sensing pretrain")
+    return load_file(str(path)), meta
 
 
 def remap_patch_embedding(weight: torch.Tensor, source: list[dict], target: list[dict]) -> torch.Tensor:
@@ -127,26 +122,6 @@ def load_encoder(path: Path, target_bands: list[dict[str, Any]] | None = None) -
     if result.missing_keys or result.unexpected_keys:
         raise DomainfmError(f"{path}: encoder keys do not fit: {result.missing_keys[:5]} {result.unexpected_keys[:5]}")
     return backbone, meta
-
-
-def _adamw(lr: float, weight_decay: float, epochs: int, warmup: int) -> Any:
-    def optimizers(parameters: list[nn.Parameter]) -> dict:
-        decay = [p for p in parameters if p.ndim > 1]
-        no_decay = [p for p in parameters if p.ndim <= 1]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr, betas=(0.9, 0.999),
-        )  # fmt: skip
-
-        def factor(epoch: int) -> float:
-            if epoch < warmup:
-                return (epoch + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(1, epochs - warmup))))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
-
-    return optimizers
 
 
 def pretrain(
@@ -183,7 +158,7 @@ def pretrain(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     resume = out / "resume"
-    task = step_task(step, model, _adamw(lr, weight_decay, epochs, min(warmup_epochs, max(0, epochs - 1))))
+    task = step_task(step, model, adamw_warmup_cosine(lr, weight_decay, epochs, warmup_epochs))
     trainer = make_trainer(epochs, torch_device, progress, [ModelCheckpoint(resume, save_top_k=0, save_last=True)])
     stream = TileStream(
         store, batch_size, split="train", seed=seed, device=torch_device, normalize=False, companions=("valid",)

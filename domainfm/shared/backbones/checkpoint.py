@@ -178,3 +178,22 @@ def read_backbone_metadata(path: str | Path) -> dict[str, Any] | None:
     except Exception as error:  # safetensors raises its own types for damaged files
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {error}") from error
     return json.loads(meta) if meta else None
+
+
+def read_checkpoint_metadata(path: str | Path, key: str, producer: str) -> dict[str, Any]:
+    """The JSON entry ``key`` of a safetensors file's metadata (what a domainfm command stored beside weights).
+
+    Raises a :class:`CheckpointError` naming the file for a missing or unreadable file, and naming
+    ``producer`` (the command that writes such checkpoints) when the entry is absent.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(key)
+    except Exception as error:  # not a file, not safetensors
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+    if raw is None:
+        raise CheckpointError(f"{path} has no {key} metadata: it was not written by `{producer}`")
+    return json.loads(raw)
