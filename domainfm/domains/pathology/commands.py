@@ -268,7 +268,7 @@ def study(
     tile_size: int = 64,
     mpp: list[float] | None = None,
     backbone: str = "test_vit",
-    pretrain_epochs: int = 16,
+    pretrain_epochs: int = 40,
     objective: dict[str, Any] | None = None,
     mil_epochs: int = 40,
     seed: int = 0,

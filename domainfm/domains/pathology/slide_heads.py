@@ -91,7 +91,7 @@ def run_mil(
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     if heatmaps:
-        figures = [str(p) for p in write_heatmaps(model, embeddings, test, test_bags, mpp, out)]
+        figures = [str(p) for p in write_heatmaps(model, embeddings, test, test_bags, mpp, out, names)]
     result = {
         "classes": names,
         "train_slides": len(train),
@@ -105,7 +105,13 @@ def run_mil(
 
 
 def write_heatmaps(
-    model: Any, embeddings: Embeddings, rows: list[int], slide_bags: list[torch.Tensor], mpp: float, out: Path
+    model: Any,
+    embeddings: Embeddings,
+    rows: list[int],
+    slide_bags: list[torch.Tensor],
+    mpp: float,
+    out: Path,
+    names: list[str],
 ) -> list[Path]:
     """An attention heat-map PNG over the thumbnail of each slide row (tiles at ``mpp``)."""
     from domainfm.domains.pathology.mil import attention_heatmap
@@ -125,7 +131,8 @@ def write_heatmaps(
             handle.close()
         side_level0 = embeddings.attrs["tile_px"] * mpp / slide["mpp"]
         probability = torch.softmax(logits, -1).numpy()
-        title = f"{Path(slide['path']).name}: p = {np.round(probability, 2).tolist()}"
+        shown = ", ".join(f"{name} {p:.2f}" for name, p in zip(names, probability, strict=True))
+        title = f"{Path(slide['path']).name}: {shown}"
         out_png = out / f"{Path(slide['path']).name}.attention.png"
         written.append(attention_heatmap(thumbnail, coords, side_level0, downsample, attention.numpy(), out_png, title))
     return written

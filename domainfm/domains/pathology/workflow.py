@@ -55,7 +55,7 @@ def run_study(
     tile_px: int = 64,
     mpps: tuple[float, ...] = (0.5, 1.0),
     backbone: str = "test_vit",
-    pretrain_epochs: int = 16,
+    pretrain_epochs: int = 40,
     objective: dict[str, Any] | None = None,
     mil_epochs: int = 40,
     seed: int = 0,

@@ -10,7 +10,7 @@ from domainfm.domains.pathology.workflow import run_study
 @pytest.mark.slow
 def test_pretrained_embeddings_separate_tissue_classes_better_than_random_init(tmp_path: Path):
     results = run_study(
-        tmp_path, slides=8, slide_size=1536, test_slides=3, pretrain_epochs=12, mil_epochs=10, device="cpu",
+        tmp_path, slides=8, slide_size=1536, test_slides=3, pretrain_epochs=24, mil_epochs=10, device="cpu",
         progress=False,
     )  # fmt: skip
     score = {(r["init"], r["labelled"]): r["balanced_accuracy"] for r in results["probe"]}
