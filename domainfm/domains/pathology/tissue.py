@@ -99,6 +99,16 @@ def tissue_fractions(mask: np.ndarray, downsample: float, coords: np.ndarray, si
     return np.clip(inside / area, 0.0, 1.0).astype(np.float32)
 
 
+def _legend_font(size: int) -> Any:
+    """Pillow's bundled scalable font at ``size`` px (its fixed bitmap font on Pillow < 10.1)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def write_qc_png(
     thumbnail: np.ndarray,
     mask: np.ndarray,
@@ -136,10 +146,13 @@ def write_qc_png(
         for x, y in coords:
             draw.rectangle([x * k, y * k, (x + side) * k - 1, (y + side) * k - 1], outline=colour)
         legend.append(f"{mpp:g} mpp: {len(coords)} tiles")
-    draw.rectangle([0, 0, 8 + 7 * max(len(line) for line in legend), 6 + 12 * len(legend)], fill=(255, 255, 255))
+    font = _legend_font(max(12, max_side // 60))
+    line_height = font.size + 4 if hasattr(font, "size") else 12
+    width = max(draw.textlength(line, font=font) for line in legend)
+    draw.rectangle([0, 0, 10 + width, 6 + line_height * len(legend)], fill=(255, 255, 255))
     for i, line in enumerate(legend):
         colour = (0, 0, 0) if i == 0 else colours[(i - 1) % len(colours)]
-        draw.text((4, 3 + 12 * i), line, fill=colour)
+        draw.text((5, 3 + line_height * i), line, fill=colour, font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.png")
     picture.save(partial)

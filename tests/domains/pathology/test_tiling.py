@@ -144,3 +144,49 @@ def test_a_killed_tiling_resumes_to_an_identical_store(tmp_path: Path, slide: Pa
         np.testing.assert_array_equal(a.index[name], b.index[name], err_msg=name)
     assert a.stats == b.stats and not (b.path / STAGING).exists()
     assert [s["meta"] for s in a.sources] == [s["meta"] for s in b.sources]
+
+
+@pytest.mark.parametrize(
+    ("properties", "expected"),
+    [
+        ({"openslide.mpp-x": "0.2465", "aperio.MPP": "0.5"}, (0.2465, "openslide.mpp-x")),
+        ({"aperio.MPP": "0.499"}, (0.499, "aperio.MPP")),
+        ({"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"}, (0.25, "tiff.XResolution")),
+        ({"tiff.XResolution": "50800", "tiff.ResolutionUnit": "inch"}, (0.5, "tiff.XResolution")),
+        ({"tiff.XResolution": "1", "tiff.ResolutionUnit": "none"}, (0.3, "--assume-mpp")),
+    ],
+)
+def test_mpp_resolution_order(properties: dict, expected: tuple):
+    mpp, source = resolve_mpp(properties, 0.3, "x.tif")
+    assert mpp == pytest.approx(expected[0]) and source == expected[1]
+
+
+def test_a_generic_tiled_tiff_with_resolution_tags_tiles(tmp_path: Path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    image = np.full((1024, 1024, 3), 240, np.uint8)
+    image[256:768, 256:768] = rng.integers(80, 200, (512, 512, 3), dtype=np.uint8)
+    path = tmp_path / "generic.tif"
+    with tifffile.TiffWriter(path) as tiff:  # 0.5 um/px as TIFF resolution: 20000 px per cm
+        tiff.write(image, tile=(256, 256), resolution=(20000, 20000), resolutionunit="CENTIMETER", metadata=None)
+    summary = tile_slides([path], tmp_path / "s.zarr", TilingParams(tile_px=64), progress=False)
+    assert summary.ok, summary.report()
+    store = TileStore(tmp_path / "s.zarr")
+    assert store.sources[0]["meta"]["mpp"] == pytest.approx(0.5)
+    x, y = store.index["x"], store.index["y"]
+    assert len(store) == 64 and x.min() == 256 and y.max() == 704  # exactly the 8 x 8 tiles of the square
+
+
+def test_a_slide_of_glass_only_gives_no_tiles_and_no_error(tmp_path: Path):
+    import tifffile
+
+    path = tmp_path / "empty.tif"
+    glass = np.full((768, 768, 3), 242, np.uint8) + np.random.default_rng(0).integers(0, 3, (768, 768, 3)).astype(
+        np.uint8
+    )
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(glass, tile=(256, 256), resolution=(20000, 20000), resolutionunit="CENTIMETER", metadata=None)
+    summary = tile_slides([path], tmp_path / "s.zarr", TilingParams(tile_px=64), progress=False)
+    assert summary.ok and summary.n_tiles == 0
+    assert TileStore(tmp_path / "s.zarr").sources[0]["meta"]["tiles_per_mpp"] == {"0.5": 0}
