@@ -25,9 +25,8 @@ shared timm ViT :class:`~domainfm.shared.backbones.Backbone`:
   ``log(1 + |FFT2|)`` amplitude spectra of the reconstructed and the true (normalised) masked patches, per
   channel. ``fourier_weight=0`` disables it and skips its computation.
 
-Crops are made on the device from normalised ``[B, 3, S, S]`` batches: random resized crops via
-``affine_grid``/``grid_sample`` combined with a random element of the dihedral group (90-degree rotations and
-flips: tissue has no orientation) and a light per-channel affine colour jitter in normalised space.
+Crops, token masks and the masked token forward are in :mod:`.pluto_views` (made on the device: random
+resized crops, dihedral flips/rotations, per-channel colour jitter; re-exported here).
 """
 
 from __future__ import annotations
@@ -41,7 +40,27 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
+from domainfm.domains.pathology.pluto_views import (
+    crop_transforms,
+    embed_patches,
+    forward_tokens,
+    multi_crop,
+    patchify,
+    random_token_mask,
+)
 from domainfm.shared.backbones.wrapper import Backbone
+
+__all__ = [
+    "Pluto",
+    "PlutoConfig",
+    "crop_transforms",
+    "embed_patches",
+    "forward_tokens",
+    "multi_crop",
+    "patchify",
+    "random_token_mask",
+    "teacher_momentum",
+]
 
 
 @dataclass
@@ -91,162 +110,6 @@ class PlutoConfig:
     decoder_dim: int = 128
     shared_head: bool = True
     color_jitter: float = 0.1
-
-
-# --------------------------------------------------------------------------------------------- randomness
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Uniform ``[0, 1)`` samples drawn on the generator's device, returned on ``device``."""
-    source = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=source).to(device)
-
-
-def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """``n`` integers in ``[0, high)`` (via :func:`_rand`, so any generator device works)."""
-    return (_rand((n,), generator, device) * high).long().clamp_(max=high - 1)
-
-
-# --------------------------------------------------------------------------------------------- multi-crop
-
-
-def crop_transforms(
-    n: int,
-    scale: tuple[float, float],
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Affine matrices ``[n, 2, 3]`` (``affine_grid`` convention) of random resized, rotated, flipped crops.
-
-    Area fraction uniform in ``scale``, aspect ratio log-uniform in [3/4, 4/3] (torchvision's
-    RandomResizedCrop), crop fully inside the image, then a random 90-degree rotation and horizontal flip.
-
-    Args:
-        n: Number of crops.
-        scale: Range of the crop's area as a fraction of the image.
-        generator: Seeds the draws.
-        device: Where the matrices live.
-    """
-    device = torch.device(device)
-    u = _rand((n, 4), generator, device)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1])
-    half_w = torch.sqrt(area * ratio).clamp(max=1.0)  # half-extents in [-1, 1] coordinates = side fractions
-    half_h = torch.sqrt(area / ratio).clamp(max=1.0)
-    center_x = (2 * u[:, 2] - 1) * (1 - half_w)
-    center_y = (2 * u[:, 3] - 1) * (1 - half_h)
-    quarter = _randint(4, n, generator, device).float() * (math.pi / 2)
-    flip = 1 - 2 * _randint(2, n, generator, device).float()
-    cos, sin = torch.cos(quarter).round(), torch.sin(quarter).round()
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 1] = half_w * cos * flip, -half_w * sin
-    theta[:, 1, 0], theta[:, 1, 1] = half_h * sin * flip, half_h * cos
-    theta[:, 0, 2], theta[:, 1, 2] = center_x, center_y
-    return theta
-
-
-def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``x * (1 + a) + b`` per image and channel, ``a, b`` uniform in ``[-strength, strength]`` (normalised units)."""
-    if strength <= 0:
-        return images
-    u = _rand((images.shape[0], images.shape[1], 2), generator, images.device).to(images.dtype)
-    scale_shift = (2 * u - 1) * strength
-    return images * (1 + scale_shift[..., 0, None, None]) + scale_shift[..., 1, None, None]
-
-
-def multi_crop(
-    images: torch.Tensor,
-    n_views: int,
-    size: int,
-    scale: tuple[float, float],
-    generator: torch.Generator | None = None,
-    jitter: float = 0.0,
-) -> torch.Tensor:
-    """``n_views`` augmented crops of every image, view-major: ``[n_views * B, C, size, size]``.
-
-    Args:
-        images: Normalised batch ``[B, C, S, S]``.
-        n_views: Crops per image.
-        size: Output side in pixels.
-        scale: Area fraction range (see :func:`crop_transforms`).
-        generator: Seeds crops and jitter.
-        jitter: Colour jitter strength (see :func:`color_jitter`).
-    """
-    batch, channels = images.shape[:2]
-    source = images.repeat(n_views, 1, 1, 1)
-    theta = crop_transforms(n_views * batch, scale, generator, images.device).to(images.dtype)
-    grid = F.affine_grid(theta, [n_views * batch, channels, size, size], align_corners=False)
-    crops = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return color_jitter(crops, jitter, generator)
-
-
-def random_token_mask(
-    n: int, tokens: int, ratio: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Boolean ``[n, tokens]`` masks with exactly ``round(ratio * tokens)`` (at least 1 if ratio > 0) set each."""
-    device = torch.device(device)
-    count = max(1, round(ratio * tokens)) if ratio > 0 else 0
-    order = _rand((n, tokens), generator, device).argsort(dim=1)
-    mask = torch.zeros(n, tokens, dtype=torch.bool, device=device)
-    return mask.scatter_(1, order[:, :count], True)
-
-
-# --------------------------------------------------------------------------------------------- token forward
-
-
-def embed_patches(
-    backbone: Backbone,
-    images: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    mask_token: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Patch embeddings (NHWC ``[B, h, w, D]`` or ``[B, N, D]``) with masked positions set to ``mask_token``.
-
-    Args:
-        backbone: A ViT-family backbone.
-        images: Input batch ``[B, C, H, W]``.
-        mask: Boolean ``[B, N]`` or ``[B, h, w]`` (True = masked); ``None`` masks nothing.
-        mask_token: Learned ``[D]`` embedding written at masked positions.
-    """
-    x = backbone.model.patch_embed(images)
-    if mask is None or mask_token is None:
-        return x
-    where = mask.reshape(*x.shape[:-1], 1)
-    return torch.where(where, mask_token.to(x.dtype), x)
-
-
-def forward_tokens(
-    backbone: Backbone,
-    images: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    mask_token: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Final tokens ``[B, prefix + N, D]`` of a timm ViT; equals ``backbone.forward_features`` without a mask.
-
-    Args:
-        backbone: A ViT-family backbone (``dynamic_img_size=True`` for crops of another size).
-        images: Input batch ``[B, C, H, W]``.
-        mask: Boolean ``[B, N]`` or ``[B, h, w]`` patch mask (True = replaced by ``mask_token``).
-        mask_token: Learned ``[D]`` embedding.
-    """
-    model = backbone.model
-    x = embed_patches(backbone, images, mask, mask_token)
-    x = model.norm_pre(model.patch_drop(model._pos_embed(x)))
-    if getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled():
-        from timm.models import checkpoint_seq
-
-        x = checkpoint_seq(model.blocks, x)
-    else:
-        x = model.blocks(x)
-    return model.norm(x)
-
-
-def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """``[B, C, H, W]`` -> ``[B, N, patch * patch * C]`` in row-major token order (MAE's layout)."""
-    batch, channels, height, width = images.shape
-    h, w = height // patch, width // patch
-    x = images.reshape(batch, channels, h, patch, w, patch)
-    return torch.einsum("nchpwq->nhwpqc", x).reshape(batch, h * w, patch * patch * channels)
 
 
 # --------------------------------------------------------------------------------------------- modules
