@@ -1,8 +1,10 @@
-"""Report pieces shared by the quickstart sections of every domain."""
+"""Report pieces shared by the quickstart sections and the benchmarks of every domain."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -40,3 +42,28 @@ def unpaired_report(pairs: int, unpaired: dict[str, list[Any]], limit: int = 20)
             if len(items) > limit:
                 lines.append(f"  ... and {len(items) - limit} more")
     return "\n".join(lines)
+
+
+def run_benchmark(measure: Callable[[Path], dict[str, Any]], workdir: Path | None, prefix: str, as_json: bool) -> int:
+    """Runs ``measure(folder)`` and prints its fields as JSON or as an aligned table (every ``bench`` command).
+
+    ``folder`` is ``workdir``, or a temporary folder (removed afterwards) when ``workdir`` is ``None``.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        results = measure(folder)
+    finally:
+        if workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        width = max(map(len, results), default=0) + 2
+        for key, value in results.items():
+            print(f"{key:{width}s} {value}")
+    return 0

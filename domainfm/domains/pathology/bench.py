@@ -22,8 +22,6 @@ taken within the run, so they hold on a noisy machine.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -124,18 +122,9 @@ def bench_tiling(
         workdir: Where to build the data (a temporary folder, removed afterwards, when unset).
         json: Print the JSON fields only.
     """
-    import json as json_module
+    from domainfm.shared.report import run_benchmark
 
-    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="domainfm-bench-tiling-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        results = run_tiling_benchmark(size, tile_size, threads, naive_tiles, folder, rounds)
-    finally:
-        if workdir is None:
-            shutil.rmtree(folder, ignore_errors=True)
-    if json:
-        print(json_module.dumps(results, indent=2))
-    else:
-        for key, value in results.items():
-            print(f"{key:28s} {value}")
-    return 0
+    def measure(folder: Path) -> dict:
+        return run_tiling_benchmark(size, tile_size, threads, naive_tiles, folder, rounds)
+
+    return run_benchmark(measure, workdir, "domainfm-bench-tiling-", json)

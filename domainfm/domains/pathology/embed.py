@@ -43,7 +43,7 @@ def _encoder(checkpoint: Path | None, backbone: str, store: TileStore, seed: int
 
 
 def _slides(store: TileStore) -> list[dict[str, Any]]:
-    return [{"path": s["path"], **{k: v for k, v in (s.get("meta") or {}).items()}} for s in store.sources]
+    return [{"path": s["path"], **(s.get("meta") or {})} for s in store.sources]
 
 
 def embed_store(

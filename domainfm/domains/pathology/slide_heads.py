@@ -37,8 +37,11 @@ def slide_labels(embeddings: Embeddings, labels: str | Path) -> tuple[list[str],
                 raise DomainfmError(f"{slide['path']}: no ground truth {truth_path.name}; give --labels CSV instead")
             mapping[row] = int(read_truth(truth_path)["slide_label"])
         return ["no_tumor", "tumor"], mapping
-    with open(labels, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(labels, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise DomainfmError(f"{labels}: cannot read the slide-label CSV ({error}); give a CSV or 'truth'") from error
     if not rows or not {"slide", "label"} <= set(rows[0]):
         raise DomainfmError(f"{labels}: a slide-label CSV needs the columns slide,label")
     by_name = {r["slide"]: r["label"] for r in rows}

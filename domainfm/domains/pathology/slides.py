@@ -12,6 +12,7 @@ the TIFF ``XResolution`` with a centimetre or inch ``ResolutionUnit``, and final
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,17 @@ def best_level(downsamples: tuple[float, ...], target: float) -> int:
 OPAQUE = np.uint32(0xFF000000)
 
 
+@functools.cache
+def _native_read_region() -> tuple[Any, Any]:
+    """OpenSlide's C ``read_region`` and its buffer pointer type, looked up once (``(None, None)`` if unusable)."""
+    from openslide import lowlevel
+
+    native = getattr(lowlevel, "_read_region", None)
+    if native is None or not np.little_endian:
+        return None, None
+    return native, lowlevel.POINTER(lowlevel.c_uint32)
+
+
 def read_bgra(slide: Any, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
     """``[height, width, 4]`` uint8 in memory order B, G, R, A (premultiplied alpha), decoded straight into numpy.
 
@@ -139,15 +151,13 @@ def read_bgra(slide: Any, x: int, y: int, level: int, width: int, height: int) -
     the GIL) into a numpy buffer: no PIL image and no copy back, which ``OpenSlide.read_region`` costs.
     Falls back to ``read_region`` where the binding lacks the function or on big-endian machines.
     """
-    from openslide import lowlevel
-
-    native = getattr(lowlevel, "_read_region", None)
-    if native is None or not hasattr(slide, "_osr") or not np.little_endian:
+    native, pointer = _native_read_region()
+    if native is None or not hasattr(slide, "_osr"):
         rgba = np.asarray(slide.read_region((x, y), level, (width, height))).astype(np.uint16)
         premultiplied = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
         return np.concatenate([premultiplied[..., ::-1], rgba[..., 3:]], axis=-1).astype(np.uint8)
     argb = np.empty((height, width), np.uint32)
-    native(slide._osr, argb.ctypes.data_as(lowlevel.POINTER(lowlevel.c_uint32)), x, y, level, width, height)
+    native(slide._osr, argb.ctypes.data_as(pointer), x, y, level, width, height)
     return argb.view(np.uint8).reshape(height, width, 4)
 
 

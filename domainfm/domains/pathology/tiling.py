@@ -132,7 +132,8 @@ class RegionReader:
 
     def __init__(self, path: Path, threads: int, public_api: bool = False) -> None:
         self.path, self.local, self.public_api = path, threading.local(), public_api
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="slide-read")
+        self.threads = max(1, threads)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="slide-read")
         self.handles: list[Any] = []
         self.lock = threading.Lock()
 
@@ -175,12 +176,11 @@ def read_tiles(
     """
     level = best_level(info.level_downsamples, side / params.tile_px)
     size = max(1, round(side / info.level_downsamples[level]))
-    threads = reader.pool._max_workers
     pending: deque[tuple[np.ndarray, list[Future]]] = deque()
     for start in range(0, len(coords), params.batch):
         chunk = coords[start : start + params.batch]
         out = np.empty((len(chunk), 3, params.tile_px, params.tile_px), np.uint8)
-        parts = np.array_split(np.arange(len(chunk)), min(threads, len(chunk)))
+        parts = np.array_split(np.arange(len(chunk)), min(reader.threads, len(chunk)))
         futures = [reader.pool.submit(reader.read_into, out[p[0] : p[-1] + 1], chunk[p], level, size) for p in parts]
         pending.append((out, futures))
         if len(pending) > 2:

@@ -18,9 +18,7 @@ Ratios are taken within this one run, so they hold on a noisy machine.
 from __future__ import annotations
 
 import mmap
-import shutil
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -224,18 +222,9 @@ def bench_stream(
         workdir: Where to build the data (a temporary folder, removed afterwards, when unset).
         json: Print the JSON fields only.
     """
-    import json as json_module
+    from domainfm.shared.report import run_benchmark
 
-    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="domainfm-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        results = run_stream_benchmark(tiles, batch_size, device, png_tiles, folder, rounds)
-    finally:
-        if workdir is None:
-            shutil.rmtree(folder, ignore_errors=True)
-    if json:
-        print(json_module.dumps(results, indent=2))
-    else:
-        for key, value in results.items():
-            print(f"{key:36s} {value}")
-    return 0
+    def measure(folder: Path) -> dict:
+        return run_stream_benchmark(tiles, batch_size, device, png_tiles, folder, rounds)
+
+    return run_benchmark(measure, workdir, "domainfm-bench-", json)

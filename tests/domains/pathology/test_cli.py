@@ -67,11 +67,21 @@ def test_embeddings_resume_and_match_the_encoder(workspace: Path, monkeypatch: p
     assert not out.exists() and (workspace / "emb.zarr.partial").exists()
     with pytest.raises(DomainfmError, match=r"not a complete embedding store|not an embedding store"):
         read_embeddings(workspace / "emb.zarr.partial")
-    monkeypatch.setattr(embed_module, "normalise", original)
+    import zarr
+
+    assert zarr.open_group(workspace / "emb.zarr.partial", mode="r").attrs["rows_done"] == 32  # two batches kept
+    resumed = {"n": 0}
+
+    def counting(tiles, normalization):
+        resumed["n"] += 1
+        return original(tiles, normalization)
+
+    monkeypatch.setattr(embed_module, "normalise", counting)
     assert main(["pathology", "embed", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(out),
                  "--batch_size", "16", "--device", "cpu"]) == 0  # fmt: skip
     embeddings = read_embeddings(out)
     tiles = TileStore(store)
+    assert resumed["n"] == -(-(len(tiles) - 32) // 16)  # the rerun embedded only the rest
     encoder, meta = load_encoder(checkpoint)
     ids = np.array([0, 40, len(tiles) - 1])
     with torch.no_grad():
