@@ -111,18 +111,24 @@ def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path
     return path
 
 
+def build_tile_classifier(meta: dict[str, Any]) -> TileClassifier:
+    """A randomly initialised tile classifier of the shape ``meta`` (a checkpoint's metadata) describes."""
+    from domainfm.shared.backbones import create_backbone
+    from domainfm.shared.peft.methods import apply_peft
+
+    args = dict(meta["encoder"])
+    backbone = apply_peft(create_backbone(args.pop("name"), **args), meta["peft"], **meta["peft_options"])
+    return TileClassifier(backbone, len(meta["label_names"]))
+
+
 def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     """A tile classifier saved by :func:`train_tile_classifier` (rebuilt, PEFT reapplied, weights loaded)."""
     from safetensors.torch import load_model
 
-    from domainfm.shared.backbones import create_backbone
     from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
-    from domainfm.shared.peft.methods import apply_peft
 
     meta = read_checkpoint_metadata(path, CLASSIFIER_KEY, "domainfm pathology train")
-    args = dict(meta["encoder"])
-    backbone = apply_peft(create_backbone(args.pop("name"), **args), meta["peft"], **meta["peft_options"])
-    model = TileClassifier(backbone, len(meta["label_names"]))
+    model = build_tile_classifier(meta)
     load_model(model, str(path))
     return model.eval(), meta
 

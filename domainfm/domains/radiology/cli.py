@@ -9,6 +9,7 @@ COMMANDS: dict[str, str] = {
         "phantom": "phantom",
         "ingest": "ingest",
         "pretrain": "pretrain",
+        "train": "train",
         "eval": "evaluate",
         "study": "study",
     }.items()

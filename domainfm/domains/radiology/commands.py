@@ -136,6 +136,52 @@ def pretrain(
     return 0
 
 
+def train(
+    store: Path,
+    out: Path,
+    checkpoint: Path | None = None,
+    backbone: str = "test_resnet",
+    peft: str = "full",
+    peft_options: dict[str, Any] | None = None,
+    label_fraction: float = 1.0,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    seed: int = 0,
+    device: str = "auto",
+    json: bool = False,
+) -> int:
+    """Train a multi-label radiograph classifier (ConVIRT image tower + linear head, any PEFT method).
+
+    Writes OUT/classifier.safetensors: what `domainfm export bundle` and `domainfm explain` take.
+
+    Args:
+        store: A radiology store ingested with --labels.
+        out: Output folder.
+        checkpoint: A ConVIRT checkpoint (`radiology pretrain`); a random image tower when unset.
+        backbone: Image tower when no checkpoint is given.
+        peft: A shared PEFT method: full, linear (frozen tower), bitfit, lora, dvpt, ...
+        peft_options: The method's options.
+        label_fraction: Fraction of the labelled train images used.
+        epochs: Training epochs.
+        batch_size: Images per step.
+        lr: AdamW learning rate.
+        seed: Random seed (also picks the labelled images).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        json: Print JSON.
+    """
+    import json as json_module
+
+    from domainfm.domains.radiology.classifier import train_classifier
+
+    result = train_classifier(
+        Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, label_fraction,
+        epochs, batch_size, lr, seed, device, progress=not json,
+    )  # fmt: skip
+    print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
 def evaluate(
     task: Literal["retrieval", "probe", "knn", "finetune"],
     /,

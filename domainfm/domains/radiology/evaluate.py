@@ -157,7 +157,7 @@ def label_fraction(store: TileStore, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rng.choice(train, size=max(2, round(fraction * len(train))), replace=False))
 
 
-def _macro_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+def macro_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Macro AUROC over the labels that have both classes in ``labels``."""
     from torchmetrics.functional.classification import binary_auroc
 
@@ -258,7 +258,7 @@ def probe(
                 scores = finetune_scores(tower, store, subset, test, norm, finetune_epochs, seed, torch_device)
             else:
                 scores = fit_logistic(x, y)(features_test)
-            auroc = _macro_auroc(scores, labels[test])
+            auroc = macro_auroc(scores, labels[test])
             rows.append(
                 {
                     "init": init,

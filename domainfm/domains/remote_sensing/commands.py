@@ -144,6 +144,7 @@ def train(
     lr: float = 3e-4,
     seed: int = 0,
     device: str = "auto",
+    out: Path | None = None,
     json: bool = False,
 ) -> int:
     """Train a downstream task (3D cloud curtain, per-pixel cloud mask, multi-label scenes) with any PEFT method.
@@ -161,13 +162,14 @@ def train(
         lr: AdamW learning rate.
         seed: Random seed (also picks the labelled chips).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        out: Folder for the trained model (``TASK.safetensors``, for `domainfm export bundle` and `explain`).
         json: Print JSON.
     """
     from domainfm.domains.remote_sensing.downstream import train_task
 
     result = train_task(
         Path(store), task, Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, labelled, epochs,
-        batch_size, lr, seed, device, progress=not json,
+        batch_size, lr, seed, device, progress=not json, out=Path(out) if out else None,
     )  # fmt: skip
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
     return 0

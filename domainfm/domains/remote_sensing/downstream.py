@@ -16,7 +16,9 @@ scored on the test split.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,7 @@ from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
 TARGETS = {"curtain": "curtain", "segment": "cloud_mask", "multilabel": "labels"}
+TASK_KEY = "domainfm_remote_sensing_task"
 
 
 class UpsamplingDecoder(nn.Sequential):
@@ -71,6 +74,38 @@ class DownstreamModel(nn.Module):
         if self.task == "curtain":
             return nn.functional.interpolate(maps, size=CURTAIN_SHAPE, mode="bilinear", align_corners=False)[:, 0]
         return maps
+
+
+def build_task_model(meta: dict[str, Any]) -> DownstreamModel:
+    """A randomly initialised downstream model of the shape ``meta`` (a checkpoint's metadata) describes."""
+    from domainfm.shared.peft.methods import apply_peft
+
+    args = dict(meta["encoder"])
+    encoder = apply_peft(create_backbone(args.pop("name"), **args), meta["peft"], **meta["peft_options"])
+    return DownstreamModel(encoder, meta["task"], meta["image_size"], meta["outputs"])
+
+
+def save_task_model(model: DownstreamModel, meta: dict[str, Any], path: Path) -> Path:
+    """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_model(model, str(partial), {TASK_KEY: json.dumps(meta)})
+    partial.replace(path)
+    return path
+
+
+def load_task_model(path: Path) -> tuple[DownstreamModel, dict[str, Any]]:
+    """A downstream model saved by :func:`train_task` (eval mode) and its metadata."""
+    from safetensors.torch import load_model
+
+    from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(path, TASK_KEY, "domainfm remote-sensing train --out DIR")
+    model = build_task_model(meta)
+    load_model(model, str(path))
+    return model.eval(), meta
 
 
 def _scores(task: str, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -113,8 +148,12 @@ def train_task(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    out: Any = None,
 ) -> dict[str, Any]:
-    """Trains ``task`` from a SimMIM checkpoint (or from scratch) on ``labelled`` train chips; test scores."""
+    """Trains ``task`` from a SimMIM checkpoint (or from scratch) on ``labelled`` train chips; test scores.
+
+    With ``out``, the trained model is saved as ``out/<task>.safetensors`` (:func:`save_task_model`).
+    """
     from domainfm.shared.peft.methods import apply_peft, count_parameters
 
     if task not in TARGETS:
@@ -133,6 +172,7 @@ def train_task(
         encoder = create_backbone(backbone, in_chans=store.spec.tile_shape[0], img_size=size)
         transform = input_transform(store)
     outputs = store.spec.companions[target_name].shape[0] if task == "multilabel" else 1
+    build_args = encoder.build_args
     encoder = apply_peft(encoder, peft, **(peft_options or {}))
     model = DownstreamModel(encoder, task, size, outputs).to(torch_device)
     train = np.flatnonzero(store.index["split"] == SPLITS["train"])
@@ -156,7 +196,24 @@ def train_task(
             logits.append(model(prepare(batch["tiles"], transform)).cpu())
             targets.append(batch[target_name].cpu())
     counts = count_parameters(encoder)
+    saved = {}
+    if out is not None:
+        meta = {
+            "task": task,
+            "encoder": build_args,
+            "peft": peft,
+            "peft_options": peft_options or {},
+            "image_size": size,
+            "outputs": outputs,
+            "input_transform": transform,
+            "bands": store.spec.channels,
+            "target": target_name,
+            "label_names": list(store.spec.label_names) if task == "multilabel" else [target_name],
+            "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        }
+        saved = {"model": str(save_task_model(model.cpu(), meta, Path(out) / f"{task}.safetensors"))}
     return {
+        **saved,
         "task": task,
         "init": "simmim" if checkpoint is not None else "scratch",
         "peft": peft,

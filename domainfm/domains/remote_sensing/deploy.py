@@ -1,0 +1,90 @@
+"""A remote-sensing downstream model as a deployable network: chip band values -> task scores.
+
+Input: a chip ``[bands, H, W]`` in the store's units (SatVision-TOA's [0, 1] scaling for MODIS stores, the
+raster's values otherwise; invalid pixels 0, as ingest stores them). The network applies the training
+input transform (``pretrain.prepare``), the SwinV2 encoder with its PEFT state and the task head
+(``downstream.DownstreamModel``). ``pred`` is the sigmoid: the cloud probability per pixel (``segment``),
+per curtain bin ``[1, 91, 40]`` (``curtain``, SatVision-TOA's 3D cloud retrieval, arXiv 2411.17000) or per
+scene label (``multilabel``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from domainfm.domains.remote_sensing.downstream import build_task_model, load_task_model
+from domainfm.shared.deploy.card import Deployable, ModelCard, Standardise
+
+KINDS = {
+    "curtain": "remote_sensing.curtain",
+    "segment": "remote_sensing.cloud_mask",
+    "multilabel": "remote_sensing.scenes",
+}
+
+
+class ChannelFirst(nn.Module):
+    """Curtain logits ``[B, 91, 40]`` as a one-channel map ``[B, 1, 91, 40]``; other outputs unchanged."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Task logits, channel first."""
+        out = self.model(images)
+        return out[:, None] if out.ndim == 3 else out
+
+
+def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    transform = meta["input_transform"]
+    bands = len(meta["bands"])
+    if transform is None:
+        standardise = Standardise([0.0] * bands, [1.0] * bands)
+    else:
+        standardise = Standardise(transform["mean"], transform["std"])
+    return nn.Sequential(standardise, ChannelFirst(model))
+
+
+def network(kind: str, build: dict[str, Any]) -> nn.Module:
+    """Input transform + a randomly initialised task model of the shape ``build`` describes."""
+    if kind not in KINDS.values():
+        raise ValueError(f"remote sensing deploys {sorted(KINDS.values())}, not {kind!r}")
+    return _wrap(build_task_model(build), build)
+
+
+def card(meta: dict[str, Any], source: Path) -> ModelCard:
+    """The card of a downstream model with checkpoint metadata ``meta``."""
+    size = int(meta["image_size"])
+    task = meta["task"]
+    names = [b["name"] for b in meta["bands"]]
+    return ModelCard(
+        kind=KINDS[task],
+        task="multilabel" if task == "multilabel" else "segmentation",
+        in_channels=len(names),
+        spatial_shape=[size, size],
+        channel_names=names,
+        input_range=[0.0, 1.0] if meta["input_transform"] is None else None,
+        out_channels=int(meta["outputs"]),
+        activation="sigmoid",
+        class_names=list(meta["label_names"]),
+        build=meta,
+        details={
+            "backbone": meta["encoder"]["name"],
+            "peft": meta["peft"],
+            "bands": meta["bands"],
+            "pretrained_encoder": meta.get("checkpoint"),
+            "source": str(source),
+            "input": f"a chip [{len(names)}, {size}, {size}] in the store's units; invalid pixels 0",
+            "output": "cloud curtain [1, 91, 40] (height bins x along-track)" if task == "curtain" else task,
+        },
+    )
+
+
+def deployable(path: Path) -> Deployable:
+    """The downstream model in ``path`` (trained weights) as a deployable network."""
+    model, meta = load_task_model(path)
+    return Deployable(_wrap(model, meta), card(meta, path), Path(path))

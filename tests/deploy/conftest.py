@@ -1,0 +1,116 @@
+"""One tiny trained downstream checkpoint per deployable kind, and sample input files for each.
+
+Made once per session through the CLI (phantom -> ingest -> train, one or two epochs of tiny models), so
+export and explanation tests run on real domainfm checkpoints, not hand-built modules.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from domainfm.cli import main
+from domainfm.shared.tiles.schema import SPLITS
+from domainfm.shared.tiles.store import TileStore
+
+
+def _test_tiles(store: Path, n: int = 2) -> np.ndarray:
+    tiles = TileStore(store)
+    ids = np.flatnonzero(tiles.index["split"] == SPLITS["test"])
+    ids = (ids if len(ids) else np.arange(len(tiles.index["split"])))[:n]  # small phantoms may have no test split
+    return np.stack([tiles.tiles[int(i)] for i in ids])
+
+
+def _write_pictures(tiles: np.ndarray, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, tile in enumerate(tiles):
+        path = folder / f"input_{i}.png"
+        Image.fromarray(tile[0] if tile.shape[0] == 1 else tile.transpose(1, 2, 0)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _pathology(root: Path) -> tuple[Path, list[Path]]:
+    slides = []
+    for i in range(2):
+        slide = root / f"s{i}.svs"
+        assert main(["pathology", "phantom", "--out", str(slide), "--size", "1024", "--seed", str(i)]) == 0
+        slides.append(str(slide))
+    splits = root / "splits.csv"
+    splits.write_text("slide,split\ns0,train\ns1,test\n")
+    store = root / "tiles.zarr"
+    assert main(["pathology", "tile", *slides, "--out", str(store), "--mpp", "2.0", "--tile_size", "32",
+                 "--truth_labels", "--splits", str(splits), "--workers", "1"]) == 0  # fmt: skip
+    out = root / "classifier"
+    assert main(["pathology", "train", "--store", str(store), "--out", str(out), "--backbone", "test_vit",
+                 "--peft", "dvpt", "--epochs", "1", "--device", "cpu", "--json"]) == 0  # fmt: skip
+    return out / "tile_classifier.safetensors", _write_pictures(_test_tiles(store), root / "inputs")
+
+
+def _radiology(root: Path) -> tuple[Path, list[Path]]:
+    phantom = root / "phantom"
+    assert main(["radiology", "phantom", "--out", str(phantom), "--n", "24"]) == 0
+    store = root / "store.zarr"
+    assert main(["radiology", "ingest", "--images", str(phantom / "images"), "--reports", str(phantom / "reports.csv"),
+                 "--labels", str(phantom / "labels.csv"), "--out", str(store), "--size", "32"]) == 0  # fmt: skip
+    out = root / "classifier"
+    assert main(["radiology", "train", "--store", str(store), "--out", str(out), "--backbone", "test_resnet",
+                 "--epochs", "1", "--device", "cpu", "--json"]) == 0  # fmt: skip
+    return out / "classifier.safetensors", _write_pictures(_test_tiles(store), root / "inputs")
+
+
+def _remote_sensing(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    granules = []
+    for seed in range(2):
+        granule = root / f"g{seed}.hdf"
+        assert main(["remote-sensing", "phantom", "--out", str(granule), "--size", "96", "--seed", str(seed)]) == 0
+        granules.append(str(granule))
+    store = root / "chips.zarr"
+    assert main(["remote-sensing", "ingest", *granules, "--out", str(store), "--chip", "32", "--curtains"]) == 0
+    checkpoints = {}
+    for task in ("curtain", "segment"):
+        out = root / task
+        assert main(["remote-sensing", "train", "--store", str(store), "--task", task, "--epochs", "1",
+                     "--device", "cpu", "--out", str(out), "--json"]) == 0  # fmt: skip
+        checkpoints[task] = out / f"{task}.safetensors"
+    folder = root / "inputs"
+    folder.mkdir()
+    inputs = []
+    for i, chip in enumerate(_test_tiles(store)):
+        inputs.append(folder / f"chip_{i}.npy")
+        np.save(inputs[-1], chip.astype(np.float32))
+    return checkpoints, inputs
+
+
+def _segmentation(root: Path) -> tuple[Path, list[Path]]:
+    phantom = root / "phantom"
+    assert main(["segmentation", "phantom", "--out", str(phantom), "--n", "12", "--size", "32"]) == 0
+    store = root / "store.zarr"
+    assert main(["segmentation", "ingest", "--images", str(phantom / "site_a" / "images"), "--masks",
+                 str(phantom / "site_a" / "masks"), "--out", str(store), "--size", "32"]) == 0  # fmt: skip
+    vae = root / "vae"
+    assert main(["segmentation", "train-vae", "--store", str(store), "--out", str(vae), "--epochs", "1",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    out = root / "gms"
+    assert main(["segmentation", "train", "--store", str(store), "--out", str(out), "--model", "gms", "--vae",
+                 str(vae / "vae.safetensors"), "--epochs", "1", "--device", "cpu"]) == 0  # fmt: skip
+    inputs = _write_pictures(_test_tiles(store), root / "inputs")
+    large = root / "inputs" / "large.png"  # larger than the training size: a sliding window
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(large)
+    return out / "model.safetensors", [*inputs, large]
+
+
+@pytest.fixture(scope="session")
+def deployables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list[Path]]]:
+    """Kind -> (checkpoint, sample input files) for every deployable kind."""
+    root = tmp_path_factory.mktemp("deployables")
+    rs, rs_inputs = _remote_sensing(root / "remote_sensing")
+    return {
+        "pathology.tile_classifier": _pathology(root / "pathology"),
+        "radiology.classifier": _radiology(root / "radiology"),
+        "remote_sensing.curtain": (rs["curtain"], rs_inputs),
+        "remote_sensing.cloud_mask": (rs["segment"], rs_inputs),
+        "segmentation.gms": _segmentation(root / "segmentation"),
+    }
