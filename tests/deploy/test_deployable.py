@@ -84,3 +84,12 @@ def test_wrong_input_shapes_name_the_file(tmp_path: Path, deployables):
     np.save(nan, np.full((card.in_channels, 32, 32), np.nan, np.float32))
     with pytest.raises(InputError, match="NaN"):
         read_input(nan, card)
+
+
+def test_curtain_refuses_inputs_of_another_size_instead_of_sliding(deployables):
+    checkpoint, _ = deployables["remote_sensing.curtain"]
+    deployable = load_deployable(checkpoint)
+    assert not deployable.card.sliding_window  # its 91 x 40 output is not on the input's grid
+    with pytest.raises(ValueError, match="takes 32x32 inputs"):
+        predict(deployable, torch.zeros(1, deployable.card.in_channels, 64, 64))
+    assert load_deployable(deployables["segmentation.gms"][0]).card.sliding_window

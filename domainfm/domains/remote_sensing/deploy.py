@@ -72,6 +72,7 @@ def card(meta: dict[str, Any], source: Path) -> ModelCard:
         activation="sigmoid",
         class_names=list(meta["label_names"]),
         build=meta,
+        output_grid="fixed" if task == "curtain" else "input",
         details={
             "backbone": meta["encoder"]["name"],
             "peft": meta["peft"],

@@ -43,6 +43,9 @@ class ModelCard:
         build: JSON arguments that rebuild the (randomly initialised) network.
         details: Everything else a reader of the bundle wants: backbone, PEFT method, mpp, bands,
             normalisation, the checkpoint it came from.
+        output_grid: ``input`` when a segmentation map lies on the input's pixel grid (so larger inputs can
+            be predicted window by window), ``fixed`` when the output has a shape of its own (the 91 x 40
+            cloud curtain).
     """
 
     kind: str
@@ -56,19 +59,22 @@ class ModelCard:
     class_names: list[str]
     build: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    output_grid: str = "input"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {TASKS}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.output_grid not in ("input", "fixed"):
+            raise ValueError(f"output_grid {self.output_grid!r} is not 'input' or 'fixed'")
         if len(self.channel_names) != self.in_channels:
             raise ValueError(f"{len(self.channel_names)} channel names for {self.in_channels} input channels")
 
     @property
     def sliding_window(self) -> bool:
         """Whether inputs larger than ``spatial_shape`` are predicted window by window."""
-        return self.task == "segmentation"
+        return self.task == "segmentation" and self.output_grid == "input"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""

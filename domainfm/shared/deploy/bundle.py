@@ -1,0 +1,623 @@
+"""``export_bundle``: a downstream checkpoint as a MONAI bundle that runs and verifies offline.
+
+Layout and metadata follow the MONAI Bundle specification (``docs/source/mb_specification.rst`` in
+Project-MONAI/MONAI; config syntax in ``docs/source/config_syntax.md``)::
+
+    OUT/
+      LICENSE                  Apache-2.0 notice (code and configs) + the terms of the weights
+      configs/metadata.json    versions, network_data_format (input ``image``, output ``pred``), the card
+      configs/inference.json   LoadImaged -> network -> inferer -> Activationsd -> writer, under ``run``
+      models/model.pt          the network's plain state dict (``torch.load(weights_only=True)`` reads it)
+      docs/README.md           what the model does, its input/output contract and the commands
+
+``network_def`` instantiates :func:`domainfm.shared.deploy.build_network` with the card's ``kind`` and
+``build`` (a randomly initialised network, nothing downloaded), and MONAI's ``CheckpointLoader`` loads
+``models/model.pt`` (``weights_only=True`` in monai 1.6). The network takes *raw* inputs (what a file
+holds) and owns its normalisation, so the preprocessing is only reading: ``PILReader`` with
+``reverse_indexing=False`` (PIL's default ``True`` transposes height and width) for pictures,
+``NumpyReader`` for ``.npy`` chips. Predictions equal :func:`domainfm.shared.deploy.predict` on the same
+files: class probabilities go to ``predictions.csv`` (MONAI ``ClassificationSaver``, full float
+precision), maps to ``<stem>_pred.npy`` (:class:`SaveNpyd`, float32; MONAI's image writers need
+nibabel/ITK or quantise to PNG).
+
+``metadata.json`` validates against the MONAI metadata schema ``meta_schema_20240725.json`` shipped in
+this package (:data:`SCHEMA_FILE`, md5 :data:`SCHEMA_MD5`): ``python -m monai.bundle verify_metadata
+--filepath SCHEMA --hash_val MD5`` finds the file and never downloads.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from collections.abc import Hashable, Mapping, Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from domainfm.shared.deploy.card import SLIDING_WINDOW, Deployable, ModelCard
+from domainfm.shared.deploy.inputs import PICTURES
+from domainfm.shared.errors import DomainfmError
+
+# The MONAI bundle metadata schema (JSON Schema draft 2019-09), the content published by Project-MONAI
+# at SCHEMA_URL (their copy of the MONAI-extra-test-data 0.8.1 release asset of the same name).
+SCHEMA_FILE = Path(__file__).with_name("meta_schema_20240725.json")
+SCHEMA_URL = "https://project-monai.github.io/schema/meta_schema_20240725.json"
+SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
+BUNDLE_VERSION = "0.1.0"
+# DICOM modality codes where one fits: digital radiography, slide microscopy; the spec's default otherwise.
+MODALITIES = {"radiology": "DX", "pathology": "SM"}
+# Packages the bundle itself needs beyond monai/torch/numpy (``python -m monai.bundle``, the engine).
+RUNTIME_PACKAGES = ("pytorch-ignite", "fire")
+# Dict keys the MONAI config parser reserves, and characters it interprets inside strings (see config_safe).
+_CONFIG_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
+_CONFIG_CHARS = "#@%$"
+_ESCAPED = _CONFIG_CHARS + "'\\"
+
+
+class BundleError(DomainfmError, ValueError):
+    """A bundle that cannot be written (existing output folder, a checkpoint the bundle cannot express)."""
+
+
+class SaveNpyd:
+    """Writes ``data[key]`` of one decollated item as ``OUTPUT_DIR/<input stem>_pred.npy`` (float32, ``[C, ...]``).
+
+    MONAI's ``SaveImaged`` keeps float maps only through NIfTI/ITK writers (nibabel or itk installed) and
+    quantises PNG output, so maps are written as NumPy arrays, loadable with ``np.load(allow_pickle=False)``.
+
+    Args:
+        keys: The key(s) to write (``"pred"``).
+        output_dir: The folder the files go to (created when missing).
+        meta_key: The item whose ``filename_or_obj`` metadata names the input file.
+        suffix: Appended to the input's stem.
+    """
+
+    def __init__(
+        self, keys: str | Sequence[str], output_dir: str | Path, meta_key: str = "image", suffix: str = "_pred"
+    ) -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.output_dir = Path(output_dir)
+        self.meta_key = meta_key
+        self.suffix = suffix
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        """Writes the arrays and returns ``data`` unchanged."""
+        source = getattr(data[self.meta_key], "meta", {}).get("filename_or_obj")
+        if not source:
+            raise ValueError(f"{self.meta_key!r} carries no filename_or_obj metadata to name the output after")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for key in self.keys:
+            value = data[key]
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            name = Path(str(source)).stem + (self.suffix if len(self.keys) == 1 else f"_{key}")
+            np.save(self.output_dir / f"{name}.npy", array.astype(np.float32), allow_pickle=False)
+        return data
+
+
+def datalist(folder: str | Path, suffixes: Sequence[str]) -> list[dict[str, str]]:
+    """``[{"image": path}]`` for the files in ``folder`` with one of ``suffixes``, sorted; an error when none.
+
+    Args:
+        folder: The bundle's ``dataset_dir``.
+        suffixes: File suffixes the bundle's readers take (lower case, with the dot).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset_dir {folder} is not a folder; run with --dataset_dir FOLDER_OF_INPUTS")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(suffixes)} files in {folder}; run with --dataset_dir FOLDER_OF_INPUTS")
+    return [{"image": str(p)} for p in files]
+
+
+def input_suffixes(card: ModelCard) -> list[str]:
+    """File suffixes a bundle of ``card`` reads: pictures for 1- and 3-channel models, ``.npy`` otherwise."""
+    return list(PICTURES) if card.in_channels in (1, 3) else [".npy"]
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib_metadata.version(distribution)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def required_packages(network: nn.Module) -> dict[str, str]:
+    """``{distribution: version}`` the network's modules come from, plus domainfm and the bundle runtime.
+
+    torch, monai and numpy are left out: metadata records them in their own fields.
+
+    Args:
+        network: The exported network.
+    """
+    from domainfm import __version__
+
+    top_level = {type(module).__module__.split(".")[0] for module in network.modules()}
+    distributions = importlib_metadata.packages_distributions()
+    packages = {"domainfm": __version__}
+    for name in sorted(top_level - {"domainfm", "torch", "monai", "numpy", "builtins"}):
+        for distribution in distributions.get(name, [name]):
+            version = _version(distribution)
+            if version:
+                packages[distribution] = version
+    for distribution in RUNTIME_PACKAGES:
+        version = _version(distribution)
+        if version:
+            packages[distribution] = version
+    return packages
+
+
+def config_safe(value: Any, where: str = "") -> Any:
+    """``value`` with every string the MONAI config parser would alter written as a Python string expression.
+
+    The parser resolves ``%`` (macros) at the start of any string, turns ``#`` anywhere into ``::``, reads
+    ``@`` as a reference and evaluates ``$`` expressions, also inside ``_meta_``. A string holding one of
+    ``#@%$`` (e.g. a band unit ``"%"``) is therefore written as ``"$'...'"`` with those characters as
+    escapes, which ``eval`` turns back into the same string; :func:`config_value` reverses it without eval.
+
+    Args:
+        value: JSON-ready data (dicts, lists, strings, numbers).
+        where: Where ``value`` sits, for error messages.
+
+    Raises:
+        BundleError: A dict key the parser reserves (``_target_``, ...) or that holds ``::``/``#``.
+    """
+    if isinstance(value, dict):
+        for key in value:
+            if key in _CONFIG_KEYS or "::" in str(key) or "#" in str(key):
+                raise BundleError(f"{where or 'the card'} has a key {key!r} that MONAI configs reserve; rename it")
+        return {key: config_safe(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [config_safe(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, str) and any(c in value for c in _CONFIG_CHARS):
+        body = "".join(f"\\U{ord(c):08x}" if c in _ESCAPED or not c.isprintable() else c for c in value)
+        return f"$'{body}'"
+    return value
+
+
+def config_value(value: Any) -> Any:
+    """Inverse of :func:`config_safe` (``ast.literal_eval``, no code runs).
+
+    Args:
+        value: Data written by :func:`config_safe`, e.g. a bundle's parsed ``metadata.json``.
+    """
+    if isinstance(value, dict):
+        return {key: config_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [config_value(item) for item in value]
+    if isinstance(value, str) and value.startswith("$'") and value.endswith("'"):
+        return ast.literal_eval(value[1:])
+    return value
+
+
+def card_from_metadata(metadata: dict[str, Any]) -> ModelCard:
+    """The :class:`ModelCard` stored in a bundle's ``configs/metadata.json`` (its ``domainfm`` key).
+
+    Args:
+        metadata: The parsed ``metadata.json``.
+    """
+    return ModelCard.from_dict(config_value(metadata["domainfm"]))
+
+
+def _probe(deployable: Deployable) -> tuple[torch.Size, torch.dtype]:
+    """Output shape and dtype of the network on a random raw input, and a check that ``network_def`` rebuilds it."""
+    from domainfm.shared.deploy.registry import build_network
+
+    card = deployable.card
+    low, high = card.input_range if card.input_range else (0.0, 1.0)
+    generator = torch.Generator().manual_seed(0)
+    images = low + (high - low) * torch.rand(1, card.in_channels, *card.spatial_shape, generator=generator)
+    rebuilt = build_network(card.kind, card.build)
+    rebuilt.load_state_dict(deployable.network.state_dict())
+    deployable.network.eval()
+    with torch.no_grad():
+        expected = deployable.network(images)
+        got = rebuilt.eval()(images)
+    if not isinstance(expected, torch.Tensor):
+        raise BundleError(f"{card.kind} returns {type(expected).__name__}, not a tensor; a bundle needs one `pred`")
+    if not torch.allclose(expected, got, atol=1e-5, rtol=1e-5):
+        raise BundleError(
+            f"{card.kind}: the network rebuilt from the card (network_def) does not reproduce the checkpoint's "
+            "outputs; its `build` misses something the checkpoint's network has"
+        )
+    return expected.shape, expected.dtype
+
+
+def _sliding_window(card: ModelCard, out_shape: Sequence[int]) -> bool:
+    """Slide a window when the card says so and the output is a map on the input's grid (not the curtain)."""
+    return card.sliding_window and list(out_shape[2:]) == list(card.spatial_shape)
+
+
+def _tensor_format(
+    card: ModelCard, out_shape: Sequence[int], dtype: torch.dtype, probabilities: bool
+) -> dict[str, Any]:
+    spatial = list(out_shape[2:])
+    return {
+        "type": "image" if spatial else "probabilities",
+        "format": "classes",
+        "num_channels": card.out_channels,
+        "spatial_shape": spatial,
+        "dtype": str(dtype).removeprefix("torch."),
+        "value_range": [0, 1] if probabilities else [],
+        "is_patch_data": False,
+        "channel_def": {str(i): name for i, name in enumerate(card.class_names)},
+    }
+
+
+def bundle_metadata(card: ModelCard, out_shape: Sequence[int], dtype: torch.dtype, network: nn.Module) -> dict:
+    """``configs/metadata.json`` of a bundle of ``card``.
+
+    Args:
+        card: The model card.
+        out_shape: The network's output shape for one input of the card's size (``[1, C]`` or ``[1, C, H, W]``).
+        dtype: The network's output dtype.
+        network: The network (its modules name the required packages).
+    """
+    import monai
+
+    from domainfm import __version__
+
+    domain = card.kind.split(".", 1)[0]
+    sliding = _sliding_window(card, out_shape)
+    task_text = {
+        "classification": "one class per input (softmax over the classes)",
+        "multilabel": "independent labels per input (a sigmoid per label)",
+        "segmentation": "a probability map per input",
+    }[card.task]
+    description = (
+        f"domainfm {card.kind} ({card.details.get('backbone') or card.details.get('model', 'network')}): "
+        f"{task_text}. Input: {card.details.get('input', 'raw values')}; {card.in_channels} channel(s) "
+        f"({', '.join(card.channel_names)}), raw values as the file holds them (the network normalises). "
+        f"Output `pred`: {card.out_channels} channel(s) ({', '.join(card.class_names)})"
+        + (
+            f"; inputs larger than {card.spatial_shape[0]}x{card.spatial_shape[1]} are predicted with a sliding window."
+            if sliding
+            else "."
+        )
+    )
+    image = {
+        "type": "image",
+        "format": "magnitude",
+        "modality": MODALITIES.get(domain, "n/a"),
+        "num_channels": card.in_channels,
+        "spatial_shape": list(card.spatial_shape),
+        "dtype": "float32",
+        "value_range": list(card.input_range) if card.input_range else [],
+        "is_patch_data": sliding,
+        "channel_def": {str(i): name for i, name in enumerate(card.channel_names)},
+    }
+    return config_safe(
+        {
+            "schema": SCHEMA_URL,
+            "version": BUNDLE_VERSION,
+            "changelog": {
+                BUNDLE_VERSION: f"exported by domainfm {__version__} from {Path(card.details.get('source', '')).name}"
+            },
+            "monai_version": monai.__version__,
+            "pytorch_version": torch.__version__.split("+")[0],
+            "numpy_version": np.__version__,
+            "required_packages_version": required_packages(network),
+            "name": f"domainfm {card.kind}",
+            "task": f"{card.kind}: {card.task}",
+            "description": description,
+            "authors": "domainfm developers",
+            "copyright": "Copyright (c) the domainfm developers",
+            "license": "code and configs: Apache-2.0; weights: the terms of their training data (see LICENSE)",
+            "data_type": "npy" if input_suffixes(card) == [".npy"] else "picture (png/jpg/tif/bmp)",
+            "image_classes": f"{card.in_channels} channel(s): {', '.join(card.channel_names)}",
+            "pred_classes": f"{card.out_channels} channel(s) of probabilities: {', '.join(card.class_names)}",
+            "intended_use": "Research use; not validated for diagnosis or operational decisions.",
+            "network_data_format": {
+                "inputs": {"image": image},
+                "outputs": {"pred": _tensor_format(card, out_shape, dtype, card.activation == "none")},
+                "post_processed_outputs": {"pred": _tensor_format(card, out_shape, dtype, True)},
+            },
+            "domainfm": card.to_dict(),
+        }
+    )
+
+
+def _preprocessing(card: ModelCard) -> dict[str, Any]:
+    if input_suffixes(card) == [".npy"]:
+        load = {"_target_": "LoadImaged", "keys": "image", "reader": "NumpyReader", "channel_dim": 0}
+    else:
+        mode = "RGB" if card.in_channels == 3 else "L"
+        load = {
+            "_target_": "LoadImaged",
+            "keys": "image",
+            "reader": "PILReader",
+            # PIL's default reverse_indexing=True returns [W, H]; the network wants [H, W] as the file shows.
+            "reverse_indexing": False,
+            "converter": f"$lambda image: image.convert('{mode}')",
+        }
+    return {
+        "_target_": "Compose",
+        "transforms": [
+            load,
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+        ],
+    }
+
+
+def inference_config(card: ModelCard, out_shape: Sequence[int]) -> dict[str, Any]:
+    """``configs/inference.json``: read raw files, run the network, activate, write ``pred`` (under ``run``).
+
+    Args:
+        card: The model card.
+        out_shape: The network's output shape for one input of the card's size.
+    """
+    classes = len(out_shape) == 2
+    if _sliding_window(card, out_shape):
+        inferer = {"_target_": "SlidingWindowInferer", "roi_size": list(card.spatial_shape), **SLIDING_WINDOW}
+    else:
+        inferer = {"_target_": "SimpleInferer"}
+    activation = {"softmax": {"softmax": True}, "sigmoid": {"sigmoid": True}, "none": {}}[card.activation]
+    post: list[dict[str, Any]] = [{"_target_": "Activationsd", "keys": "pred", **activation}]
+    handlers: list[dict[str, Any]] = [
+        {
+            "_target_": "CheckpointLoader",
+            "load_path": "$@bundle_root + '/models/model.pt'",
+            "load_dict": {"model": "@network"},
+            "map_location": "@device",
+        },
+        {"_target_": "StatsHandler", "iteration_log": False},
+    ]
+    if classes:
+        handlers.append(
+            {
+                "_target_": "ClassificationSaver",
+                "output_dir": "@output_dir",
+                "filename": "predictions.csv",
+                "batch_transform": "$lambda batch: [item['image'].meta for item in batch]",
+                "output_transform": "$monai.handlers.from_engine(['pred'])",
+            }
+        )
+    else:
+        post.append({"_target_": "domainfm.shared.deploy.bundle.SaveNpyd", "keys": "pred", "output_dir": "@output_dir"})
+    return {
+        "imports": ["$import torch", "$import monai"],
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "input_suffixes": input_suffixes(card),
+        "datalist": {
+            "_target_": "domainfm.shared.deploy.bundle.datalist",
+            "folder": "@dataset_dir",
+            "suffixes": "@input_suffixes",
+        },
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {
+            "_target_": "domainfm.shared.deploy.build_network",
+            "kind": card.kind,
+            "build": config_safe(card.build, "the card's build"),
+        },
+        "network": "$@network_def.to(@device)",
+        "preprocessing": _preprocessing(card),
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        # One file per batch: segmentation inputs may differ in size.
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": 0,
+        },
+        "inferer": inferer,
+        "postprocessing": {"_target_": "Compose", "transforms": post},
+        "handlers": handlers,
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@evaluator.run()"],
+        "finalize": [],
+    }
+
+
+def _license(card: ModelCard) -> str:
+    return f"""domainfm bundle {card.kind}
+
+Code and configuration (configs/, docs/): Apache License, Version 2.0
+
+   Copyright the domainfm developers
+
+   Licensed under the Apache License, Version 2.0 (the "License");
+   you may not use this file except in compliance with the License.
+   You may obtain a copy of the License at
+
+       http://www.apache.org/licenses/LICENSE-2.0
+
+   Unless required by applicable law or agreed to in writing, software
+   distributed under the License is distributed on an "AS IS" BASIS,
+   WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+   See the License for the specific language governing permissions and
+   limitations under the License.
+
+Model weights (models/model.pt): the weights were trained by whoever exported this bundle, on their
+data, starting from the pretrained encoder named in configs/metadata.json (domainfm.details). They are
+bound by the terms of that training data and of that encoder's weights; the Apache-2.0 licence above
+does not grant rights to them. The exporter states those terms here or in docs/data_license.txt.
+"""
+
+
+def _readme(card: ModelCard, meta: dict[str, Any], out_shape: Sequence[int]) -> str:
+    fmt = meta["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["post_processed_outputs"]["pred"]
+    classes = len(out_shape) == 2
+    sliding = _sliding_window(card, out_shape)
+    output = (
+        "`OUTPUT_DIR/predictions.csv`: one line per input, the file path then one probability per class in "
+        f"the order {', '.join(card.class_names)} (no header)."
+        if classes
+        else f"`OUTPUT_DIR/<input stem>_pred.npy`: float32 `[{card.out_channels}, "
+        f"{', '.join(map(str, pred['spatial_shape'])) if not sliding else 'H, W'}]` probabilities "
+        f"({', '.join(card.class_names)})."
+    )
+    details = "\n".join(f"- {key}: {json.dumps(value)}" for key, value in card.details.items() if key != "source")
+    shape = "x".join(map(str, card.spatial_shape))
+    size_rule = (
+        f"any size; inputs other than {shape} are predicted with a {shape} sliding window "
+        f"(overlap {SLIDING_WINDOW['overlap']}, {SLIDING_WINDOW['mode']} weights)"
+        if sliding
+        else f"exactly {shape} pixels"
+    )
+    if input_suffixes(card) == [".npy"]:
+        reading = "Arrays `[channels, height, width]` of float values (no pickles), read with MONAI's NumpyReader."
+    else:
+        mode = "RGB" if card.in_channels == 3 else "grey (PIL mode L)"
+        reading = f"Pictures read with MONAI's PILReader as {mode}, rows = height (`reverse_indexing=False`)."
+    return f"""# domainfm {card.kind}
+
+{meta["description"]}
+
+Exported by domainfm {meta["required_packages_version"]["domainfm"]} with `domainfm export bundle`. The
+weights are in `models/model.pt` (a plain state dict); `configs/inference.json` rebuilds the network with
+`domainfm.shared.deploy.build_network` (no download) and loads them with MONAI's `CheckpointLoader`
+(`torch.load(weights_only=True)`).
+
+## Input `image`
+
+- Files in `dataset_dir` ending in {", ".join(f"`{s}`" for s in input_suffixes(card))}.
+- {card.in_channels} channel(s): {", ".join(card.channel_names)}; raw values as stored
+  (range {image["value_range"] or "in the store's units"}); the network normalises them itself.
+- Size: {size_rule}.
+- {reading}
+
+## Output `pred`
+
+{output} Activation: {card.activation}.
+
+## Model details
+
+{details}
+
+## Commands
+
+Install domainfm with the export extra (`pip install 'domainfm[export]'` plus the domain's extra); `BUNDLE`
+is this folder, `INPUTS` a folder of input files:
+
+```bash
+python -m monai.bundle verify_metadata --meta_file BUNDLE/configs/metadata.json \\
+    --filepath SCHEMA --hash_val {SCHEMA_MD5}
+python -m monai.bundle verify_net_in_out network_def --meta_file BUNDLE/configs/metadata.json \\
+    --config_file BUNDLE/configs/inference.json --device cpu
+python -m monai.bundle run --config_file BUNDLE/configs/inference.json --meta_file BUNDLE/configs/metadata.json \\
+    --bundle_root BUNDLE --dataset_dir INPUTS --output_dir PREDICTIONS
+```
+
+`SCHEMA` is the metadata schema shipped with domainfm:
+`python -c "from domainfm.shared.deploy.bundle import SCHEMA_FILE; print(SCHEMA_FILE)"`. With the file
+given, `verify_metadata` downloads nothing.
+
+## Security
+
+A bundle is code: `_target_` names any importable callable and `$` expressions are evaluated by Python
+(`MONAI_EVAL_EXPR=0` disables them). Run bundles only from sources you trust.
+
+## Licence
+
+Code and configs: Apache-2.0. Weights: the terms of the data they were trained on; see `LICENSE`.
+"""
+
+
+# Standard-library handlers only (monai 1.6 refuses other `class=` values in a bundle's logging.conf).
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def _replaceable(out: Path) -> bool:
+    """An empty folder, or one holding a bundle (what ``--overwrite`` may delete)."""
+    return out.is_dir() and (not any(out.iterdir()) or (out / "configs" / "metadata.json").is_file())
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Writes the MONAI bundle of a downstream checkpoint to ``out`` and returns ``out``.
+
+    The bundle is written to ``OUT.partial`` and renamed at the end, so ``out`` never holds half a bundle.
+
+    Args:
+        checkpoint: A downstream checkpoint (see :func:`domainfm.shared.deploy.load_deployable`).
+        out: The bundle folder (its name is the bundle's name); its parent is created when missing.
+        overwrite: Replace an existing ``out`` that holds a bundle (or nothing).
+
+    Raises:
+        BundleError: ``out`` exists (without ``overwrite``, or is not a bundle), or the checkpoint cannot be
+            expressed as a bundle.
+        NotDeployableError: ``checkpoint`` is not a downstream checkpoint.
+    """
+    from domainfm.shared.deploy.registry import load_deployable
+    from domainfm.shared.optional import require
+
+    require("monai", "export")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} exists; give another --out or pass --overwrite to replace it")
+    if out.exists() and not _replaceable(out):
+        raise BundleError(
+            f"{out} is not a bundle folder; --overwrite replaces only a bundle (or an empty folder): give another --out"
+        )
+    deployable = load_deployable(checkpoint)
+    card = deployable.card
+    out_shape, dtype = _probe(deployable)
+    config = inference_config(card, out_shape)
+    meta = bundle_metadata(card, out_shape, dtype, deployable.network)
+
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        for folder in ("configs", "models", "docs"):
+            (partial / folder).mkdir(parents=True)
+        (partial / "LICENSE").write_text(_license(card))
+        _write_json(partial / "configs" / "metadata.json", meta)
+        _write_json(partial / "configs" / "inference.json", config)
+        (partial / "configs" / "logging.conf").write_text(LOGGING_CONF)
+        state = {k: v.detach().cpu().contiguous() for k, v in deployable.network.state_dict().items()}
+        torch.save(state, partial / "models" / "model.pt")
+        (partial / "docs" / "README.md").write_text(_readme(card, meta, out_shape))
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
