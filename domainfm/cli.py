@@ -66,18 +66,24 @@ GROUPS: dict[str, Group] = {
         "PEFT: DVPT and its baselines; parameter counts and method x label-fraction comparisons",
         commands={"count": "domainfm.shared.peft.cli:count", "compare": "domainfm.shared.peft.cli:compare"},
     ),
+    "export": Group(
+        "MONAI bundles of downstream models (radiology, pathology, remote sensing, segmentation)",
+        commands={"bundle": "domainfm.shared.deploy.cli:bundle"},
+    ),
     "bench": Group(
         "benchmarks that print ratios against a baseline measured in the same process",
         commands={
             "backbones": "domainfm.shared.backbones.bench:bench_backbones",
             "stream": "domainfm.shared.tiles.bench:bench_stream",
             "tiling": "domainfm.domains.pathology.bench:bench_tiling",
+            "gpu": "domainfm.device_check:bench_gpu",
         },
     ),
 }
 COMMANDS: dict[str, str] = {
     "info": "domainfm.info:info",
     "quickstart": "domainfm.quickstart:quickstart",
+    "explain": "domainfm.shared.explain.cli:explain",
 }
 
 

@@ -93,3 +93,14 @@ def test_curtain_refuses_inputs_of_another_size_instead_of_sliding(deployables):
     with pytest.raises(ValueError, match="takes 32x32 inputs"):
         predict(deployable, torch.zeros(1, deployable.card.in_channels, 64, 64))
     assert load_deployable(deployables["segmentation.gms"][0]).card.sliding_window
+
+
+def test_dicom_inputs_are_read_by_the_radiology_adapter(deployables):
+    from domainfm.domains.radiology.images import read_dicom
+
+    checkpoint, _ = deployables["radiology.classifier"]
+    dicoms = sorted((checkpoint.parents[1] / "phantom" / "images").rglob("*.dcm"))
+    assert dicoms, "the radiology phantom writes some DICOM files"
+    image = read_input(dicoms[0], load_deployable(checkpoint).card)
+    assert image.shape[:2] == (1, 1)
+    torch.testing.assert_close(image[0, 0], torch.from_numpy(read_dicom(dicoms[0]) * 255).float())

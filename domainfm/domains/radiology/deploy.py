@@ -10,12 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from domainfm.domains.radiology.classifier import build_classifier, load_classifier
 from domainfm.shared.deploy.card import Deployable, ModelCard, Standardise
 
 KIND = "radiology.classifier"
+
+
+def read_dicom_input(path: Path) -> np.ndarray:
+    """A DICOM radiograph as ``[1, H, W]`` display values 0..255 (the transform of ``radiology ingest``)."""
+    from domainfm.domains.radiology.images import read_dicom
+
+    return (read_dicom(Path(path)) * 255).astype(np.float32)[None]
+
+
+INPUT_READERS = {".dcm": read_dicom_input, ".dicom": read_dicom_input}
 
 
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:

@@ -2,19 +2,28 @@
 
 ``load_deployable(CKPT)`` turns any domain's downstream checkpoint into a network from raw inputs to
 scores plus a :class:`ModelCard`; :func:`predict` gives the probabilities a MONAI bundle would write.
+
+Names are imported on first use (PEP 562), so ``domainfm export --help`` does not import torch.
 """
 
-from domainfm.shared.deploy.card import Deployable, ModelCard, Standardise, predict, scores
-from domainfm.shared.deploy.inputs import read_input
-from domainfm.shared.deploy.registry import build_network, load_deployable
+import importlib
+from typing import Any
 
-__all__ = [
-    "Deployable",
-    "ModelCard",
-    "Standardise",
-    "build_network",
-    "load_deployable",
-    "predict",
-    "read_input",
-    "scores",
-]
+_EXPORTS = {
+    "Deployable": "card",
+    "ModelCard": "card",
+    "Standardise": "card",
+    "predict": "card",
+    "scores": "card",
+    "read_input": "inputs",
+    "build_network": "registry",
+    "load_deployable": "registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported from their module on first access."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """Reading one input file as a raw ``[C, H, W]`` float tensor, the way a deployed network expects it.
 
 * ``.png``/``.jpg``/``.tif`` pictures: RGB (3-channel cards) or grey (1-channel cards) values 0..255;
-* ``.dcm``: a radiograph through :func:`domainfm.domains.radiology.images.read_dicom` (modality and VOI
-  LUTs, MONOCHROME1), scaled to 0..255 like radiology ingest;
+* any suffix the card's domain reads itself: its ``deploy`` module's ``INPUT_READERS`` (radiology: ``.dcm``
+  through the DICOM display transform, scaled to 0..255 like radiology ingest);
 * ``.npy``: an array ``[C, H, W]`` (e.g. a 14-band chip in the store's units), loaded without pickles;
 * GeoTIFF with more than 4 bands, or any ``.tif`` a picture reader refuses: rasterio, bands first.
 """
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from domainfm.shared.deploy.card import ModelCard
+from domainfm.shared.deploy.registry import domain_module
 from domainfm.shared.errors import DomainfmError
 
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -47,14 +48,13 @@ def read_array(path: str | Path, card: ModelCard) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"{path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
+    domain_readers = getattr(domain_module(card.kind), "INPUT_READERS", {})
+    if suffix in domain_readers:
+        array = np.asarray(domain_readers[suffix](path), dtype=np.float32)
+    elif suffix == ".npy":
         array = np.load(path, allow_pickle=False).astype(np.float32)
         if array.ndim == 2:
             array = array[None]
-    elif suffix in (".dcm", ".dicom"):
-        from domainfm.domains.radiology.images import read_dicom
-
-        array = (read_dicom(path) * 255).astype(np.float32)[None]
     elif suffix in PICTURES and card.in_channels in (1, 3):
         array = _picture(path, card.in_channels)
     elif suffix in (".tif", ".tiff"):

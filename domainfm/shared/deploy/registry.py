@@ -3,13 +3,16 @@
 Each domain's downstream checkpoint is a safetensors file whose metadata carries one domain key. The key
 names the domain's ``deploy`` module, which provides ``deployable(path)`` (weights loaded) and
 ``network(kind, build)`` (random initialisation, used by a MONAI bundle's ``network_def`` before
-``models/model.pt`` is loaded). Domains are imported only when a checkpoint of theirs is opened.
+``models/model.pt`` is loaded), and may provide ``INPUT_READERS`` (suffix -> reader) for input files only
+it knows. Domains are reached through these tables of module names, as the CLI reaches its verbs, and
+imported only when a model of theirs is used.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch import nn
@@ -71,13 +74,17 @@ def load_deployable(path: str | Path) -> Deployable:
     return deployable
 
 
+def domain_module(kind: str) -> ModuleType:
+    """The ``deploy`` module of the domain a card ``kind`` belongs to (imported now)."""
+    domain = kind.split(".", 1)[0]
+    if domain not in DOMAINS:
+        raise NotDeployableError(f"unknown model kind {kind!r}; known domains: {sorted(DOMAINS)}")
+    return importlib.import_module(DOMAINS[domain])
+
+
 def build_network(kind: str, build: dict[str, Any]) -> nn.Module:
     """A randomly initialised network of ``kind`` (a card's ``kind``) shaped by ``build`` (a card's ``build``).
 
     This is what a bundle's ``network_def`` instantiates; the bundle then loads ``models/model.pt``.
     """
-    domain = kind.split(".", 1)[0]
-    if domain not in DOMAINS:
-        raise NotDeployableError(f"unknown model kind {kind!r}; known domains: {sorted(DOMAINS)}")
-    network = importlib.import_module(DOMAINS[domain]).network(kind, build)
-    return network.eval()
+    return domain_module(kind).network(kind, build).eval()
