@@ -29,6 +29,7 @@ SECTIONS: dict[str, str] = {
     "pathology": "domainfm.domains.pathology.quickstart:run",
     "remote_sensing": "domainfm.domains.remote_sensing.quickstart:run",
     "segmentation": "domainfm.domains.segmentation.quickstart:run",
+    "deployment": "domainfm.deploy_quickstart:run",
 }
 
 

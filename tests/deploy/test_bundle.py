@@ -26,10 +26,9 @@ from domainfm.shared.deploy.bundle import (
     SCHEMA_MD5,
     BundleError,
     card_from_metadata,
-    config_safe,
-    config_value,
     export_bundle,
 )
+from domainfm.shared.deploy.bundle_runtime import config_safe, config_value
 from domainfm.shared.deploy.registry import NotDeployableError
 
 TOLERANCE = 1e-4

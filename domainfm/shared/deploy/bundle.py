@@ -27,10 +27,9 @@ this package (:data:`SCHEMA_FILE`, md5 :data:`SCHEMA_MD5`): ``python -m monai.bu
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.shared.deploy.bundle_runtime import config_safe, config_value
 from domainfm.shared.deploy.card import SLIDING_WINDOW, Deployable, ModelCard
 from domainfm.shared.deploy.inputs import PICTURES
 from domainfm.shared.errors import DomainfmError
@@ -53,65 +53,10 @@ BUNDLE_VERSION = "0.1.0"
 MODALITIES = {"radiology": "DX", "pathology": "SM"}
 # Packages the bundle itself needs beyond monai/torch/numpy (``python -m monai.bundle``, the engine).
 RUNTIME_PACKAGES = ("pytorch-ignite", "fire")
-# Dict keys the MONAI config parser reserves, and characters it interprets inside strings (see config_safe).
-_CONFIG_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
-_CONFIG_CHARS = "#@%$"
-_ESCAPED = _CONFIG_CHARS + "'\\"
 
 
 class BundleError(DomainfmError, ValueError):
     """A bundle that cannot be written (existing output folder, a checkpoint the bundle cannot express)."""
-
-
-class SaveNpyd:
-    """Writes ``data[key]`` of one decollated item as ``OUTPUT_DIR/<input stem>_pred.npy`` (float32, ``[C, ...]``).
-
-    MONAI's ``SaveImaged`` keeps float maps only through NIfTI/ITK writers (nibabel or itk installed) and
-    quantises PNG output, so maps are written as NumPy arrays, loadable with ``np.load(allow_pickle=False)``.
-
-    Args:
-        keys: The key(s) to write (``"pred"``).
-        output_dir: The folder the files go to (created when missing).
-        meta_key: The item whose ``filename_or_obj`` metadata names the input file.
-        suffix: Appended to the input's stem.
-    """
-
-    def __init__(
-        self, keys: str | Sequence[str], output_dir: str | Path, meta_key: str = "image", suffix: str = "_pred"
-    ) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.output_dir = Path(output_dir)
-        self.meta_key = meta_key
-        self.suffix = suffix
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
-        """Writes the arrays and returns ``data`` unchanged."""
-        source = getattr(data[self.meta_key], "meta", {}).get("filename_or_obj")
-        if not source:
-            raise ValueError(f"{self.meta_key!r} carries no filename_or_obj metadata to name the output after")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        for key in self.keys:
-            value = data[key]
-            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            name = Path(str(source)).stem + (self.suffix if len(self.keys) == 1 else f"_{key}")
-            np.save(self.output_dir / f"{name}.npy", array.astype(np.float32), allow_pickle=False)
-        return data
-
-
-def datalist(folder: str | Path, suffixes: Sequence[str]) -> list[dict[str, str]]:
-    """``[{"image": path}]`` for the files in ``folder`` with one of ``suffixes``, sorted; an error when none.
-
-    Args:
-        folder: The bundle's ``dataset_dir``.
-        suffixes: File suffixes the bundle's readers take (lower case, with the dot).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"dataset_dir {folder} is not a folder; run with --dataset_dir FOLDER_OF_INPUTS")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-    if not files:
-        raise FileNotFoundError(f"no {'/'.join(suffixes)} files in {folder}; run with --dataset_dir FOLDER_OF_INPUTS")
-    return [{"image": str(p)} for p in files]
 
 
 def input_suffixes(card: ModelCard) -> list[str]:
@@ -149,49 +94,6 @@ def required_packages(network: nn.Module) -> dict[str, str]:
         if version:
             packages[distribution] = version
     return packages
-
-
-def config_safe(value: Any, where: str = "") -> Any:
-    """``value`` with every string the MONAI config parser would alter written as a Python string expression.
-
-    The parser resolves ``%`` (macros) at the start of any string, turns ``#`` anywhere into ``::``, reads
-    ``@`` as a reference and evaluates ``$`` expressions, also inside ``_meta_``. A string holding one of
-    ``#@%$`` (e.g. a band unit ``"%"``) is therefore written as ``"$'...'"`` with those characters as
-    escapes, which ``eval`` turns back into the same string; :func:`config_value` reverses it without eval.
-
-    Args:
-        value: JSON-ready data (dicts, lists, strings, numbers).
-        where: Where ``value`` sits, for error messages.
-
-    Raises:
-        BundleError: A dict key the parser reserves (``_target_``, ...) or that holds ``::``/``#``.
-    """
-    if isinstance(value, dict):
-        for key in value:
-            if key in _CONFIG_KEYS or "::" in str(key) or "#" in str(key):
-                raise BundleError(f"{where or 'the card'} has a key {key!r} that MONAI configs reserve; rename it")
-        return {key: config_safe(item, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [config_safe(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, str) and any(c in value for c in _CONFIG_CHARS):
-        body = "".join(f"\\U{ord(c):08x}" if c in _ESCAPED or not c.isprintable() else c for c in value)
-        return f"$'{body}'"
-    return value
-
-
-def config_value(value: Any) -> Any:
-    """Inverse of :func:`config_safe` (``ast.literal_eval``, no code runs).
-
-    Args:
-        value: Data written by :func:`config_safe`, e.g. a bundle's parsed ``metadata.json``.
-    """
-    if isinstance(value, dict):
-        return {key: config_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [config_value(item) for item in value]
-    if isinstance(value, str) and value.startswith("$'") and value.endswith("'"):
-        return ast.literal_eval(value[1:])
-    return value
 
 
 def card_from_metadata(metadata: dict[str, Any]) -> ModelCard:
@@ -378,7 +280,9 @@ def inference_config(card: ModelCard, out_shape: Sequence[int]) -> dict[str, Any
             }
         )
     else:
-        post.append({"_target_": "domainfm.shared.deploy.bundle.SaveNpyd", "keys": "pred", "output_dir": "@output_dir"})
+        post.append(
+            {"_target_": "domainfm.shared.deploy.bundle_runtime.SaveNpyd", "keys": "pred", "output_dir": "@output_dir"}
+        )
     return {
         "imports": ["$import torch", "$import monai"],
         "bundle_root": ".",
@@ -386,7 +290,7 @@ def inference_config(card: ModelCard, out_shape: Sequence[int]) -> dict[str, Any
         "dataset_dir": "$@bundle_root + '/data'",
         "input_suffixes": input_suffixes(card),
         "datalist": {
-            "_target_": "domainfm.shared.deploy.bundle.datalist",
+            "_target_": "domainfm.shared.deploy.bundle_runtime.datalist",
             "folder": "@dataset_dir",
             "suffixes": "@input_suffixes",
         },
