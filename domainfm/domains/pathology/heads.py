@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +97,10 @@ class TileClassifier(nn.Module):
 
 
 def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path) -> Path:
-    """Weights and rebuild metadata in one safetensors file, written atomically.
+    """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
+    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
 
-    Tensors that PEFT modules share across blocks (DVPT's) are stored once.
-    """
-    from safetensors.torch import save_model
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_model(model.cpu(), str(partial), {CLASSIFIER_KEY: json.dumps(meta)})  # shared PEFT tensors stored once
-    partial.replace(path)
-    return path
+    return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
 
 
 def build_tile_classifier(meta: dict[str, Any]) -> TileClassifier:
@@ -123,14 +115,9 @@ def build_tile_classifier(meta: dict[str, Any]) -> TileClassifier:
 
 def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     """A tile classifier saved by :func:`train_tile_classifier` (rebuilt, PEFT reapplied, weights loaded)."""
-    from safetensors.torch import load_model
+    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
 
-    from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
-
-    meta = read_checkpoint_metadata(path, CLASSIFIER_KEY, "domainfm pathology train")
-    model = build_tile_classifier(meta)
-    load_model(model, str(path))
-    return model.eval(), meta
+    return load_model_checkpoint(path, CLASSIFIER_KEY, "domainfm pathology train", build_tile_classifier)
 
 
 def train_tile_classifier(

@@ -8,7 +8,6 @@ MONAI bundle and explained. Loss: binary cross-entropy per label; score: macro A
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +45,16 @@ def build_classifier(meta: dict[str, Any]) -> RadiographClassifier:
 
 def save_classifier(model: RadiographClassifier, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from safetensors.torch import save_model
+    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_model(model, str(partial), {CLASSIFIER_KEY: json.dumps(meta)})
-    partial.replace(path)
-    return path
+    return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
 
 
 def load_classifier(path: Path) -> tuple[RadiographClassifier, dict[str, Any]]:
     """A classifier saved by :func:`train_classifier` (eval mode) and its metadata."""
-    from safetensors.torch import load_model
+    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
 
-    from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
-
-    meta = read_checkpoint_metadata(path, CLASSIFIER_KEY, "domainfm radiology train")
-    model = build_classifier(meta)
-    load_model(model, str(path))
-    return model.eval(), meta
+    return load_model_checkpoint(path, CLASSIFIER_KEY, "domainfm radiology train", build_classifier)
 
 
 def train_classifier(

@@ -16,7 +16,6 @@ scored on the test split.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -87,25 +86,16 @@ def build_task_model(meta: dict[str, Any]) -> DownstreamModel:
 
 def save_task_model(model: DownstreamModel, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from safetensors.torch import save_model
+    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_model(model, str(partial), {TASK_KEY: json.dumps(meta)})
-    partial.replace(path)
-    return path
+    return save_model_checkpoint(model, path, TASK_KEY, meta)
 
 
 def load_task_model(path: Path) -> tuple[DownstreamModel, dict[str, Any]]:
     """A downstream model saved by :func:`train_task` (eval mode) and its metadata."""
-    from safetensors.torch import load_model
+    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
 
-    from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
-
-    meta = read_checkpoint_metadata(path, TASK_KEY, "domainfm remote-sensing train --out DIR")
-    model = build_task_model(meta)
-    load_model(model, str(path))
-    return model.eval(), meta
+    return load_model_checkpoint(path, TASK_KEY, "domainfm remote-sensing train --out DIR", build_task_model)
 
 
 def _scores(task: str, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

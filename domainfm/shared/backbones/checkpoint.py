@@ -20,7 +20,7 @@ import json
 import pickle
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,3 +197,34 @@ def read_checkpoint_metadata(path: str | Path, key: str, producer: str) -> dict[
     if raw is None:
         raise CheckpointError(f"{path} has no {key} metadata: it was not written by `{producer}`")
     return json.loads(raw)
+
+
+def save_model_checkpoint(model: torch.nn.Module, path: str | Path, key: str, meta: dict[str, Any]) -> Path:
+    """A whole model (any PEFT state) and the metadata that rebuilds it, as one safetensors file.
+
+    Written with safetensors' ``save_model``, which stores tensors that modules share (DVPT's prompts
+    across blocks) once, under a ``.partial`` name renamed at the end: never a half-written checkpoint.
+    """
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_model(model.cpu(), str(partial), {key: json.dumps(meta)})
+    partial.replace(path)
+    return path
+
+
+def load_model_checkpoint(
+    path: str | Path, key: str, producer: str, build: Callable[[dict[str, Any]], torch.nn.Module]
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model saved by :func:`save_model_checkpoint` (rebuilt by ``build(meta)``, weights loaded, eval mode).
+
+    Raises a :class:`CheckpointError` naming the file and ``producer`` when it is not such a checkpoint.
+    """
+    from safetensors.torch import load_model
+
+    meta = read_checkpoint_metadata(path, key, producer)
+    model = build(meta)
+    load_model(model, str(path))
+    return model.eval(), meta
