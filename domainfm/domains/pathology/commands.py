@@ -100,10 +100,14 @@ def pretrain(
     teacher_momentum: float = 0.996,
     seed: int = 0,
     device: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
 ) -> int:
     """PLUTO-style pretraining (DINO + masked tokens + MAE + Fourier) on a tile store; writes OUT/encoder.safetensors.
 
-    A killed run resumes from OUT/resume/last.ckpt when rerun with the same command.
+    A killed run resumes from OUT/resume/last.ckpt when rerun with the same command. With several processes
+    the teacher centres use the batch mean of every process (docs/distributed.md).
 
     Args:
         store: A store from ``pathology tile`` (train split; every mpp level mixed).
@@ -111,24 +115,30 @@ def pretrain(
         backbone: A ViT/FlexiViT of the shared registry (``flexivit_small`` is PLUTO's).
         objective: PLUTO objective options (crop sizes, loss weights; see docs/pathology.md).
         epochs: Training epochs.
-        batch_size: Tiles per step.
+        batch_size: Tiles per step and process.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay on weight matrices.
         warmup_epochs: Linear warm-up epochs before the cosine decay.
         teacher_momentum: Initial EMA momentum of the teacher (cosine schedule to 1).
         seed: Random seed.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` (the kind of device when ``devices`` > 1).
+        devices: Processes (devices) per machine: a count, or ``auto`` for every GPU.
+        strategy: ``auto`` (one device, else DDP) or ``ddp``.
+        num_nodes: Machines (launch with torchrun or SLURM; docs/distributed.md).
     """
     from domainfm.domains.pathology.pretrain import pretrain as run
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.engine.distributed import is_launch_zero
 
     Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
+    if is_launch_zero():
+        save_resolved_config(Path(out))
     result = run(
         Path(store), Path(out), backbone, objective, epochs, batch_size, lr, weight_decay, warmup_epochs,
-        teacher_momentum, seed, device,
+        teacher_momentum, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
     )  # fmt: skip
-    print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
+    if is_launch_zero():
+        print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
     return 0
 
 

@@ -10,6 +10,10 @@ momentum on DINO's cosine schedule from ``teacher_momentum`` to 1. The teacher b
 (DINO's evaluation convention) as ``encoder.safetensors``: a shared-registry backbone checkpoint
 (``load_backbone`` rebuilds it) whose metadata also holds the input normalisation and the tile geometry.
 A killed run resumes from ``OUT/resume/last.ckpt`` when rerun with the same command.
+
+Several processes (Lightning DDP) each read their part of the store; the objective's batch statistics are
+all-reduced (:mod:`.pluto`) and each tile's views come from its own generator, seeded by (seed, epoch,
+tile id), so a step over N processes equals one process on the global batch (tested).
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ import torch
 from domainfm.shared.backbones import Backbone, create_backbone, load_backbone
 from domainfm.shared.backbones.checkpoint import METADATA_KEY, read_checkpoint_metadata
 from domainfm.shared.engine import resolve_device
-from domainfm.shared.engine.training import adamw_warmup_cosine, fit, make_trainer, step_task
+from domainfm.shared.engine.distributed import tile_generators
+from domainfm.shared.engine.training import (
+    adamw_warmup_cosine,
+    data_parallel_only,
+    fit,
+    make_trainer,
+    step_task,
+    trainer_device,
+)
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -82,6 +94,11 @@ def pretrain(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    *,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
     """PLUTO-style pretraining on the store's train split; writes ``encoder.safetensors`` and ``history.json``.
 
@@ -91,7 +108,7 @@ def pretrain(
         backbone: A ViT/FlexiViT of the shared registry (``flexivit_small`` is PLUTO's).
         objective: Fields of :class:`~domainfm.domains.pathology.pluto.PlutoConfig` (crop sizes, loss weights).
         epochs: Passes over the train split.
-        batch_size: Tiles per step.
+        batch_size: Tiles per step and process.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay on weight matrices.
         warmup_epochs: Linear warm-up epochs before the cosine decay.
@@ -99,8 +116,14 @@ def pretrain(
         seed: Random seed.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         progress: Show Lightning's progress bar.
+        devices: Processes (devices) per node; see :func:`~domainfm.shared.engine.training.make_trainer`.
+        strategy: ``auto`` or ``ddp``.
+        num_nodes: Machines.
+        callbacks: Extra Lightning callbacks.
     """
     from dataclasses import asdict, fields
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from domainfm.domains.pathology.pluto import Pluto, PlutoConfig
     from domainfm.domains.pathology.pluto import teacher_momentum as momentum_schedule
@@ -112,31 +135,38 @@ def pretrain(
     unknown = sorted(set(objective or {}) - known)
     if unknown:
         raise DomainfmError(f"unknown objective option(s) {unknown}; choose from {sorted(known)}")
+    data_parallel_only(strategy, "pathology pretrain")
+    resume = out / "resume"
+    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
+    trainer = make_trainer(
+        epochs, resolve_device(device), progress, [checkpointing, *(callbacks or [])],
+        devices=devices, strategy=strategy, num_nodes=num_nodes,
+    )  # fmt: skip
+    torch_device = trainer_device(trainer)
     tile_px = store.spec.tile_shape[-1]
     config = PlutoConfig(**{"global_size": tile_px, **(objective or {})})
-    torch_device = resolve_device(device)
     torch.manual_seed(seed)
     model = Pluto(create_backbone(backbone, in_chans=3, img_size=tile_px), config).to(torch_device)
     normalization = store_normalization(store)
     stream = TileStream(
         store, batch_size, split="train", seed=seed, device=torch_device, normalize=False, drop_last=True
     )
-    if len(stream) == 0:
-        raise DomainfmError(f"{store.path}: fewer train tiles than one batch of {batch_size}; lower --batch_size")
-    total_steps = max(1, epochs * len(stream))
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    steps_per_epoch = len(stream.tile_ids) // trainer.world_size // batch_size  # the stream's length per process
+    if steps_per_epoch == 0:
+        raise DomainfmError(
+            f"{store.path}: fewer train tiles than one batch of {batch_size} in each of {trainer.world_size} "
+            "processes; lower --batch_size"
+        )
+    total_steps = max(1, epochs * steps_per_epoch)
 
     def step(batch: dict) -> torch.Tensor:
         done = int(trainer.global_step)  # optimiser steps so far (restored on resume)
         if done > 0:  # the EMA follows the optimiser step just taken
             model.update_teacher(momentum_schedule(done, total_steps, teacher_momentum))
-        return model(normalise(batch["tiles"], normalization), generator)["loss"]
+        generators = tile_generators(batch["tile_id"], seed, trainer.current_epoch)
+        return model(normalise(batch["tiles"], normalization), generators)["loss"]
 
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    resume = out / "resume"
     task = step_task(step, model, adamw_warmup_cosine(lr, weight_decay, epochs, warmup_epochs))
-    trainer = make_trainer(epochs, torch_device, progress, [ModelCheckpoint(resume, save_top_k=0, save_last=True)])
     start = time.perf_counter()
     fit(trainer, task, stream, resume / "last.ckpt")
     model.update_teacher(momentum_schedule(int(trainer.global_step), total_steps, teacher_momentum))
@@ -148,8 +178,10 @@ def pretrain(
         "epochs": epochs,
         "trained_on": str(store.path),
     }
-    checkpoint = save_encoder(model.encoder().cpu(), meta, out / "encoder.safetensors")
     history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    shutil.rmtree(resume, ignore_errors=True)
+    checkpoint = out / "encoder.safetensors"
+    if trainer.is_global_zero:
+        save_encoder(model.encoder().cpu(), meta, checkpoint)
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        shutil.rmtree(resume, ignore_errors=True)
     return {"checkpoint": checkpoint, **history}

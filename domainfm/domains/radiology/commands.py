@@ -97,10 +97,14 @@ def pretrain(
     augment_strength: float = 1.0,
     seed: int = 0,
     device: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
 ) -> int:
     """ConVIRT pretraining (bidirectional InfoNCE of radiographs and report sentences); writes OUT/convirt.safetensors.
 
-    A killed run resumes from OUT/resume/last.ckpt when rerun with the same command.
+    A killed run resumes from OUT/resume/last.ckpt when rerun with the same command. With several processes
+    the negatives are the pairs of every process (docs/distributed.md).
 
     Args:
         store: A radiology tile store (train split).
@@ -113,26 +117,32 @@ def pretrain(
         tau: Temperature (the paper: 0.1).
         lam: Weight of the image->text direction (the paper: 0.75).
         epochs: Training epochs.
-        batch_size: Pairs per step (the paper: 32).
+        batch_size: Pairs per step and process (the paper: 32 on one GPU).
         lr: Adam learning rate (the paper: 1e-4).
         weight_decay: Adam weight decay (the paper: 1e-6).
         hflip: Horizontal-flip probability (the paper: 0.5; flipping swaps the sides a report names).
         augment_strength: Scales the ranges of crop, affine, jitter and blur (1: the paper's).
         seed: Random seed.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` (the kind of device when ``devices`` > 1).
+        devices: Processes (devices) per machine: a count, or ``auto`` for every GPU.
+        strategy: ``auto`` (one device, else DDP) or ``ddp``.
+        num_nodes: Machines (launch with torchrun or SLURM; docs/distributed.md).
     """
     from domainfm.domains.radiology.pretrain import pretrain as run
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.engine.distributed import is_launch_zero
 
     Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
+    if is_launch_zero():
+        save_resolved_config(Path(out))
     result = run(
         Path(store), Path(out), backbone, Path(image_checkpoint) if image_checkpoint else None, text,
         projection_dim, tau, lam, epochs, batch_size, lr, weight_decay, hflip, seed, device,
-        augment_strength=augment_strength,
+        augment_strength=augment_strength, devices=devices, strategy=strategy, num_nodes=num_nodes,
     )  # fmt: skip
     losses = result["losses"]
-    print(f"wrote {result['checkpoint']}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {result['seconds']:.0f} s")
+    if is_launch_zero():
+        print(f"wrote {result['checkpoint']}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {result['seconds']:.0f} s")
     return 0
 
 

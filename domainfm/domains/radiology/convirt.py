@@ -10,20 +10,28 @@ this is written from the paper and ``shared/methods/convirt.md``:
 * loss: bidirectional InfoNCE with temperature tau = 0.1 and weight lambda = 0.75 on the image->text
   direction: ``L = lambda * CE(S, I) + (1 - lambda) * CE(S^T, I)`` with ``S = v u^T / tau``.
 
+Under data parallelism the loss is the global batch's: :func:`convirt_loss` gathers the embeddings of every
+process with their gradients (:func:`~domainfm.shared.engine.distributed.gather_with_grad`), so each pair's
+negatives are all other pairs of the step, as in the paper's single-GPU batch, and a DDP step over N
+processes gives the gradient of one process on the whole batch.
+
 :func:`augment_images` is the paper's image augmentation, done on the device in one resampling per image:
 random crop (side ratio 0.6-1), horizontal flip, affine (rotation +-20 deg, translation 0.1, scale
 0.95-1.05), brightness and contrast in [0.6, 1.4], Gaussian blur (sigma 0.1-3 px at 224 px, scaled with
-the image size).
+the image size). Given one generator per image, each image's draws come from its own generator only
+(:func:`~domainfm.shared.engine.distributed.tile_generators`), whatever the batch around it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from domainfm.domains.radiology.text import TextTower
+from domainfm.shared.engine.distributed import gather_with_grad, tile_uniforms
 
 
 class ProjectionHead(nn.Sequential):
@@ -34,7 +42,12 @@ class ProjectionHead(nn.Sequential):
 
 
 def convirt_loss(v: torch.Tensor, u: torch.Tensor, tau: float = 0.1, lam: float = 0.75) -> torch.Tensor:
-    """Bidirectional InfoNCE of L2-normalised image (``v``) and text (``u``) embeddings, pairs on the diagonal."""
+    """Bidirectional InfoNCE of L2-normalised image (``v``) and text (``u``) embeddings, pairs on the diagonal.
+
+    Under ``torch.distributed`` the pairs of every process are gathered first (with gradient), so every
+    process computes the loss of the global batch (see the module docstring).
+    """
+    v, u = gather_with_grad(v), gather_with_grad(u)
     logits = v @ u.T / tau
     target = torch.arange(len(v), device=v.device)
     image_to_text = nn.functional.cross_entropy(logits, target)
@@ -90,17 +103,40 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
+_DRAWS = 11  # uniform draws per image made by augment_images
+
+
+def _uniform_source(
+    b: int, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> Callable[[], torch.Tensor]:
+    """Successive ``[b]`` uniform draws: from one generator, or column by column of one row per image."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return lambda: torch.rand(b, generator=generator)
+    if len(generator) != b:
+        raise ValueError(f"{len(generator)} generators for {b} images")
+    columns = iter(tile_uniforms(generator, _DRAWS).T)
+    return lambda: next(columns)
+
+
 def augment_images(
-    images: torch.Tensor, hflip: float = 0.5, generator: torch.Generator | None = None, strength: float = 1.0
+    images: torch.Tensor,
+    hflip: float = 0.5,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """ConVIRT's augmentation of images in [0, 1] ``[B, C, H, W]`` (see the module docstring); black fills.
 
-    ``strength`` scales every range (1: the paper's; 0: only the flip), for short runs on small data.
+    Args:
+        images: Images in [0, 1].
+        hflip: Horizontal-flip probability.
+        generator: Seeds the draws: one generator for the batch, or one per image.
+        strength: Scales every range (1: the paper's; 0: only the flip), for short runs on small data.
     """
     b, device = len(images), images.device
+    draw = _uniform_source(b, generator)
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator) * (high - low) + low).to(device)
+        return (draw() * (high - low) + low).to(device)
 
     crop, scale = uniform(1 - 0.4 * strength, 1.0), uniform(1 - 0.05 * strength, 1 + 0.05 * strength)
     angle = uniform(-20 * strength, 20 * strength) * math.pi / 180

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from domainfm.domains.radiology.convirt import ConVIRT, augment_images, convirt_
 from domainfm.domains.radiology.text import SentenceTokenizer, create_text_tower, text_options, train_tokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
-from domainfm.shared.engine.training import fit, make_trainer, step_task
+from domainfm.shared.engine.distributed import tile_generators
+from domainfm.shared.engine.training import data_parallel_only, fit, make_trainer, step_task, trainer_device
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
@@ -95,6 +97,61 @@ def load_convirt(path: Path) -> tuple[ConVIRT, SentenceTokenizer, dict[str, Any]
     return model.eval(), tokenizer, meta
 
 
+def _tokenizer(
+    store: TileStore, out: Path, options: dict[str, Any], given: Path | None, resumed: bool, write: bool
+) -> SentenceTokenizer:
+    """The run's tokenizer: the local model's; ``given``; the saved one when resuming; else trained on the store.
+
+    Only the writing process (global rank zero) writes ``OUT/tokenizer.json``; the others train theirs in a
+    temporary folder and take rank zero's when training starts (WordPiece training is not reproducible
+    from one process to the next).
+    """
+    if options["local_model"]:
+        return SentenceTokenizer(Path(options["local_model"]), options["max_length"])
+    saved = out / "tokenizer.json"
+    if given is not None:
+        tokenizer = SentenceTokenizer(Path(given), options["max_length"])
+        if write:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(tokenizer.to_json() or "")
+        return tokenizer
+    if resumed and saved.is_file():  # the resumed weights index this vocabulary
+        return SentenceTokenizer(saved, options["max_length"])
+    if write:
+        return SentenceTokenizer(
+            train_tokenizer(store_sentences(store), saved, options["vocab_size"]), options["max_length"]
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        path = train_tokenizer(store_sentences(store), Path(folder) / "tokenizer.json", options["vocab_size"])
+        return SentenceTokenizer(path.read_text(), options["max_length"])
+
+
+def _share_tokenizer(shared: dict[str, Any], model: ConVIRT, meta: dict[str, Any], max_length: int) -> Any:
+    """A callback that gives every process global rank zero's tokenizer before the model is wrapped.
+
+    Runs in Lightning's ``setup``, after the processes have connected and before DDP copies rank zero's
+    weights to the others; a process whose vocabulary size differed resizes its (frozen) word embeddings.
+    """
+    import lightning
+
+    class ShareTokenizer(lightning.Callback):
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            own = shared["tokenizer"].to_json()
+            if own is None:  # a local Hugging Face tokenizer: the same files everywhere
+                return
+            text = trainer.strategy.broadcast(own, src=0)
+            if text != own:
+                tokenizer = SentenceTokenizer(text, max_length)
+                encoder = model.text_tower.encoder
+                if tokenizer.vocab_size != encoder.get_input_embeddings().num_embeddings:
+                    encoder.resize_token_embeddings(tokenizer.vocab_size)
+                    encoder.embeddings.requires_grad_(False)
+                shared["tokenizer"] = tokenizer
+            meta["tokenizer"] = text
+
+    return ShareTokenizer()
+
+
 def pretrain(
     store_path: Path,
     out: Path,
@@ -113,19 +170,38 @@ def pretrain(
     device: str = "auto",
     progress: bool = True,
     augment_strength: float = 1.0,
+    *,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    tokenizer: Path | None = None,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Trains ConVIRT on the store's train split; writes ``convirt.safetensors`` and ``history.json``."""
+    """Trains ConVIRT on the store's train split; writes ``convirt.safetensors`` and ``history.json``.
+
+    With several processes (``devices``, ``num_nodes``), ``batch_size`` is per process and the loss is that
+    of the global batch (:func:`.convirt.convirt_loss`); global rank zero writes the outputs. A tile's
+    sentence choice and augmentation are drawn from its own generator (seed, epoch, tile id), so they do
+    not depend on the number of processes. ``tokenizer`` is a ``tokenizer.json`` to use instead of
+    training one on the store (e.g. a previous run's); ``callbacks`` are added to the Lightning trainer.
+    """
     store, out = TileStore(store_path), Path(out)
     if "sentences" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no report sentences: ingest it with `domainfm radiology ingest`")
-    torch_device = resolve_device(device)
+    data_parallel_only(strategy, "radiology pretrain")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    resume = out / "resume"
+    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
+    trainer = make_trainer(
+        epochs, resolve_device(device), progress, [checkpointing, *(callbacks or [])],
+        devices=devices, strategy=strategy, num_nodes=num_nodes,
+    )  # fmt: skip
+    torch_device = trainer_device(trainer)
     torch.manual_seed(seed)
     options = text_options(text)
-    if options["local_model"]:
-        tokenizer = SentenceTokenizer(Path(options["local_model"]), options["max_length"])
-    else:
-        path = train_tokenizer(store_sentences(store), out / "tokenizer.json", options["vocab_size"])
-        tokenizer = SentenceTokenizer(path, options["max_length"])
+    resumed = (resume / "last.ckpt").exists()
+    text_tokenizer = _tokenizer(store, out, options, tokenizer, resumed, trainer.is_global_zero)
     stats = store.stats
     normalization = {"mean": float(stats["mean"][0]) / 255, "std": max(float(stats["std"][0]) / 255, 1e-6)}
     meta = {
@@ -133,45 +209,49 @@ def pretrain(
         "backbone": backbone,
         "image_size": store.spec.tile_shape[-1],
         "text": options,
-        "tokenizer": tokenizer.to_json(),
+        "tokenizer": text_tokenizer.to_json(),
         "projection_dim": projection_dim,
         "normalization": normalization,
         "tau": tau,
         "lam": lam,
     }
-    model = build_model(meta, tokenizer, image_checkpoint).to(torch_device)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
+    model = build_model(meta, text_tokenizer, image_checkpoint).to(torch_device)
+    shared = {"tokenizer": text_tokenizer}
 
     def step(batch: dict) -> torch.Tensor:
-        keep = [i for i, s in enumerate(batch["sentences"]) if s]
-        chosen = [str(rng.choice(batch["sentences"][i].split("\n"))) for i in keep]
-        images = augment_images(batch["tiles"][keep].float() / 255, hflip, generator, augment_strength)
+        sentences = [[s for s in str(report).split("\n") if s] for report in batch["sentences"]]
+        keep = [i for i, parts in enumerate(sentences) if parts]
+        generators = tile_generators(batch["tile_id"][keep], seed, trainer.current_epoch)
+        chosen = [
+            sentences[i][int(torch.randint(len(sentences[i]), (), generator=g))]
+            for i, g in zip(keep, generators, strict=True)
+        ]
+        images = augment_images(batch["tiles"][keep].float() / 255, hflip, generators, augment_strength)
         images = (images - normalization["mean"]) / normalization["std"]
-        tokens = {k: v.to(torch_device) for k, v in tokenizer(chosen).items()}
+        tokens = {k: v.to(torch_device) for k, v in shared["tokenizer"](chosen).items()}
         v, u = model(images, **tokens)
         return convirt_loss(v, u, tau, lam)
 
     def optimizers(parameters: list) -> torch.optim.Optimizer:
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
 
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    resume = out / "resume"
     task = step_task(step, model, optimizers)
-    trainer = make_trainer(epochs, torch_device, progress, [ModelCheckpoint(resume, save_top_k=0, save_last=True)])
+    trainer.callbacks.append(_share_tokenizer(shared, model, meta, options["max_length"]))
     stream = TileStream(
         store, batch_size, split="train", seed=seed, device=torch_device, normalize=False,
         companions=("sentences",), drop_last=True,
     )  # fmt: skip
-    if len(stream) == 0:
-        raise DomainfmError(f"{store.path}: fewer train images than one batch of {batch_size}; lower --batch_size")
+    if len(stream.tile_ids) < batch_size * trainer.world_size:
+        raise DomainfmError(
+            f"{store.path}: fewer train images than one batch of {batch_size} in each of {trainer.world_size} "
+            "processes; lower --batch_size"
+        )
     start = time.perf_counter()
     fit(trainer, task, stream, resume / "last.ckpt")
-    checkpoint = save_convirt(
-        model.cpu(), {**meta, "epochs": epochs, "trained_on": str(store.path)}, out / "convirt.safetensors"
-    )
     history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    shutil.rmtree(resume, ignore_errors=True)
+    checkpoint = out / "convirt.safetensors"
+    if trainer.is_global_zero:
+        save_convirt(model.cpu(), {**meta, "epochs": epochs, "trained_on": str(store.path)}, checkpoint)
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        shutil.rmtree(resume, ignore_errors=True)
     return {"checkpoint": checkpoint, **history}

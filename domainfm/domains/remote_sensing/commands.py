@@ -79,10 +79,17 @@ def pretrain(
     warmup_epochs: int = 2,
     seed: int = 0,
     device: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str | None = None,
+    fsdp: dict[str, Any] | None = None,
 ) -> int:
     """SimMIM pretraining of a SwinV2 encoder on a chip store; writes OUT/simmim.safetensors.
 
-    A killed run resumes from OUT/resume/last.ckpt when rerun with the same command.
+    A killed run resumes from OUT/resume/last.ckpt when rerun with the same command. With several processes
+    the loss is averaged over the masked valid pixels of every process (docs/distributed.md); the giant
+    SwinV2 trains with FSDP (configs/remote_sensing/satvision_giant_fsdp.yaml).
 
     Args:
         store: A store from ``remote-sensing ingest`` (train split).
@@ -91,23 +98,33 @@ def pretrain(
         mask_patch: Masked cell side in pixels (SatVision: 8).
         mask_ratio: Fraction of cells masked (SatVision: 0.6).
         epochs: Training epochs.
-        batch_size: Chips per step.
+        batch_size: Chips per step and process.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay (not on 1-D parameters or the mask token).
         warmup_epochs: Linear warm-up epochs before the cosine decay.
         seed: Random seed.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` (the kind of device when ``devices`` > 1).
+        devices: Processes (devices) per machine: a count, or ``auto`` for every GPU.
+        strategy: ``auto`` (one device, else DDP), ``ddp`` or ``fsdp`` (GPUs; each SwinV2 block sharded).
+        num_nodes: Machines (launch with torchrun or SLURM; docs/distributed.md).
+        precision: Lightning precision, e.g. ``bf16-mixed`` (SatVision's); 32-bit when unset.
+        fsdp: With ``--strategy fsdp``: activation_checkpointing (default true), sharding_strategy
+            (FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD), cpu_offload, state_dict_type (full or sharded).
     """
     from domainfm.domains.remote_sensing.pretrain import pretrain as run
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.engine.distributed import is_launch_zero
 
     Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
+    if is_launch_zero():
+        save_resolved_config(Path(out))
     result = run(
         Path(store), Path(out), backbone, mask_patch, mask_ratio, epochs, batch_size, lr, weight_decay,
-        warmup_epochs, seed, device,
+        warmup_epochs, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
+        precision=precision, fsdp=fsdp,
     )  # fmt: skip
-    print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
+    if is_launch_zero():
+        print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
     return 0
 
 

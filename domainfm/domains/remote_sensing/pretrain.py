@@ -11,6 +11,12 @@ A checkpoint stores the encoder, the reconstruction head and the band table (nam
 their patch-embedding filters exactly; a new band gets the mean filter of the checkpoint's bands of the
 same quantity (reflectance or brightness temperature; all bands when none match), so that it starts as
 an average of its physical neighbours rather than as noise.
+
+Scale: several processes (Lightning DDP, or FSDP for the giant SwinV2 as SatVision shards it with
+DeepSpeed ZeRO) each read their part of the store; the loss is averaged over the masked valid pixels of
+the global batch (:mod:`.simmim`), and each chip's crop and mask come from its own generator, seeded by
+(seed, epoch, tile id), so a DDP step over N processes equals one process on the global batch (tested).
+``configs/remote_sensing/satvision_giant_fsdp.yaml`` and ``docs/distributed.md`` show the FSDP setting.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,16 @@ from torch import nn
 from domainfm.domains.remote_sensing.simmim import MaskGenerator, SimMIM
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
-from domainfm.shared.engine.training import adamw_warmup_cosine, fit, make_trainer, step_task
+from domainfm.shared.engine.distributed import tile_generators, tile_uniforms
+from domainfm.shared.engine.training import (
+    adamw_warmup_cosine,
+    fit,
+    fsdp_strategy,
+    make_trainer,
+    step_task,
+    trained_state,
+    trainer_device,
+)
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
@@ -57,17 +73,26 @@ def prepare(tiles: torch.Tensor, transform: dict[str, list[float]] | None) -> to
 
 
 def random_resized_crop(
-    images: torch.Tensor, valid: torch.Tensor, generator: torch.Generator
+    images: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SatVision's crop (area 0.67-1, aspect 3/4-4/3) resized back, applied alike to chips and validity."""
+    """SatVision's crop (area 0.67-1, aspect 3/4-4/3) resized back, applied alike to chips and validity.
+
+    Args:
+        images: Chips ``[B, C, H, W]``.
+        valid: Their validity ``[B, C, H, W]``.
+        generator: One generator for the batch, or one per chip (a chip's crop then depends on its own only).
+    """
     b = len(images)
-    area = torch.rand(b, generator=generator) * 0.33 + 0.67
-    aspect = torch.exp(torch.rand(b, generator=generator) * (math.log(4 / 3) * 2) - math.log(4 / 3))
+    if isinstance(generator, torch.Generator):
+        u = [torch.rand(b, generator=generator) for _ in range(4)]
+    elif len(generator) != b:
+        raise ValueError(f"{len(generator)} generators for {b} chips")
+    else:
+        u = list(tile_uniforms(generator, 4).T)
+    area = u[0] * 0.33 + 0.67
+    aspect = torch.exp(u[1] * (math.log(4 / 3) * 2) - math.log(4 / 3))
     sx, sy = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
-    tx, ty = (
-        (torch.rand(b, generator=generator) * 2 - 1) * (1 - sx),
-        (torch.rand(b, generator=generator) * 2 - 1) * (1 - sy),
-    )
+    tx, ty = (u[2] * 2 - 1) * (1 - sx), (u[3] * 2 - 1) * (1 - sy)
     zero = torch.zeros(b)
     theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1).to(images)
     grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
@@ -76,13 +101,16 @@ def random_resized_crop(
     return crop, crop_valid
 
 
-def save_simmim(model: SimMIM, bands: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> Path:
-    """Encoder + head + band table in one safetensors file, written atomically."""
+def save_simmim(
+    model: SimMIM | dict[str, torch.Tensor], bands: list[dict[str, Any]], meta: dict[str, Any], path: Path
+) -> Path:
+    """Encoder + head + band table (of a model, or of its state dict) in one safetensors file, atomically."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    source = model if isinstance(model, dict) else model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in source.items()}
     save_file(state, partial, {METADATA_KEY: json.dumps({**meta, "bands": bands})})
     partial.replace(path)
     return path
@@ -124,6 +152,23 @@ def load_encoder(path: Path, target_bands: list[dict[str, Any]] | None = None) -
     return backbone, meta
 
 
+FSDP_OPTIONS = {"activation_checkpointing": True, "sharding_strategy": "FULL_SHARD", "cpu_offload": False,
+                "state_dict_type": "full"}  # fmt: skip
+
+
+def _strategy(strategy: str, fsdp: dict[str, Any] | None, backbone: nn.Module) -> Any:
+    """``strategy`` as Lightning takes it: ``fsdp`` becomes an FSDP strategy wrapping each SwinV2 block."""
+    unknown = sorted(set(fsdp or {}) - set(FSDP_OPTIONS))
+    if unknown:
+        raise DomainfmError(f"unknown fsdp option(s) {unknown}; choose from {sorted(FSDP_OPTIONS)}")
+    if strategy != "fsdp":
+        if fsdp:
+            raise DomainfmError(f"fsdp options were given but the strategy is {strategy!r}; use --strategy fsdp")
+        return strategy
+    blocks = {type(block) for block in backbone.transformer_blocks()}
+    return fsdp_strategy(blocks, **{**FSDP_OPTIONS, **(fsdp or {})})
+
+
 def pretrain(
     store_path: Path,
     out: Path,
@@ -138,33 +183,70 @@ def pretrain(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    *,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str | None = None,
+    fsdp: dict[str, Any] | None = None,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """SimMIM on the store's train split; writes ``simmim.safetensors`` and ``history.json``."""
+    """SimMIM on the store's train split; writes ``simmim.safetensors`` and ``history.json``.
+
+    Args:
+        store_path: A store from ``remote-sensing ingest``.
+        out: Output folder.
+        backbone: A SwinV2 backbone of the shared registry.
+        mask_patch: Masked cell side in pixels.
+        mask_ratio: Fraction of cells masked.
+        epochs: Training epochs.
+        batch_size: Chips per step and process.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay (not on 1-D parameters or the mask token).
+        warmup_epochs: Linear warm-up epochs before the cosine decay.
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        progress: Show Lightning's progress bar.
+        devices: Processes (devices) per node; see :func:`~domainfm.shared.engine.training.make_trainer`.
+        strategy: ``auto``, ``ddp`` or ``fsdp`` (each SwinV2 block one FSDP unit; GPUs only).
+        num_nodes: Machines.
+        precision: Lightning precision, e.g. ``bf16-mixed``; Lightning's default (32-bit) when unset.
+        fsdp: FSDP options (with ``strategy: fsdp``): activation_checkpointing, sharding_strategy,
+            cpu_offload, state_dict_type (defaults in ``FSDP_OPTIONS``).
+        callbacks: Extra Lightning callbacks.
+    """
     store, out = TileStore(store_path), Path(out)
     if "valid" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no valid companion: ingest it with `domainfm remote-sensing ingest`")
-    torch_device = resolve_device(device)
-    torch.manual_seed(seed)
     channels, size = store.spec.tile_shape[0], store.spec.tile_shape[-1]
-    model = SimMIM(create_backbone(backbone, in_chans=channels, img_size=size), size).to(torch_device)
-    masks = MaskGenerator(size, mask_patch, model.patch_size, mask_ratio)
-    transform = input_transform(store)
-    generator = torch.Generator().manual_seed(seed)
-
-    def step(batch: dict) -> torch.Tensor:
-        images, valid = random_resized_crop(prepare(batch["tiles"], transform), batch["valid"], generator)
-        return model(images, masks(len(images), generator).to(torch_device), valid)
-
+    torch.manual_seed(seed)
+    model = SimMIM(create_backbone(backbone, in_chans=channels, img_size=size), size)
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     resume = out / "resume"
+    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
+    trainer = make_trainer(
+        epochs, resolve_device(device), progress, [checkpointing, *(callbacks or [])], devices=devices,
+        strategy=_strategy(strategy, fsdp, model.backbone), num_nodes=num_nodes, precision=precision,
+    )  # fmt: skip
+    torch_device = trainer_device(trainer)
+    if strategy != "fsdp":  # FSDP moves each unit to the device as it shards it
+        model.to(torch_device)
+    masks = MaskGenerator(size, mask_patch, model.patch_size, mask_ratio)
+    transform = input_transform(store)
+
+    def step(batch: dict) -> torch.Tensor:
+        generators = tile_generators(batch["tile_id"], seed, trainer.current_epoch)
+        images, valid = random_resized_crop(prepare(batch["tiles"], transform), batch["valid"], generators)
+        return model(images, masks(len(images), generators).to(images.device), valid)
+
     task = step_task(step, model, adamw_warmup_cosine(lr, weight_decay, epochs, warmup_epochs))
-    trainer = make_trainer(epochs, torch_device, progress, [ModelCheckpoint(resume, save_top_k=0, save_last=True)])
     stream = TileStream(
         store, batch_size, split="train", seed=seed, device=torch_device, normalize=False, companions=("valid",)
     )
     start = time.perf_counter()
     fit(trainer, task, stream, resume / "last.ckpt")
+    state = trained_state(trainer, task)  # every process takes part when FSDP gathers the shards
     meta = {
         "backbone": backbone,
         "image_size": size,
@@ -174,10 +256,12 @@ def pretrain(
         "epochs": epochs,
         "trained_on": str(store.path),
     }
-    checkpoint = save_simmim(model.cpu(), store.spec.channels, meta, out / "simmim.safetensors")
     history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    shutil.rmtree(resume, ignore_errors=True)
+    checkpoint = out / "simmim.safetensors"
+    if trainer.is_global_zero:
+        save_simmim(state, store.spec.channels, meta, checkpoint)
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        shutil.rmtree(resume, ignore_errors=True)
     return {"checkpoint": checkpoint, **history}
 
 

@@ -8,7 +8,10 @@ SatVision-TOA setting (arXiv 2411.17000; ``shared/methods/satvision.md`` section
   (SatVision: 128 px, mask patch 8, ratio 0.6, model patch 4);
 * the encoder sees every token; masked patch embeddings are replaced by a learnable ``mask_token``;
 * head: 1 x 1 convolution to ``stride^2 x channels`` and PixelShuffle(stride) back to the input size;
-* loss: L1 on masked pixels that are also valid (fill values never enter the loss), averaged over them.
+* loss: L1 on masked pixels that are also valid (fill values never enter the loss), averaged over them;
+  under data parallelism the average is over the masked valid pixels of the global batch (the count is
+  summed over the processes, :func:`~domainfm.shared.engine.distributed.global_masked_mean`), not a mean
+  of per-process means, since the number of valid pixels differs from chip to chip.
 
 Works on both timm SwinV2 families (``swinv2_*``: NHWC tokens; ``swinv2_cr_*``, the giant's: NCHW).
 """
@@ -16,9 +19,12 @@ Works on both timm SwinV2 families (``swinv2_*``: NHWC tokens; ``swinv2_cr_*``, 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from domainfm.shared.engine.distributed import global_masked_mean
 
 
 class MaskGenerator:
@@ -38,9 +44,21 @@ class MaskGenerator:
         self.repeat = mask_patch // model_patch
         self.masked = math.ceil(ratio * self.cells**2)
 
-    def __call__(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[batch, tokens, tokens]`` float mask (1 = masked)."""
-        scores = torch.rand(batch, self.cells**2, generator=generator)
+    def __call__(
+        self, batch: int, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """``[batch, tokens, tokens]`` float mask (1 = masked).
+
+        Args:
+            batch: Masks to draw.
+            generator: One generator for the batch, or one per mask (a mask then depends on its own only).
+        """
+        if generator is None or isinstance(generator, torch.Generator):
+            scores = torch.rand(batch, self.cells**2, generator=generator)
+        elif len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for {batch} masks")
+        else:
+            scores = torch.stack([torch.rand(self.cells**2, generator=g) for g in generator])
         order = scores.argsort(dim=1)
         mask = torch.zeros(batch, self.cells**2)
         mask.scatter_(1, order[:, : self.masked], 1.0)
@@ -104,10 +122,10 @@ class SimMIM(nn.Module):
         return self.head(encode(self.backbone, images, mask, self.mask_token))
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """SimMIM's L1 loss on masked (and valid) pixels."""
+        """SimMIM's L1 loss on masked (and valid) pixels, averaged over those of the global batch."""
         pixel_mask = mask.repeat_interleave(self.patch_size, 1).repeat_interleave(self.patch_size, 2).unsqueeze(1)
         weight = pixel_mask.expand_as(images)
         if valid is not None:
             weight = weight * valid.to(images.dtype)
         error = (self.reconstruct(images, mask) - images).abs()
-        return (error * weight).sum() / (weight.sum() + 1e-5)
+        return global_masked_mean((error * weight).sum(), weight.sum(), eps=1e-5)

@@ -138,10 +138,14 @@ def train(
     warmup_epochs: int = 5,
     seed: int = 2333,
     device: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
 ) -> int:
     """Train GMS (mapper in a frozen VAE's latent space) or the MONAI UNet baseline; write OUT/model.safetensors.
 
     A killed run resumes from OUT/resume/last.ckpt (written after every epoch) when rerun with the same command.
+    Several processes (``--devices``, ``--num_nodes``) train with DDP; global rank zero writes the outputs.
 
     Args:
         store: A segmentation tile store (train split; the best val epoch is kept).
@@ -151,19 +155,33 @@ def train(
         mapper: Latent mapper options: base, multipliers, groups (paper: base 32, multipliers [1, 2, 4, 4]).
         unet: UNet options: channels, strides, num_res_units.
         epochs: Training epochs (the paper: 1000 on its small sets).
-        batch_size: Batch size (the paper: 8).
+        batch_size: Batch size per process (the paper: 8).
         lr: AdamW learning rate (the paper: 2e-3).
         warmup_epochs: Linear warm-up epochs before the cosine decay (the paper: 5).
         seed: Random seed (the paper: 2333).
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` (the kind of device when ``devices`` > 1).
+        devices: Processes (devices) per machine: a count, or ``auto`` for every GPU.
+        strategy: ``auto`` (one device, else DDP) or ``ddp``.
+        num_nodes: Machines (launch with torchrun or SLURM; docs/distributed.md).
     """
+    from domainfm.domains.segmentation.train import fit_data_parallel
     from domainfm.domains.segmentation.workflow import fit
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.engine.distributed import is_launch_zero
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out)
-    result = fit(model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device)
+    if is_launch_zero():
+        save_resolved_config(out)
+    if devices == 1 and num_nodes == 1 and strategy == "auto":
+        result = fit(model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device)
+    else:
+        result = fit_data_parallel(
+            model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device,
+            devices=devices, strategy=strategy, num_nodes=num_nodes,
+        )  # fmt: skip
+        if result is None:  # not global rank zero: the outputs are rank zero's to write
+            return 0
     print(
         f"wrote {result['checkpoint']}: best val Dice {result['best_val_dice']:.3f} at epoch {result['best_epoch']}, "
         f"{result['trainable_parameters']:,} trainable parameters; QC picture {result['qc']}"

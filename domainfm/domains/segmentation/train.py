@@ -12,6 +12,12 @@ best epoch on the **val** split. Augmentation runs on the device: per-image hori
 90-degree rotations of image and mask together, and brightness/contrast jitter (+-0.1, p 0.2) of the
 image; the paper's shift-scale-rotate is not applied.
 
+Several processes (Lightning DDP; ``fit_data_parallel``) each read their part of the store. Every loss
+term is a per-image mean, so DDP's gradient average is the global batch's; a tile's flips, jitter and
+posterior noise come from its own generator, seeded by (seed, epoch, tile id), and the per-step choice of
+mean or sample from one seeded by the step, so a step over N processes equals one process on the global
+batch (tested). The VAE trains in one process.
+
 The offline VAE (no Stable-Diffusion weights) trains on the store's images, unlabelled, plus random
 lobulated binary shapes (never the store's masks), so that its decoder can draw two-level images; its
 ``scaling_factor`` is then set to one over the standard deviation of the train images' latents (SD's
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +44,43 @@ from domainfm.domains.segmentation.models import GMSSegmenter, UNetSegmenter, to
 from domainfm.domains.segmentation.phantom import lesion_mask
 from domainfm.domains.segmentation.vae import VAEConfig, create_vae, encode_mean, freeze
 from domainfm.shared.engine import resolve_device
-from domainfm.shared.engine.training import fit, make_trainer, step_task
+from domainfm.shared.engine.distributed import (
+    all_reduce_sum,
+    is_distributed,
+    is_launch_zero,
+    step_generator,
+    tile_generators,
+    tile_uniforms,
+    world_size,
+)
+from domainfm.shared.engine.training import data_parallel_only, fit, make_trainer, step_task, trainer_device
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
 
-def augment_pair(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image flips and 90-degree rotations of images and masks alike; intensity jitter of images."""
-    n = len(images)
-    for flip in (lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.rot90(1, (-2, -1))):
-        chosen = (torch.rand(n, device=images.device) < 0.5).view(n, 1, 1, 1)
+def augment_pair(
+    images: torch.Tensor, masks: torch.Tensor, generators: Sequence[torch.Generator] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image flips and 90-degree rotations of images and masks alike; intensity jitter of images.
+
+    Args:
+        images: Images in [-1, 1] ``[B, C, H, W]``.
+        masks: Their masks ``[B, 1, H, W]``.
+        generators: One per image (its draws then depend on it only); torch's global generator when ``None``.
+    """
+    n, device = len(images), images.device
+    if generators is None:
+        draws = [torch.rand(n, device=device) for _ in range(3)]
+        draws += [torch.rand(n, 1, 1, 1, device=device) for _ in range(3)]
+    else:
+        draws = list(tile_uniforms(generators, 6).T.to(device))
+    flips = (lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.rot90(1, (-2, -1)))
+    for flip, u in zip(flips, draws[:3], strict=True):
+        chosen = (u < 0.5).view(n, 1, 1, 1)
         images, masks = torch.where(chosen, flip(images), images), torch.where(chosen, flip(masks), masks)
-    jitter = (torch.rand(n, 1, 1, 1, device=images.device) < 0.2).float()
-    brightness = (torch.rand(n, 1, 1, 1, device=images.device) - 0.5) * 0.2 * jitter
-    contrast = 1 + (torch.rand(n, 1, 1, 1, device=images.device) - 0.5) * 0.2 * jitter
+    jitter = (draws[3].view(n, 1, 1, 1) < 0.2).float()
+    brightness = (draws[4].view(n, 1, 1, 1) - 0.5) * 0.2 * jitter
+    contrast = 1 + (draws[5].view(n, 1, 1, 1) - 0.5) * 0.2 * jitter
     return ((images * contrast) + brightness).clamp(-1, 1), masks
 
 
@@ -124,16 +155,29 @@ def train_vae(
     return vae.cpu(), config, history
 
 
-def _gms_step(model: GMSSegmenter) -> Any:
+Clock = Callable[[], tuple[int, int]]  # (epoch, optimiser step) of the running trainer
+
+
+def _posterior_sample(model: GMSSegmenter, images: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """A scaled posterior sample of each image's latent, its noise drawn from the image's own generator."""
+    mean, sigma = model.vae.encode(images)
+    noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generators]).to(mean)
+    return (mean + sigma * noise) * model.vae_config.scaling_factor
+
+
+def _gms_step(model: GMSSegmenter, seed: int, clock: Clock) -> Any:
     from monai.losses import DiceLoss
 
     dice = DiceLoss()
 
     def step(batch: dict) -> torch.Tensor:
-        images, masks = augment_pair(to_model_range(batch["tiles"]), batch["mask"].float())
+        epoch, done = clock()
+        generators = tile_generators(batch["tile_id"], seed, epoch)
+        images, masks = augment_pair(to_model_range(batch["tiles"]), batch["mask"].float(), generators)
+        sample = bool(torch.rand((), generator=step_generator(seed, epoch, done)) < 0.5)  # the step's choice
         with torch.no_grad():
             target = model.mask_latent(masks)
-            latent = model.image_latent(images, sample=bool(torch.rand(()) < 0.5))
+            latent = _posterior_sample(model, images, generators) if sample else model.image_latent(images)
         outputs = model.mapper(latent)
         return sum(
             nn.functional.mse_loss(outputs[level], target) + dice(model.decode_mask(outputs[level]), masks)
@@ -143,13 +187,14 @@ def _gms_step(model: GMSSegmenter) -> Any:
     return step
 
 
-def _unet_step(model: UNetSegmenter) -> Any:
+def _unet_step(model: UNetSegmenter, seed: int, clock: Clock) -> Any:
     from monai.losses import DiceCELoss
 
     loss = DiceCELoss(sigmoid=True)
 
     def step(batch: dict) -> torch.Tensor:
-        images, masks = augment_pair(to_model_range(batch["tiles"]), batch["mask"].float())
+        generators = tile_generators(batch["tile_id"], seed, clock()[0])
+        images, masks = augment_pair(to_model_range(batch["tiles"]), batch["mask"].float(), generators)
         return loss(model.logits(images), masks)
 
     return step
@@ -158,7 +203,10 @@ def _unet_step(model: UNetSegmenter) -> Any:
 def _keep_best(model: nn.Module, store: TileStore, device: torch.device) -> Any:
     """A Lightning callback that scores the val split after each epoch and keeps the best trainable weights.
 
-    Its state (best score, epoch, weights, history) is saved in resume checkpoints.
+    Its state (best score, epoch, weights, history) is saved in resume checkpoints. Under several processes
+    each scores its part of the val split (the stream divides it) and the image-weighted means are
+    all-reduced, so every process sees the score of the whole split (up to ``world - 1`` images that the
+    equal division counts twice).
     """
     import lightning
 
@@ -170,6 +218,11 @@ def _keep_best(model: nn.Module, store: TileStore, device: torch.device) -> Any:
         def on_train_epoch_end(self, trainer: Any, _: Any) -> None:
             metrics = evaluate(model, store, "val", device=device)
             model.train()
+            if is_distributed():
+                n = metrics["images"]
+                part = torch.tensor([metrics["dice_mean"] * n, metrics["iou_mean"] * n, n], dtype=torch.float64)
+                sums = all_reduce_sum(part.to(device)).cpu()
+                metrics = {"dice_mean": float(sums[0] / sums[2]), "iou_mean": float(sums[1] / sums[2])}
             epoch = trainer.current_epoch
             self.history.append({"epoch": epoch, "val_dice": metrics["dice_mean"], "val_iou": metrics["iou_mean"]})
             if metrics["dice_mean"] > self.best_dice:
@@ -198,27 +251,45 @@ def train_segmenter(
     device: str = "auto",
     progress: bool = True,
     resume_dir: Path | None = None,
+    *,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
     """Trains a :class:`GMSSegmenter` or :class:`UNetSegmenter` in place; restores its best val epoch.
 
     With ``resume_dir``, ``last.ckpt`` there is written after every epoch (weights, optimiser, schedule,
     best-so-far) and a rerun continues from it: a killed run loses at most the epoch it was in. The data
     order after a resume follows the stream's own epoch counter, so it need not repeat the uninterrupted
-    run's order batch for batch.
+    run's order batch for batch. With several processes (``devices``, ``num_nodes``; strategy ``ddp``),
+    ``batch_size`` is per process and every process scores the val split after each epoch. ``callbacks``
+    are added to the Lightning trainer.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    torch_device = resolve_device(device)
-    torch.manual_seed(seed)
-    model.to(torch_device)
-    step = _gms_step(model) if isinstance(model, GMSSegmenter) else _unet_step(model)
-    task = step_task(step, model, _adamw_warmup_cosine(lr, epochs, min(warmup_epochs, max(0, epochs - 1))))
-    keep_best = _keep_best(model, store, torch_device)
-    callbacks, last = [keep_best], None
+    data_parallel_only(strategy, "segmentation train")
+    if isinstance(model, GMSSegmenter) and strategy in ("auto", "ddp") and (devices != 1 or num_nodes != 1):
+        strategy = "ddp_find_unused_parameters_true"  # the mapper's level-3 head is not supervised
+    callbacks = [*(callbacks or [])]
+    last = None
     if resume_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=resume_dir, save_top_k=0, save_last=True, every_n_epochs=1))
         last = Path(resume_dir) / "last.ckpt"
-    trainer = make_trainer(epochs, torch_device, progress, callbacks)
+    trainer = make_trainer(
+        epochs, resolve_device(device), progress, callbacks, devices=devices, strategy=strategy, num_nodes=num_nodes
+    )
+    torch_device = trainer_device(trainer)
+    torch.manual_seed(seed)
+    model.to(torch_device)
+
+    def clock() -> tuple[int, int]:
+        return trainer.current_epoch, trainer.global_step
+
+    step = _gms_step(model, seed, clock) if isinstance(model, GMSSegmenter) else _unet_step(model, seed, clock)
+    task = step_task(step, model, _adamw_warmup_cosine(lr, epochs, min(warmup_epochs, max(0, epochs - 1))))
+    keep_best = _keep_best(model, store, torch_device)
+    trainer.callbacks.insert(0, keep_best)
     start = time.perf_counter()
     fit(trainer, task, _train_stream(store, batch_size, seed, torch_device), last)
     if keep_best.best_state is not None:
@@ -232,6 +303,55 @@ def train_segmenter(
         "val_history": keep_best.history,
         "losses": task.losses,
     }
+
+
+def fit_data_parallel(
+    kind: str,
+    store_path: Path,
+    out: Path,
+    vae: Path | None = None,
+    mapper: dict[str, Any] | None = None,
+    unet: dict[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 8,
+    lr: float = 2e-3,
+    warmup_epochs: int = 5,
+    seed: int = 2333,
+    device: str = "auto",
+    *,
+    devices: int | str = 1,
+    strategy: str = "ddp",
+    num_nodes: int = 1,
+) -> dict[str, Any] | None:
+    """``workflow.fit`` over several processes: every process trains, global rank zero writes the outputs.
+
+    Returns what ``workflow.fit`` returns on global rank zero and ``None`` on the other processes.
+    """
+    from domainfm.domains.segmentation.evaluate import predict, qc_figure, split_ids
+    from domainfm.domains.segmentation.models import save_segmenter
+    from domainfm.domains.segmentation.workflow import _check_size, build_model
+
+    store = TileStore(store_path)
+    model = build_model(kind, vae, mapper, unet)
+    _check_size(model, store)
+    resume_dir = Path(out) / "resume"
+    history = train_segmenter(
+        model, store, epochs, batch_size, lr, warmup_epochs, seed, device, True, resume_dir,
+        devices=devices, strategy=strategy, num_nodes=num_nodes,
+    )  # fmt: skip
+    if not is_launch_zero():
+        return None
+    checkpoint = save_segmenter(
+        model, Path(out) / "model.safetensors", image_size=store.spec.tile_shape[-1], trained_on=str(store.path),
+        vae_source=str(vae) if vae else None, epochs=epochs, best_epoch=history["best_epoch"],
+        best_val_dice=history["best_val_dice"],
+    )  # fmt: skip
+    write_history(history, Path(out) / "history.json")
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    ids = split_ids(store, "val")[: 8 * world_size()]  # the stream gives this process the first part
+    predictions = predict(model, store, ids, device=device)
+    qc = qc_figure(predictions, Path(out) / "val_predictions.png", f"{kind} on {store.path.name} (val)")
+    return {"checkpoint": checkpoint, "qc": qc, **{k: v for k, v in history.items() if k != "losses"}}
 
 
 def write_history(history: dict[str, Any], path: Path) -> None:
