@@ -226,5 +226,12 @@ def load_model_checkpoint(
 
     meta = read_checkpoint_metadata(path, key, producer)
     model = build(meta)
-    load_model(model, str(path))
+    try:
+        load_model(model, str(path))
+    except RuntimeError as error:  # missing, unexpected or reshaped tensors: another version's model
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:4])
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model its metadata describes (written by another domainfm "
+            f"version?): {details[:600]}; recreate it with `{producer}`"
+        ) from error
     return model.eval(), meta

@@ -139,3 +139,15 @@ def test_missing_and_truncated_files_are_named(tmp_path: Path):
     torch.save({"epoch": 1}, tmp_path / "empty.ckpt")
     with pytest.raises(CheckpointError, match="holds no state dict"):
         create_backbone("test_vit", checkpoint=tmp_path / "empty.ckpt")
+
+
+def test_whole_model_checkpoint_of_another_shape_is_named_with_its_producer(tmp_path: Path):
+    from domainfm.shared.backbones.checkpoint import load_model_checkpoint, save_model_checkpoint
+
+    path = save_model_checkpoint(torch.nn.Linear(4, 3), tmp_path / "head.safetensors", "test_key", {"outputs": 3})
+    model, meta = load_model_checkpoint(path, "test_key", "make-head", lambda m: torch.nn.Linear(4, m["outputs"]))
+    assert meta == {"outputs": 3} and model.weight.shape == (3, 4)
+    with pytest.raises(CheckpointError) as info:
+        load_model_checkpoint(path, "test_key", "make-head", lambda m: torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    message = str(info.value)
+    assert str(path) in message and "make-head" in message and "0.weight" in message
