@@ -11,7 +11,8 @@
   (positives weighted by the labelled set's negatives-per-positive, at most 20, because
   cloudy bins are rare; SatVision uses plain BCE); scored by the cloud IoU (binary Jaccard, SatVision's
   "mIoU"), the mean IoU over cloud and clear, and the false-negative rate.
-* ``segment``: SatVision's FCN decoder (:class:`UpsamplingDecoder`) at the chip's size for a per-pixel mask (BCE; cloud IoU).
+* ``segment``: SatVision's FCN decoder (:class:`UpsamplingDecoder`) at the chip's size for a per-pixel
+  mask (BCE; cloud IoU).
 * ``multilabel``: pooled features -> linear; BCE; macro AUROC (e.g. Sentinel-2 scene labels).
 
 Every task takes any method of the shared PEFT module (``linear`` = frozen encoder, ``full``, ``lora``,

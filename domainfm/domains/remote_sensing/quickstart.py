@@ -78,8 +78,9 @@ def run(out_dir: Path, device: torch.device, seed: int) -> SectionResult:
         f"SimMIM on a tiny SwinV2 for 40 epochs: held-out masked L1 {recon['masked_l1']:.4f} against "
         f"{recon['mean_predictor_l1']:.4f} for the per-band mean. The table: the 91 x 40 cloud curtain from 16 "
         "labelled chips, SimMIM encoder vs the same encoder from scratch, frozen (linear) and fine-tuned (full). "
-        "`domainfm remote-sensing study --config configs/remote_sensing/study_phantom.yaml` runs the study in "
-        "docs/remote_sensing.md."
+        "At this size the rows are close; `domainfm remote-sensing study --config "
+        "configs/remote_sensing/study_phantom.yaml` runs the larger study in docs/remote_sensing.md, where the "
+        "frozen SimMIM encoder is ahead of scratch by 0.02-0.03 mIoU over three seeds."
     )
     finite = all(math.isfinite(v) for row in rows for v in row.values() if isinstance(v, float))
     return SectionResult("Remote sensing (SatVision-TOA)", summary, rows, [figure.name], recon, finite)

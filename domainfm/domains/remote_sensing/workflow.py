@@ -34,8 +34,12 @@ def run_study(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    pefts: tuple[str, ...] = ("linear", "full"),
 ) -> dict[str, Any]:
-    """Runs the study into ``out``; writes ``results.json`` and ``results.md``."""
+    """Runs the study into ``out``; writes ``results.json`` and ``results.md``.
+
+    ``pefts``: the encoder adaptations compared (each from the SimMIM checkpoint and from scratch).
+    """
     out = Path(out)
     data_settings = {"granules": granules, "size": granule_size, "seed": seed}
     marker = out / "granules" / "settings.json"
@@ -63,7 +67,7 @@ def run_study(
     checkpoint = run_dir / "simmim.safetensors"
     reconstruction = heldout_loss(checkpoint, store, "test", seed)
     rows = []
-    for peft in ("linear", "full"):
+    for peft in pefts:
         for init in (checkpoint, None):
             run = train_task(
                 store, "curtain", init, backbone, peft, labelled=labelled, epochs=task_epochs, seed=seed, device=device
