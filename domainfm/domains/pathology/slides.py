@@ -179,6 +179,20 @@ def rgb_on_white(region: Any) -> np.ndarray:
     return (rgba[..., :3] * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
 
 
+def _coarsest_exact_level(downsamples: tuple[float, ...], final: float, level: int, factor: int) -> tuple[int, int]:
+    """The coarsest level whose downsample divides ``final`` (and the integer factor left), else ``(level, factor)``.
+
+    ``best_level`` picks the level under the *requested* downsample; rounding the factor can land exactly on a
+    coarser level (14x asked, level 4x times 4 = 16x, and the slide has a 16x level), which is 16 times fewer
+    pixels to decode for the same thumbnail resolution.
+    """
+    for candidate in sorted(range(len(downsamples)), key=lambda i: -downsamples[i]):
+        ratio = final / float(downsamples[candidate])
+        if ratio >= 1 - 1e-3 and abs(ratio - round(ratio)) < 1e-3 * ratio:
+            return candidate, max(1, round(ratio))
+    return level, factor
+
+
 def read_thumbnail(slide: Any, downsample: float, chunk: int = 2048) -> tuple[np.ndarray, float]:
     """The slide at about ``downsample`` as ``[h, w, 3]`` uint8, and the exact downsample used.
 
@@ -191,6 +205,8 @@ def read_thumbnail(slide: Any, downsample: float, chunk: int = 2048) -> tuple[np
     level = best_level(tuple(slide.level_downsamples), downsample)
     level_ds = float(slide.level_downsamples[level])
     factor = max(1, round(downsample / level_ds))
+    level, factor = _coarsest_exact_level(tuple(slide.level_downsamples), level_ds * factor, level, factor)
+    level_ds = float(slide.level_downsamples[level])
     chunk = max(factor, chunk - chunk % factor)
     width, height = slide.level_dimensions[level]
     out_w, out_h = max(1, width // factor), max(1, height // factor)

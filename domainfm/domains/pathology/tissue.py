@@ -155,6 +155,6 @@ def write_qc_png(
         draw.text((5, 3 + line_height * i), line, fill=colour, font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.png")
-    picture.save(partial)
+    picture.save(partial, compress_level=3)  # twice as fast to write as the default 6, 20 % larger
     os.replace(partial, out)
     return out

@@ -102,7 +102,7 @@ class FragmentWriter:
         target = np.dtype(self.spec.dtype)
         if tiles.dtype != target and not np.can_cast(tiles.dtype, target, "same_kind"):
             raise ValueError(f"reader gave {tiles.dtype} tiles; the store holds {target} (convert them in the reader)")
-        if tiles.dtype.kind in "iu" and target.kind in "iu" and tiles.size:
+        if tiles.dtype.kind in "iu" and target.kind in "iu" and tiles.size and not np.can_cast(tiles.dtype, target):
             info = np.iinfo(target)
             if tiles.min() < info.min or tiles.max() > info.max:
                 raise ValueError(f"reader gave values outside the {target} range [{info.min}, {info.max}]")

@@ -9,7 +9,8 @@
    (the store must then be on a filesystem every worker sees). A failing source is recorded and the
    others continue. A progress bar shows tiles and tiles/s.
 3. **Assemble.** The fragments are copied, shard by shard (one task per shard, so one writer per shard),
-   into the sharded store in source order; statistics are merged exactly; the sources table and the
+   into the sharded store in source order (uncompressed uint8 tiles straight into their shard files,
+   :func:`.shards.write_raw_shard`; the rest through zarr); statistics are merged exactly; the sources table and the
    attributes are written, ``status: complete`` last.
 
 A run killed at any point and rerun with the same command ends with the same tiles, index and statistics
@@ -44,6 +45,7 @@ from domainfm.shared.tiles.fragments import (
 )
 from domainfm.shared.tiles.layout import choose_layout
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
+from domainfm.shared.tiles.shards import ShardDecoder, write_raw_shard
 from domainfm.shared.tiles.stats import RunningStats
 from domainfm.shared.tiles.store import WRITE_ALL_CHUNKS, StoreError, create_arrays, initial_attrs
 
@@ -185,8 +187,20 @@ def _copy_rows(
             parts = []
             for fragment, offset, batches in fragments:
                 parts += read_fragment_rows(fragment, batches, key, start - offset, stop - offset)
-            group[key][start:stop] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            array = group[key]
+            if key == "tiles" and _raw_shards(array):
+                shard_rows = int(array.shards[0])
+                shard_file = Path(store) / "tiles" / "c" / str(start // shard_rows) / "0" / "0" / "0"
+                write_raw_shard(shard_file, parts, int(array.chunks[0]), shard_rows // int(array.chunks[0]))
+            else:
+                array[start:stop] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     kill_point("shard")
+
+
+def _raw_shards(array: zarr.Array) -> bool:
+    """Tiles stored without a compressor in the layout :func:`.shards.write_raw_shard` writes."""
+    decoder = ShardDecoder(array)
+    return decoder.supported and decoder.decoder is None and array.dtype.itemsize == 1
 
 
 def _assemble(

@@ -133,6 +133,39 @@ class ShardDecoder:
                 yield which, chunk, rows[which] - k * self.rows_per_chunk
 
 
+def write_raw_shard(path: Path, parts: list[np.ndarray], rows_per_chunk: int, chunks_per_shard: int) -> None:
+    """Writes rows (``parts`` in order) as one uncompressed shard file, byte for byte what zarr writes.
+
+    For arrays whose inner chunks have no compressor (``bytes`` codec only, little-endian): the inner
+    chunks are the rows' bytes in order, a last partial chunk padded with zeros (the fill value) to its full
+    size, then the ``(offset, nbytes)`` index (``2**64 - 1`` for chunks past the data) and its CRC-32C.
+    Each part is written straight from its buffer (a memory-mapped staging file costs one copy in the
+    kernel), instead of zarr's concatenate-encode-assemble copies. Written to ``path.partial`` and renamed.
+    """
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        raise ValueError(f"no rows to write into shard {path}")
+    row_bytes = parts[0][:1].nbytes
+    rows = sum(len(part) for part in parts)
+    chunk_bytes = rows_per_chunk * row_bytes
+    stored = -(-rows // rows_per_chunk)
+    index = np.full((chunks_per_shard, 2), EMPTY, "<u8")
+    index[:stored, 0] = np.arange(stored, dtype=np.uint64) * chunk_bytes
+    index[:stored, 1] = chunk_bytes
+    padding = stored * rows_per_chunk - rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        for part in parts:
+            handle.write(memoryview(np.ascontiguousarray(part)).cast("B"))
+        if padding:
+            handle.write(bytes(padding * row_bytes))
+        index_bytes = index.tobytes()
+        handle.write(index_bytes)
+        handle.write(np.uint32(google_crc32c.value(index_bytes)).tobytes())
+    partial.replace(path)
+
+
 _local = threading.local()
 
 
