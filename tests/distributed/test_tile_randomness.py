@@ -33,17 +33,16 @@ def test_convirt_augmentation_of_a_tile_ignores_its_batch():
 
 
 def test_pluto_views_and_masks_of_a_tile_ignore_its_batch():
-    from domainfm.domains.pathology.pluto import _token_masks, _views
-    from domainfm.domains.pathology.pluto_views import multi_crop
+    from domainfm.domains.pathology.pluto_views import batch_token_masks, batch_views, multi_crop
 
     images = torch.randn(4, 3, 32, 32)
-    whole, half = halves(lambda x, g: _views(x, 2, 16, (0.4, 1.0), g, 0.1), images)
+    whole, half = halves(lambda x, g: batch_views(x, 2, 16, (0.4, 1.0), g, 0.1), images)
     views = whole.view(2, 4, 3, 16, 16)  # view-major
     torch.testing.assert_close(views[:, :2], half.view(2, 2, 3, 16, 16))
     one = multi_crop(images[1:2], 2, 16, (0.4, 1.0), tile_generators(IDS[1:2], seed=0, epoch=2)[0], 0.1)
     torch.testing.assert_close(views[:, 1], one)  # the batched draws are multi_crop's, image by image
-    masks = _token_masks(2, 4, 16, 0.5, tile_generators(IDS, 0, 2), torch.device("cpu")).view(2, 4, 16)
-    alone = _token_masks(2, 2, 16, 0.5, tile_generators(IDS[:2], 0, 2), torch.device("cpu")).view(2, 2, 16)
+    masks = batch_token_masks(2, 4, 16, 0.5, tile_generators(IDS, 0, 2), torch.device("cpu")).view(2, 4, 16)
+    alone = batch_token_masks(2, 2, 16, 0.5, tile_generators(IDS[:2], 0, 2), torch.device("cpu")).view(2, 2, 16)
     assert torch.equal(masks[:, :2], alone) and int(masks.sum()) == 8 * 8
 
 

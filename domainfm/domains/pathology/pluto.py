@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainfm.domains.pathology.pluto_views import (
+    Generators,
+    batch_token_masks,
+    batch_views,
     crop_transforms,
     embed_patches,
     forward_tokens,
@@ -56,8 +58,6 @@ from domainfm.domains.pathology.pluto_views import (
 )
 from domainfm.shared.backbones.wrapper import Backbone
 from domainfm.shared.engine.distributed import all_reduce_mean
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 __all__ = [
     "Pluto",
@@ -247,73 +247,6 @@ def _batch_mean(outputs: torch.Tensor) -> torch.Tensor:
     return all_reduce_mean(outputs.float().mean(dim=0, keepdim=True))
 
 
-def _crop_matrices(
-    u: torch.Tensor, turns: torch.Tensor, flips: torch.Tensor, scale: tuple[float, float]
-) -> torch.Tensor:
-    """:func:`crop_transforms`' matrices ``[n, 2, 3]`` from its draws ``u [n, 4]``, ``turns [n]`` and ``flips [n]``."""
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1])
-    half_w, half_h = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
-    center_x, center_y = (2 * u[:, 2] - 1) * (1 - half_w), (2 * u[:, 3] - 1) * (1 - half_h)
-    quarter = (turns * 4).long().clamp_(max=3).float() * (math.pi / 2)
-    flip = 1 - 2 * (flips * 2).long().clamp_(max=1).float()
-    cos, sin = torch.cos(quarter).round(), torch.sin(quarter).round()
-    theta = torch.zeros(len(u), 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = half_w * cos * flip, -half_w * sin
-    theta[:, 1, 0], theta[:, 1, 1] = half_h * sin * flip, half_h * cos
-    theta[:, 0, 2], theta[:, 1, 2] = center_x, center_y
-    return theta
-
-
-def _views(
-    images: torch.Tensor, n_views: int, size: int, scale: tuple[float, float], generator: Generators, jitter: float
-) -> torch.Tensor:
-    """:func:`multi_crop` with one generator, or with each image's crops and jitter drawn from its own generator.
-
-    Per image, the draws are :func:`multi_crop`'s for that image alone (crop matrices, then colour jitter,
-    in the same order, on the CPU); the matrices and the crops are then made for the whole batch at once,
-    view-major as :func:`multi_crop` returns them.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        return multi_crop(images, n_views, size, scale, generator, jitter)
-    _check_generators(generator, len(images))
-    batch, channels = images.shape[:2]
-    draws: list[list[torch.Tensor]] = [[], [], [], []]
-    for g in generator:
-        draws[0].append(torch.rand(n_views, 4, generator=g))
-        draws[1].append(torch.rand(n_views, generator=g))
-        draws[2].append(torch.rand(n_views, generator=g))
-        if jitter > 0:
-            draws[3].append(torch.rand(n_views, channels, 2, generator=g))
-    u, turns, flips = (torch.stack(d, 1).flatten(0, 1) for d in draws[:3])  # view-major rows
-    theta = _crop_matrices(u, turns, flips, scale).to(images.device, images.dtype)
-    grid = F.affine_grid(theta, [n_views * batch, channels, size, size], align_corners=False)
-    source = images.repeat(n_views, 1, 1, 1)
-    crops = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if jitter <= 0:
-        return crops
-    scale_shift = (2 * torch.stack(draws[3], 1).flatten(0, 1).to(crops) - 1) * jitter  # as color_jitter
-    return crops * (1 + scale_shift[..., 0, None, None]) + scale_shift[..., 1, None, None]
-
-
-def _token_masks(
-    n_views: int, batch: int, tokens: int, ratio: float, generator: Generators, device: torch.device
-) -> torch.Tensor:
-    """:func:`random_token_mask` of ``n_views * batch`` view-major rows, per image when given a generator each."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return random_token_mask(n_views * batch, tokens, ratio, generator, device)
-    _check_generators(generator, batch)
-    count = max(1, round(ratio * tokens)) if ratio > 0 else 0  # as random_token_mask, image by image
-    scores = torch.stack([torch.rand(n_views, tokens, generator=g) for g in generator], 1).flatten(0, 1)
-    mask = torch.zeros(n_views * batch, tokens, dtype=torch.bool)
-    return mask.scatter_(1, scores.argsort(dim=1)[:, :count], True).to(device)
-
-
-def _check_generators(generators: Sequence[torch.Generator], batch: int) -> None:
-    if len(generators) != batch:
-        raise ValueError(f"{len(generators)} generators for {batch} images")
-
-
 @torch.no_grad()
 def teacher_probabilities(
     outputs: torch.Tensor,
@@ -453,9 +386,9 @@ class Pluto(nn.Module):
         cfg = self.config
         batch = images.shape[0]
         zero = images.new_zeros((), dtype=torch.float32)
-        views = _views(images, 2, cfg.global_size, cfg.global_scale, generator, cfg.color_jitter)
+        views = batch_views(images, 2, cfg.global_size, cfg.global_scale, generator, cfg.color_jitter)
         grid = cfg.global_size // self.patch_size
-        mask = _token_masks(2, batch, grid * grid, cfg.mask_ratio, generator, images.device)
+        mask = batch_token_masks(2, batch, grid * grid, cfg.mask_ratio, generator, images.device)
         tokens = forward_tokens(self.backbone, views, mask, self.mask_token)
         prefix = self.backbone.num_prefix_tokens
         terms = {"dino": zero, "ibot": zero, "mae": zero, "fourier": zero}
@@ -491,7 +424,7 @@ class Pluto(nn.Module):
         batch = images.shape[0]
         student = [self.head(student_cls)]
         if cfg.n_local > 0:
-            local = _views(images, cfg.n_local, cfg.local_size, cfg.local_scale, generator, cfg.color_jitter)
+            local = batch_views(images, cfg.n_local, cfg.local_size, cfg.local_scale, generator, cfg.color_jitter)
             student.append(self.head(forward_tokens(self.backbone, local)[:, 0]))
         with torch.no_grad():
             teacher_probs = teacher_probabilities(

@@ -5,11 +5,14 @@ Part of :mod:`.pluto` (Juyal et al. 2024, arXiv 2405.07905). Crops are made on t
 element of the dihedral group (90-degree rotations and flips: tissue has no orientation) and a per-channel
 affine colour jitter in normalised space. Masked tokens enter a timm ViT before its position embedding
 (iBOT/SimMIM), and the token forward equals ``forward_features`` when nothing is masked.
+With one generator per image (:func:`batch_views`, :func:`batch_token_masks`), an image's crops, jitter
+and mask depend only on its own generator, not on the batch or the process it is in (data parallelism).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -170,3 +173,75 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     h, w = height // patch, width // patch
     x = images.reshape(batch, channels, h, patch, w, patch)
     return torch.einsum("nchpwq->nhwpqc", x).reshape(batch, h * w, patch * patch * channels)
+
+
+# --------------------------------------------------------------------------------------------- one generator per image
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _crop_matrices(
+    u: torch.Tensor, turns: torch.Tensor, flips: torch.Tensor, scale: tuple[float, float]
+) -> torch.Tensor:
+    """:func:`crop_transforms`' matrices ``[n, 2, 3]`` from its draws ``u [n, 4]``, ``turns [n]`` and ``flips [n]``."""
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1])
+    half_w, half_h = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
+    center_x, center_y = (2 * u[:, 2] - 1) * (1 - half_w), (2 * u[:, 3] - 1) * (1 - half_h)
+    quarter = (turns * 4).long().clamp_(max=3).float() * (math.pi / 2)
+    flip = 1 - 2 * (flips * 2).long().clamp_(max=1).float()
+    cos, sin = torch.cos(quarter).round(), torch.sin(quarter).round()
+    theta = torch.zeros(len(u), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = half_w * cos * flip, -half_w * sin
+    theta[:, 1, 0], theta[:, 1, 1] = half_h * sin * flip, half_h * cos
+    theta[:, 0, 2], theta[:, 1, 2] = center_x, center_y
+    return theta
+
+
+def batch_views(
+    images: torch.Tensor, n_views: int, size: int, scale: tuple[float, float], generator: Generators, jitter: float
+) -> torch.Tensor:
+    """:func:`multi_crop` with one generator, or with each image's crops and jitter drawn from its own generator.
+
+    Per image, the draws are :func:`multi_crop`'s for that image alone (crop matrices, then colour jitter,
+    in the same order, on the CPU); the matrices and the crops are then made for the whole batch at once,
+    view-major as :func:`multi_crop` returns them.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return multi_crop(images, n_views, size, scale, generator, jitter)
+    _check_generators(generator, len(images))
+    batch, channels = images.shape[:2]
+    draws: list[list[torch.Tensor]] = [[], [], [], []]
+    for g in generator:
+        draws[0].append(torch.rand(n_views, 4, generator=g))
+        draws[1].append(torch.rand(n_views, generator=g))
+        draws[2].append(torch.rand(n_views, generator=g))
+        if jitter > 0:
+            draws[3].append(torch.rand(n_views, channels, 2, generator=g))
+    u, turns, flips = (torch.stack(d, 1).flatten(0, 1) for d in draws[:3])  # view-major rows
+    theta = _crop_matrices(u, turns, flips, scale).to(images.device, images.dtype)
+    grid = F.affine_grid(theta, [n_views * batch, channels, size, size], align_corners=False)
+    source = images.repeat(n_views, 1, 1, 1)
+    crops = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if jitter <= 0:
+        return crops
+    scale_shift = (2 * torch.stack(draws[3], 1).flatten(0, 1).to(crops) - 1) * jitter  # as color_jitter
+    return crops * (1 + scale_shift[..., 0, None, None]) + scale_shift[..., 1, None, None]
+
+
+def batch_token_masks(
+    n_views: int, batch: int, tokens: int, ratio: float, generator: Generators, device: torch.device
+) -> torch.Tensor:
+    """:func:`random_token_mask` of ``n_views * batch`` view-major rows, per image when given a generator each."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return random_token_mask(n_views * batch, tokens, ratio, generator, device)
+    _check_generators(generator, batch)
+    count = max(1, round(ratio * tokens)) if ratio > 0 else 0  # as random_token_mask, image by image
+    scores = torch.stack([torch.rand(n_views, tokens, generator=g) for g in generator], 1).flatten(0, 1)
+    mask = torch.zeros(n_views * batch, tokens, dtype=torch.bool)
+    return mask.scatter_(1, scores.argsort(dim=1)[:, :count], True).to(device)
+
+
+def _check_generators(generators: Sequence[torch.Generator], batch: int) -> None:
+    if len(generators) != batch:
+        raise ValueError(f"{len(generators)} generators for {batch} images")
