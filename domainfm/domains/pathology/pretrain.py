@@ -34,7 +34,7 @@ from domainfm.shared.engine.training import (
     adamw_warmup_cosine,
     data_parallel_only,
     fit,
-    make_trainer,
+    resumable_trainer,
     step_task,
     trainer_device,
 )
@@ -123,8 +123,6 @@ def pretrain(
     """
     from dataclasses import asdict, fields
 
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from domainfm.domains.pathology.pluto import Pluto, PlutoConfig
     from domainfm.domains.pathology.pluto import teacher_momentum as momentum_schedule
 
@@ -136,11 +134,9 @@ def pretrain(
     if unknown:
         raise DomainfmError(f"unknown objective option(s) {unknown}; choose from {sorted(known)}")
     data_parallel_only(strategy, "pathology pretrain")
-    resume = out / "resume"
-    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
-    trainer = make_trainer(
-        epochs, resolve_device(device), progress, [checkpointing, *(callbacks or [])],
-        devices=devices, strategy=strategy, num_nodes=num_nodes,
+    trainer, resume = resumable_trainer(
+        out, epochs, resolve_device(device), progress, callbacks, devices=devices, strategy=strategy,
+        num_nodes=num_nodes,
     )  # fmt: skip
     torch_device = trainer_device(trainer)
     tile_px = store.spec.tile_shape[-1]

@@ -27,7 +27,7 @@ from domainfm.domains.radiology.text import SentenceTokenizer, create_text_tower
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import tile_generators
-from domainfm.shared.engine.training import data_parallel_only, fit, make_trainer, step_task, trainer_device
+from domainfm.shared.engine.training import data_parallel_only, fit, resumable_trainer, step_task, trainer_device
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
@@ -189,13 +189,9 @@ def pretrain(
     if "sentences" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no report sentences: ingest it with `domainfm radiology ingest`")
     data_parallel_only(strategy, "radiology pretrain")
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    resume = out / "resume"
-    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
-    trainer = make_trainer(
-        epochs, resolve_device(device), progress, [checkpointing, *(callbacks or [])],
-        devices=devices, strategy=strategy, num_nodes=num_nodes,
+    trainer, resume = resumable_trainer(
+        out, epochs, resolve_device(device), progress, callbacks, devices=devices, strategy=strategy,
+        num_nodes=num_nodes,
     )  # fmt: skip
     torch_device = trainer_device(trainer)
     torch.manual_seed(seed)

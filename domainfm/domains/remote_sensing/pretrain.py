@@ -41,7 +41,7 @@ from domainfm.shared.engine.training import (
     adamw_warmup_cosine,
     fit,
     fsdp_strategy,
-    make_trainer,
+    resumable_trainer,
     step_task,
     trained_state,
     trainer_device,
@@ -221,12 +221,8 @@ def pretrain(
     channels, size = store.spec.tile_shape[0], store.spec.tile_shape[-1]
     torch.manual_seed(seed)
     model = SimMIM(create_backbone(backbone, in_chans=channels, img_size=size), size)
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    resume = out / "resume"
-    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
-    trainer = make_trainer(
-        epochs, resolve_device(device), progress, [checkpointing, *(callbacks or [])], devices=devices,
+    trainer, resume = resumable_trainer(
+        out, epochs, resolve_device(device), progress, callbacks, devices=devices,
         strategy=_strategy(strategy, fsdp, model.backbone), num_nodes=num_nodes, precision=precision,
     )  # fmt: skip
     torch_device = trainer_device(trainer)

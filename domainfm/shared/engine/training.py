@@ -87,6 +87,21 @@ def make_trainer(
     )
 
 
+def resumable_trainer(
+    out: Path, epochs: int, device: torch.device, progress: bool = True, callbacks: list | None = None, **options: Any
+) -> tuple[Any, Path]:
+    """:func:`make_trainer` that saves ``OUT/resume/last.ckpt`` after every epoch, and that folder.
+
+    Pass ``folder / "last.ckpt"`` to :func:`fit` so that a rerun of the same command resumes; delete the folder
+    once the run's outputs are written. ``options`` go to :func:`make_trainer` (devices, strategy, ...).
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    resume = Path(out) / "resume"
+    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
+    return make_trainer(epochs, device, progress, [checkpointing, *(callbacks or [])], **options), resume
+
+
 def trainer_device(trainer: Any) -> torch.device:
     """The device this process trains on (under DDP each process has its own, e.g. ``cuda:LOCAL_RANK``)."""
     return trainer.strategy.root_device
