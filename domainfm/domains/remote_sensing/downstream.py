@@ -7,7 +7,7 @@
   it) resampled to the 91 along-track samples -> a per-sample profile (1-D convs) of 40 height logits.
   SatVision's FCN decoder instead resizes a 2-D map to 91 x 40, so height bin *k* comes from chip column
   *k* x W / 40, which a translation-equivariant Swin encoder cannot tell apart; on the phantom study that
-  head reached a cloud IoU of 0.20-0.23, this one 0.44-0.54 (docs/remote_sensing.md). BCE on logits
+  head reached a cloud IoU of 0.20-0.23, this one 0.34-0.55 (docs/remote_sensing.md). BCE on logits
   (positives weighted by the labelled set's negatives-per-positive, at most 20, because
   cloudy bins are rare; SatVision uses plain BCE); scored by the cloud IoU (binary Jaccard, SatVision's
   "mIoU"), the mean IoU over cloud and clear, and the false-negative rate.

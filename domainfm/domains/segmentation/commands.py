@@ -164,7 +164,6 @@ def train(
         strategy: ``auto`` (one device, else DDP) or ``ddp``.
         num_nodes: Machines (launch with torchrun or SLURM; docs/distributed.md).
     """
-    from domainfm.domains.segmentation.train import fit_data_parallel
     from domainfm.domains.segmentation.workflow import fit
     from domainfm.shared.config import save_resolved_config
     from domainfm.shared.engine.distributed import is_launch_zero
@@ -173,15 +172,12 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if is_launch_zero():
         save_resolved_config(out)
-    if devices == 1 and num_nodes == 1 and strategy == "auto":
-        result = fit(model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device)
-    else:
-        result = fit_data_parallel(
-            model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device,
-            devices=devices, strategy=strategy, num_nodes=num_nodes,
-        )  # fmt: skip
-        if result is None:  # not global rank zero: the outputs are rank zero's to write
-            return 0
+    result = fit(
+        model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device,
+        devices=devices, strategy=strategy, num_nodes=num_nodes,
+    )  # fmt: skip
+    if result is None:  # not global rank zero: the outputs are rank zero's to write
+        return 0
     print(
         f"wrote {result['checkpoint']}: best val Dice {result['best_val_dice']:.3f} at epoch {result['best_epoch']}, "
         f"{result['trainable_parameters']:,} trainable parameters; QC picture {result['qc']}"

@@ -12,11 +12,11 @@ best epoch on the **val** split. Augmentation runs on the device: per-image hori
 90-degree rotations of image and mask together, and brightness/contrast jitter (+-0.1, p 0.2) of the
 image; the paper's shift-scale-rotate is not applied.
 
-Several processes (Lightning DDP; ``fit_data_parallel``) each read their part of the store. Every loss
-term is a per-image mean, so DDP's gradient average is the global batch's; a tile's flips, jitter and
-posterior noise come from its own generator, seeded by (seed, epoch, tile id), and the per-step choice of
-mean or sample from one seeded by the step, so a step over N processes equals one process on the global
-batch (tested). The VAE trains in one process.
+Several processes (Lightning DDP; ``workflow.fit`` with ``devices``/``num_nodes``) each read their part
+of the store. Every loss term is a per-image mean, so DDP's gradient average is the global batch's; a
+tile's flips, jitter and posterior noise come from its own generator, seeded by (seed, epoch, tile id), and
+the per-step choice of mean or sample from one seeded by the step, so a step over N processes equals one
+process on the global batch (tested). The VAE trains in one process.
 
 The offline VAE (no Stable-Diffusion weights) trains on the store's images, unlabelled, plus random
 lobulated binary shapes (never the store's masks), so that its decoder can draw two-level images; its
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,11 +46,9 @@ from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import (
     all_reduce_sum,
     is_distributed,
-    is_launch_zero,
     step_generator,
     tile_generators,
     tile_uniforms,
-    world_size,
 )
 from domainfm.shared.engine.training import data_parallel_only, fit, make_trainer, step_task, trainer_device
 from domainfm.shared.tiles.store import TileStore
@@ -303,55 +300,6 @@ def train_segmenter(
         "val_history": keep_best.history,
         "losses": task.losses,
     }
-
-
-def fit_data_parallel(
-    kind: str,
-    store_path: Path,
-    out: Path,
-    vae: Path | None = None,
-    mapper: dict[str, Any] | None = None,
-    unet: dict[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    warmup_epochs: int = 5,
-    seed: int = 2333,
-    device: str = "auto",
-    *,
-    devices: int | str = 1,
-    strategy: str = "ddp",
-    num_nodes: int = 1,
-) -> dict[str, Any] | None:
-    """``workflow.fit`` over several processes: every process trains, global rank zero writes the outputs.
-
-    Returns what ``workflow.fit`` returns on global rank zero and ``None`` on the other processes.
-    """
-    from domainfm.domains.segmentation.evaluate import predict, qc_figure, split_ids
-    from domainfm.domains.segmentation.models import save_segmenter
-    from domainfm.domains.segmentation.workflow import _check_size, build_model
-
-    store = TileStore(store_path)
-    model = build_model(kind, vae, mapper, unet)
-    _check_size(model, store)
-    resume_dir = Path(out) / "resume"
-    history = train_segmenter(
-        model, store, epochs, batch_size, lr, warmup_epochs, seed, device, True, resume_dir,
-        devices=devices, strategy=strategy, num_nodes=num_nodes,
-    )  # fmt: skip
-    if not is_launch_zero():
-        return None
-    checkpoint = save_segmenter(
-        model, Path(out) / "model.safetensors", image_size=store.spec.tile_shape[-1], trained_on=str(store.path),
-        vae_source=str(vae) if vae else None, epochs=epochs, best_epoch=history["best_epoch"],
-        best_val_dice=history["best_val_dice"],
-    )  # fmt: skip
-    write_history(history, Path(out) / "history.json")
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    ids = split_ids(store, "val")[: 8 * world_size()]  # the stream gives this process the first part
-    predictions = predict(model, store, ids, device=device)
-    qc = qc_figure(predictions, Path(out) / "val_predictions.png", f"{kind} on {store.path.name} (val)")
-    return {"checkpoint": checkpoint, "qc": qc, **{k: v for k, v in history.items() if k != "losses"}}
 
 
 def write_history(history: dict[str, Any], path: Path) -> None:

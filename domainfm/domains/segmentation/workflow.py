@@ -29,6 +29,7 @@ from domainfm.domains.segmentation.models import (
 )
 from domainfm.domains.segmentation.train import train_segmenter, train_vae, write_history
 from domainfm.domains.segmentation.vae import TINY_VAE, VAEConfig
+from domainfm.shared.engine.distributed import is_launch_zero, world_size
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
 from domainfm.shared.tiles.store import TileStore
@@ -74,16 +75,27 @@ def fit(
     device: str = "auto",
     progress: bool = True,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    *,
+    devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+) -> dict[str, Any] | None:
     """Trains one segmenter; writes ``model.safetensors``, ``history.json`` and ``val_predictions.png``.
 
-    ``extra`` is recorded in the checkpoint's metadata.
+    ``extra`` is recorded in the checkpoint's metadata. With several processes (``devices``, ``num_nodes``,
+    ``strategy``; docs/distributed.md) every process trains and global rank zero writes the outputs; the
+    others return ``None``.
     """
     store = TileStore(store_path)
     model = build_model(kind, vae, mapper, unet)
     _check_size(model, store)
     resume_dir = Path(out) / "resume"  # last.ckpt after every epoch: a killed run continues from there
-    history = train_segmenter(model, store, epochs, batch_size, lr, warmup_epochs, seed, device, progress, resume_dir)
+    history = train_segmenter(
+        model, store, epochs, batch_size, lr, warmup_epochs, seed, device, progress, resume_dir,
+        devices=devices, strategy=strategy, num_nodes=num_nodes,
+    )  # fmt: skip
+    if not is_launch_zero():
+        return None
     checkpoint = save_segmenter(
         model,
         Path(out) / "model.safetensors",
@@ -97,7 +109,8 @@ def fit(
     )
     write_history(history, Path(out) / "history.json")
     shutil.rmtree(resume_dir, ignore_errors=True)
-    predictions = predict(model, store, split_ids(store, "val")[:8], device=device)
+    ids = split_ids(store, "val")[: 8 * world_size()]  # the stream gives this process the first part
+    predictions = predict(model, store, ids, device=device)
     qc = qc_figure(predictions, Path(out) / "val_predictions.png", f"{kind} on {store.path.name} (val)")
     return {"checkpoint": checkpoint, "qc": qc, **{k: v for k, v in history.items() if k != "losses"}}
 

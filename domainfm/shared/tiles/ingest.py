@@ -45,7 +45,7 @@ from domainfm.shared.tiles.fragments import (
 )
 from domainfm.shared.tiles.layout import choose_layout
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
-from domainfm.shared.tiles.shards import ShardDecoder, write_raw_shard
+from domainfm.shared.tiles.shards import ShardDecoder, shard_file, write_raw_shard
 from domainfm.shared.tiles.stats import RunningStats
 from domainfm.shared.tiles.store import WRITE_ALL_CHUNKS, StoreError, create_arrays, initial_attrs
 
@@ -178,9 +178,17 @@ def _capture(run: Any) -> dict[str, Any]:
 
 
 def _copy_rows(
-    fragments: list[tuple[Path, int, list[int]]], start: int, stop: int, store: Path, keys: list[str]
+    fragments: list[tuple[Path, int, list[int]]],
+    start: int,
+    stop: int,
+    store: Path,
+    keys: list[str],
+    raw_tiles: bool,
 ) -> None:
-    """Writes global rows ``[start, stop)`` of every array from the fragments that hold them (one shard)."""
+    """Writes global rows ``[start, stop)`` of every array from the fragments that hold them (one shard).
+
+    With ``raw_tiles`` (see :func:`_raw_shards`) the tile shard file is written directly.
+    """
     group = zarr.open_group(store, mode="r+")
     with zarr.config.set(WRITE_ALL_CHUNKS):  # in this worker too: all-zero tiles must still be written
         for key in keys:
@@ -188,17 +196,17 @@ def _copy_rows(
             for fragment, offset, batches in fragments:
                 parts += read_fragment_rows(fragment, batches, key, start - offset, stop - offset)
             array = group[key]
-            if key == "tiles" and _raw_shards(array):
-                shard_rows = int(array.shards[0])
-                shard_file = Path(store) / "tiles" / "c" / str(start // shard_rows) / "0" / "0" / "0"
-                write_raw_shard(shard_file, parts, int(array.chunks[0]), shard_rows // int(array.chunks[0]))
+            if key == "tiles" and raw_tiles:
+                shard_rows, chunk_rows = int(array.shards[0]), int(array.chunks[0])
+                path = shard_file(Path(store) / "tiles", start // shard_rows, array.ndim)
+                write_raw_shard(path, parts, chunk_rows, shard_rows // chunk_rows)
             else:
                 array[start:stop] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     kill_point("shard")
 
 
 def _raw_shards(array: zarr.Array) -> bool:
-    """Tiles stored without a compressor in the layout :func:`.shards.write_raw_shard` writes."""
+    """Uncompressed single-byte tiles in the layout :func:`.shards.write_raw_shard` writes (no byte order)."""
     decoder = ShardDecoder(array)
     return decoder.supported and decoder.decoder is None and array.dtype.itemsize == 1
 
@@ -224,7 +232,8 @@ def _assemble(
     create_arrays(group, spec, total, layout)
     keys = ["tiles", *[f"companions/{name}" for name in spec.companions]]
     rows = int(group["tiles"].shards[0])
-    copies = [dask.delayed(_copy_rows)(offsets, s, min(s + rows, total), out, keys) for s in range(0, total, rows)]
+    raw = _raw_shards(group["tiles"])
+    copies = [dask.delayed(_copy_rows)(offsets, s, min(s + rows, total), out, keys, raw) for s in range(0, total, rows)]
     if copies:
         _run_tasks(copies, workers, scheduler, processes)
     for name in INDEX_COLUMNS:  # a few bytes per tile: assembled in memory, written once

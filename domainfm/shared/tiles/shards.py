@@ -133,6 +133,14 @@ class ShardDecoder:
                 yield which, chunk, rows[which] - k * self.rows_per_chunk
 
 
+def shard_file(array_folder: Path, shard: int, ndim: int) -> Path:
+    """The file of shard ``shard`` of an ``ndim``-D array sharded along its first axis only.
+
+    zarr v3's default chunk key encoding: ``c/<shard>/0/0/...``, one ``0`` per further axis.
+    """
+    return Path(array_folder, "c", str(shard), *["0"] * (ndim - 1))
+
+
 def write_raw_shard(path: Path, parts: list[np.ndarray], rows_per_chunk: int, chunks_per_shard: int) -> None:
     """Writes rows (``parts`` in order) as one uncompressed shard file, byte for byte what zarr writes.
 

@@ -16,7 +16,7 @@ from domainfm import __version__
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.layout import TileLayout, compressors_for
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, INDEX_DEFAULTS, SCHEMA_VERSION, TEXT, StoreSpec
-from domainfm.shared.tiles.shards import ShardDecoder
+from domainfm.shared.tiles.shards import ShardDecoder, shard_file
 
 INDEX_CHUNK = 65536
 # Every chunk is written, even all-zero ones, so a missing chunk is always corruption (zarr would read it as
@@ -173,7 +173,7 @@ class TileStore:
 
     def shard_file(self, shard: int) -> Path:
         """The file holding shard ``shard`` of the tile array (zarr's default chunk key encoding)."""
-        return self.path / "tiles" / "c" / str(shard) / "0" / "0" / "0"
+        return shard_file(self.path / "tiles", shard, self.tiles.ndim)
 
     @cached_property
     def _shard_decoder(self) -> ShardDecoder:
