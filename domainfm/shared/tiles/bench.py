@@ -6,7 +6,12 @@ On a generated store of N tissue-like 224x224x3 uint8 tiles (written by the inge
 (b) ``png_dataloader``: ``torch.utils.data.DataLoader`` with 2 workers over the same tiles saved as PNG
     files, shuffled, decoding with Pillow;
 (c) ``decode_limit``: one tight loop on one thread mapping every shard file and decompressing each inner
-    chunk with the same codec (numcodecs) into a preallocated array: what decoding alone allows.
+    chunk with the same codec (numcodecs) into a preallocated array: what decoding alone allows. For an
+    uncompressed store "decoding" is copying each chunk out of the mapped file.
+
+The store's codec is what ingest chooses for these tiles (``codec="auto"``: textured tissue compresses
+about 1.01x, so they are stored uncompressed, as the pathology tiler stores them); ``--codec blosc-lz4``
+measures the compressed layout instead.
 
 ``peak_rss_mb`` is the whole run's peak (data generation and ingest included); ``stream_peak_rss_mb``
 the peak while streaming and ``stream_rss_increase_mb`` what streaming added to the process (Linux: freed
@@ -93,14 +98,14 @@ def _write_pngs(sources: list[Path], folder: Path) -> list[Path]:
 
 def decode_limit(store_path: Path) -> tuple[int, float]:
     """Tiles decoded per second by one thread doing nothing else (see module docstring (c))."""
-    import numcodecs
-
+    from domainfm.shared.tiles.shards import ShardDecoder
     from domainfm.shared.tiles.store import TileStore
 
     store = TileStore(store_path)
-    codecs = store.tiles.metadata.codecs[0].codecs  # sharding_indexed -> inner codecs
-    blosc = next((c for c in codecs if type(c).__name__ == "BloscCodec"), None)
-    decoder = numcodecs.Blosc() if blosc is not None else None
+    shard_decoder = ShardDecoder(store.tiles)
+    if not shard_decoder.supported:
+        raise ValueError(f"{store_path}: the decode limit needs a sharded layout with a numcodecs codec")
+    decoder = shard_decoder.decoder  # numcodecs Blosc or Zstd; None when the chunks are stored uncompressed
     tile_bytes = int(np.prod(store.spec.tile_shape)) * np.dtype(store.spec.dtype).itemsize
     per_chunk = int(store.tiles.chunks[0])
     out = np.empty(store.shard_rows * tile_bytes, np.uint8)
@@ -127,7 +132,13 @@ def decode_limit(store_path: Path) -> tuple[int, float]:
 
 
 def run_stream_benchmark(
-    tiles: int, batch_size: int, device: str, png_tiles: int | None, workdir: Path, rounds: int = 3
+    tiles: int,
+    batch_size: int,
+    device: str,
+    png_tiles: int | None,
+    workdir: Path,
+    rounds: int = 3,
+    codec: str = "auto",
 ) -> dict:
     """Builds the data in ``workdir`` and measures (a), (b), (c); returns the JSON fields."""
     from domainfm.shared.tiles.ingest import ingest
@@ -141,7 +152,7 @@ def run_stream_benchmark(
     summary = ingest(
         sources,
         store_path,
-        npy_spec(sources[0], "pathology", ["R", "G", "B"]),
+        npy_spec(sources[0], "pathology", ["R", "G", "B"], codec),
         read_npy_tiles,
         "bench.npy",
         progress=False,
@@ -210,6 +221,7 @@ def bench_stream(
     rounds: int = 3,
     workdir: Path | None = None,
     json: bool = False,
+    codec: str = "auto",
 ) -> int:
     """TileStream samples/s against a 2-worker PNG DataLoader and the codec's decode limit.
 
@@ -221,10 +233,12 @@ def bench_stream(
         rounds: Interleaved rounds of the stream and decode-limit passes (medians are reported).
         workdir: Where to build the data (a temporary folder, removed afterwards, when unset).
         json: Print the JSON fields only.
+        codec: The store's codec: ``auto`` (what ingest chooses for these tiles: none), ``blosc-lz4``,
+            ``zstd-1`` or ``none``.
     """
     from domainfm.shared.report import run_benchmark
 
     def measure(folder: Path) -> dict:
-        return run_stream_benchmark(tiles, batch_size, device, png_tiles, folder, rounds)
+        return run_stream_benchmark(tiles, batch_size, device, png_tiles, folder, rounds, codec)
 
     return run_benchmark(measure, workdir, "domainfm-bench-", json)

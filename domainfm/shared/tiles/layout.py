@@ -31,6 +31,7 @@ import numpy as np
 TARGET_CHUNK_BYTES = 2 * 2**20
 CHUNKS_PER_SHARD = 16
 MAX_TILES_PER_CHUNK = 64
+MIN_COMPRESSION = 1.1  # below this saving, ``choose_codec`` stores tiles uncompressed
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,24 @@ def compressors_for(dtype: np.dtype | str, codec: str = "blosc-lz4") -> list:
         shuffle = "shuffle" if itemsize > 1 else "noshuffle"
         return [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle, typesize=itemsize)]
     raise ValueError(f"unknown codec {codec!r}; choose blosc-lz4, zstd-1 or none")
+
+
+def choose_codec(sample: np.ndarray, min_ratio: float = MIN_COMPRESSION) -> str:
+    """``blosc-lz4`` when it shrinks ``sample`` (a few representative tiles) by ``min_ratio`` or more, else ``none``.
+
+    Textured RGB tissue compresses only 1.00-1.07x with LZ4, while the codec costs every reader a decode
+    into a scratch buffer and then a copy: an uncompressed chunk is copied once, straight from the page
+    cache into its batch slot. Background-rich or multi-byte data (shuffled) compresses and keeps Blosc.
+    """
+    import numcodecs
+
+    sample = np.ascontiguousarray(sample)
+    if sample.nbytes == 0:
+        return "blosc-lz4"
+    itemsize = sample.dtype.itemsize
+    shuffle = numcodecs.Blosc.SHUFFLE if itemsize > 1 else numcodecs.Blosc.NOSHUFFLE
+    encoded = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=shuffle).encode(sample)
+    return "blosc-lz4" if sample.nbytes / len(encoded) >= min_ratio else "none"
 
 
 def _measure() -> None:  # pragma: no cover - the measurement behind the table above

@@ -51,6 +51,7 @@ def stable_split(key: str, val_fraction: float = 0.15, test_fraction: float = 0.
 
 DOMAINS = ("generic", "radiology", "pathology", "remote_sensing", "segmentation")
 TEXT = "str"
+CODECS = ("blosc-lz4", "zstd-1", "none")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class StoreSpec:
             raise ValueError(f"{len(self.channels)} channel descriptions for {self.tile_shape[0]} channels")
         if any("name" not in c for c in self.channels):
             raise ValueError("every channel description needs a 'name'")
+        if self.codec not in CODECS:
+            raise ValueError(f"unknown codec {self.codec!r}; choose from {CODECS}")
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON form for the group attributes."""

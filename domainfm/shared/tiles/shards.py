@@ -89,10 +89,17 @@ class ShardDecoder:
             raise ShardCorruptError(f"shard file {path} is corrupt or truncated: its index checksum does not match")
         return data, np.frombuffer(index_bytes, "<u8").reshape(-1, 2)
 
-    def _decode_chunk(self, data: mmap.mmap, index: np.ndarray, k: int, target: np.ndarray, path: Path) -> None:
+    def _chunk_span(self, data: mmap.mmap, index: np.ndarray, k: int, path: Path) -> tuple[int, int]:
+        """``(offset, nbytes)`` of inner chunk ``k``, checked against the file's size."""
         offset, nbytes = int(index[k, 0]), int(index[k, 1])
         if offset == EMPTY or offset + nbytes > len(data) - 16 * self.chunks_per_shard - 4:
             raise ShardCorruptError(f"shard file {path}: inner chunk {k} is missing or out of bounds")
+        if self.decoder is None and nbytes != self.chunk_bytes:
+            raise ShardCorruptError(f"shard file {path}: inner chunk {k} holds {nbytes} bytes, not {self.chunk_bytes}")
+        return offset, nbytes
+
+    def _decode_chunk(self, data: mmap.mmap, index: np.ndarray, k: int, target: np.ndarray, path: Path) -> None:
+        offset, nbytes = self._chunk_span(data, index, k, path)
         try:
             if self.decoder is None:
                 target[:] = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
@@ -120,12 +127,25 @@ class ShardDecoder:
         Yields ``(which, chunk, offsets)``: positions into ``rows``, the decoded inner chunk, and the row
         of each of them inside ``chunk``. ``chunk`` is a per-thread scratch buffer of one inner chunk
         (about 2 MiB, so it is still in cache while the caller copies rows out of it); the next step
-        overwrites it.
+        overwrites it. Uncompressed chunks are not copied at all: ``chunk`` is then a read-only view of
+        the mapped file (the page cache), so each row is copied once, straight to wherever the caller
+        wants it (the map closes when the last view is dropped).
         """
         data, index = self._open(path)
+        chunk_of = rows // self.rows_per_chunk
+        if self.decoder is None:
+            for k in np.unique(chunk_of).tolist():
+                offset, nbytes = self._chunk_span(data, index, k, path)
+                view = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
+                which = np.flatnonzero(chunk_of == k)
+                yield (
+                    which,
+                    view.view(self.array.dtype).reshape(-1, *self.item_shape),
+                    rows[which] - k * self.rows_per_chunk,
+                )
+            return
         scratch = _scratch(self.chunk_bytes)
         chunk = scratch.view(self.array.dtype).reshape(-1, *self.item_shape)
-        chunk_of = rows // self.rows_per_chunk
         with data:
             for k in np.unique(chunk_of).tolist():
                 self._decode_chunk(data, index, k, scratch, path)

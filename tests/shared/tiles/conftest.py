@@ -22,9 +22,11 @@ def write_sources(folder: Path, sizes: list[int], shape=(3, 16, 16), dtype="uint
     return paths
 
 
-def build_store(folder: Path, sizes: list[int], **kwargs) -> tuple[TileStore, list[Path]]:
+def build_store(folder: Path, sizes: list[int], codec: str = "blosc-lz4", **kwargs) -> tuple[TileStore, list[Path]]:
     sources = write_sources(folder, sizes, **kwargs)
-    summary = ingest(sources, folder / "store.zarr", npy_spec(sources[0]), read_npy_tiles, "test.npy", progress=False)
+    summary = ingest(
+        sources, folder / "store.zarr", npy_spec(sources[0], codec=codec), read_npy_tiles, "test.npy", progress=False
+    )
     assert summary.ok, summary.report()
     return TileStore(folder / "store.zarr"), sources
 

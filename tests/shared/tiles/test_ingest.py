@@ -12,6 +12,7 @@ import zarr
 
 from domainfm.cli import main
 from domainfm.shared.tiles.ingest import STAGING, ingest
+from domainfm.shared.tiles.layout import choose_codec
 from domainfm.shared.tiles.schema import INDEX_COLUMNS
 from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
 from domainfm.shared.tiles.store import StoreError, TileStore
@@ -50,11 +51,12 @@ def test_store_holds_every_tile_in_source_order(small_store):
 def test_rerun_of_a_complete_store_does_nothing(small_store):
     store, sources = small_store
     before = (store.path / "tiles" / "c" / "0" / "0" / "0" / "0").stat().st_mtime_ns
-    summary = ingest(sources, store.path, npy_spec(sources[0]), read_npy_tiles, "test.npy", progress=False)
+    spec = npy_spec(sources[0], codec="blosc-lz4")  # the fixture's spec
+    summary = ingest(sources, store.path, spec, read_npy_tiles, "test.npy", progress=False)
     assert summary.ok and summary.skipped == [str(s) for s in sources] and summary.n_tiles == len(store)
     assert (store.path / "tiles" / "c" / "0" / "0" / "0" / "0").stat().st_mtime_ns == before
     with pytest.raises(StoreError, match="complete store of other sources; pass --overwrite"):
-        ingest(sources[:2], store.path, npy_spec(sources[0]), read_npy_tiles, "test.npy", progress=False)
+        ingest(sources[:2], store.path, spec, read_npy_tiles, "test.npy", progress=False)
 
 
 def _ingest_command(sources: list[Path], out: Path, workers: int) -> list[str]:
@@ -181,3 +183,22 @@ def test_store_metadata_names_what_is_missing(tmp_path: Path):
     group.attrs["schema_version"] = 99
     with pytest.raises(StoreError, match="schema version 99, this domainfm reads version 1"):
         TileStore(store.path)
+
+
+def test_codec_is_chosen_by_measuring_the_first_source(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "noise.npy"
+    np.save(noise, rng.integers(0, 256, (80, 3, 16, 16), dtype=np.uint8))
+    background = tmp_path / "background.npy"
+    flat = np.full((80, 3, 16, 16), 240, np.uint8)
+    flat[:, :, 4:8, 4:8] = rng.integers(0, 256, (80, 3, 4, 4), dtype=np.uint8)
+    np.save(background, flat)
+    assert choose_codec(np.load(noise)) == "none"  # incompressible texture: stored raw
+    assert choose_codec(flat) == "blosc-lz4"
+    assert npy_spec(noise).codec == "none" and npy_spec(background).codec == "blosc-lz4"
+    assert npy_spec(noise, codec="zstd-1").codec == "zstd-1"
+    summary = ingest([noise, background], tmp_path / "s.zarr", npy_spec(noise), read_npy_tiles, "t", progress=False)
+    assert summary.ok and TileStore(tmp_path / "s.zarr").attrs["layout"]["codec"] == "none"
+    np.testing.assert_array_equal(TileStore(tmp_path / "s.zarr").tiles[:80], np.load(noise))
+    with pytest.raises(ValueError, match="unknown codec 'lz5'"):
+        npy_spec(noise, codec="lz5")

@@ -1,13 +1,17 @@
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import torch
 
 from domainfm.shared.tiles.ingest import ingest
 from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.shards import ShardCorruptError
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream, flip_rotate
+
+from .conftest import build_store
 
 
 def _ids(stream: TileStream) -> np.ndarray:
@@ -25,6 +29,36 @@ def test_every_tile_once_with_its_content(small_store):
     for batch in batches:
         np.testing.assert_array_equal(batch["tiles"].numpy(), tiles[batch["tile_id"].numpy()])
         np.testing.assert_array_equal(batch["source"].numpy(), store.index["source"][batch["tile_id"].numpy()])
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd-1"])
+def test_other_codecs_stream_the_same_tiles(codec: str, tmp_path: Path):
+    """Uncompressed chunks are copied straight from the mapped shard file; zstd goes through its decoder."""
+    store, sources = build_store(tmp_path, [700, 900], codec=codec)
+    assert store.attrs["layout"]["codec"] == codec
+    expected = np.concatenate([np.load(source) for source in sources])
+    stream = TileStream(store, 96, normalize=False, seed=1, threads=2)
+    for epoch in range(2):
+        seen = []
+        for batch in stream:
+            ids = batch["tile_id"].numpy()
+            np.testing.assert_array_equal(batch["tiles"].numpy(), expected[ids], err_msg=f"epoch {epoch}")
+            seen.append(ids)
+        assert sorted(np.concatenate(seen).tolist()) == list(range(1600))
+
+
+def test_an_uncompressed_chunk_of_the_wrong_size_is_named(tmp_path: Path):
+    store, _ = build_store(tmp_path, [700], codec="none")
+    shard = store.shard_file(0)
+    data = bytearray(shard.read_bytes())
+    chunks = store.shard_rows // int(store.tiles.chunks[0])
+    index = np.frombuffer(bytes(data[-16 * chunks - 4 : -4]), "<u8").reshape(-1, 2).copy()
+    index[1, 1] -= 1  # a chunk one byte short, with a consistent checksum
+    data[-16 * chunks - 4 : -4] = index.tobytes()
+    data[-4:] = np.uint32(google_crc32c.value(index.tobytes())).tobytes()
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardCorruptError, match=r"c/0/0/0/0: inner chunk 1 holds"):
+        list(TileStream(store, 64, normalize=False, shuffle=False))
 
 
 def test_same_seed_same_order_and_epochs_differ(small_store):
