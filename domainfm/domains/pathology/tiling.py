@@ -62,7 +62,7 @@ class TilingParams:
     assume_mpp: float | None = None
     tissue: TissueParams = field(default_factory=TissueParams)
     threads: int = 2
-    batch: int = 32
+    batch: int = 128
     truth_labels: bool = False
     splits: dict[str, str] | None = None
 
@@ -246,12 +246,9 @@ def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = Non
     finally:
         slide.close()
     meta = {**plan.info.to_meta(), "tiles_per_mpp": {str(m): len(g[0]) for m, g in plan.grids.items()}}
-    if qc_dir is not None:
-        grids = {m: (coords, side) for m, (coords, _, side) in plan.grids.items()}
-        title = f"{path.name}: {plan.info.mpp:g} mpp ({plan.info.mpp_source})"
-        write_qc_png(plan.thumbnail, plan.mask, plan.thumb_downsample, grids, qc_dir / f"{path.name}.png", title)
     yield TileBatch(np.zeros((0, 3, params.tile_px, params.tile_px), np.uint8), source_meta=meta)
     split = slide_split(path, params.splits)
+    qc = _draw_qc_in_background(plan, path, qc_dir) if qc_dir is not None else None
     reader = RegionReader(path, params.threads)
     try:
         for mpp, (coords, fraction, side) in plan.grids.items():
@@ -271,6 +268,28 @@ def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = Non
                 start = stop
     finally:
         reader.close()
+        if qc is not None:
+            qc.exception()  # waits for the picture, whatever happened to the tiles
+    if qc is not None:
+        qc.result()  # the slide is done only with its QC picture; a drawing error fails it by name
+
+
+def _draw_qc_in_background(plan: SlidePlan, path: Path, qc_dir: Path) -> Future:
+    """Draws the slide's QC picture on its own thread, while its tiles are read (Pillow releases the GIL)."""
+    grids = {m: (coords, side) for m, (coords, _, side) in plan.grids.items()}
+    title = f"{path.name}: {plan.info.mpp:g} mpp ({plan.info.mpp_source})"
+    future: Future = Future()
+
+    def draw() -> None:
+        try:
+            write_qc_png(plan.thumbnail, plan.mask, plan.thumb_downsample, grids, qc_dir / f"{path.name}.png", title)
+        except BaseException as error:  # handed to the reader, which re-raises it once the tiles are read
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=draw, name=f"qc-{path.name}", daemon=True).start()
+    return future
 
 
 def tile_spec(params: TilingParams) -> StoreSpec:

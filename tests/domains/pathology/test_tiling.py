@@ -128,6 +128,19 @@ def _tile_command(slides: list[Path], out: Path) -> list[str]:
             "--tile-size", "64", "--mpp", "0.5", "--mpp", "1.0", "--workers", "1"]  # fmt: skip
 
 
+def test_a_qc_picture_that_cannot_be_drawn_fails_its_slide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The QC picture is drawn while the tiles are read; its error still fails the slide, by name."""
+    import domainfm.domains.pathology.tiling as tiling
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full while drawing")
+
+    monkeypatch.setattr(tiling, "write_qc_png", broken)
+    slide = write_phantom_slide(tmp_path / "b.svs", 1024, seed=4, mpp=0.5).path
+    summary = tile_slides([slide], tmp_path / "s.zarr", TilingParams(tile_px=64), progress=False)
+    assert not summary.ok and "disk full while drawing" in summary.failed[str(slide)]
+
+
 @pytest.mark.parametrize("point", ["batch:4", "source:1"])
 def test_a_killed_tiling_resumes_to_an_identical_store(tmp_path: Path, slide: Path, point: str):
     second = write_phantom_slide(tmp_path / "b.svs", 1536, seed=4, mpp=0.5).path

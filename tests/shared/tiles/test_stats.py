@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from domainfm.shared.tiles.stats import RunningStats
+from domainfm.shared.tiles.stats import RunningStats, _uint8_sums
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
@@ -42,3 +42,19 @@ def test_masked_and_nan_values_are_skipped():
 def test_wrong_channel_count_is_an_error():
     with pytest.raises(ValueError, match=r"expected a batch \[N, 3, ...\]"):
         RunningStats(3).update(np.zeros((2, 4, 5, 5)))
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 300, 300), (1, 260, 260)])
+def test_uint8_sums_are_exact_at_the_block_limit(shape: tuple[int, int, int]):
+    """Blocks of 2**16 values accumulate squares in uint32: all-255 data is the overflow worst case."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, (37, *shape), dtype=np.uint8)
+    data[:5] = 255
+    values = data.transpose(1, 0, 2, 3).reshape(shape[0], -1).astype(np.int64)
+    totals, squares = _uint8_sums(data)
+    np.testing.assert_array_equal(totals, values.sum(1))
+    np.testing.assert_array_equal(squares, (values * values).sum(1))
+    stats = RunningStats(shape[0])
+    stats.update(data)
+    np.testing.assert_allclose(stats.mean, values.mean(1), rtol=1e-15)
+    np.testing.assert_allclose(stats.std, values.std(1), rtol=1e-12)
