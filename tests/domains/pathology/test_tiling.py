@@ -203,3 +203,15 @@ def test_a_slide_of_glass_only_gives_no_tiles_and_no_error(tmp_path: Path):
     summary = tile_slides([path], tmp_path / "s.zarr", TilingParams(tile_px=64), progress=False)
     assert summary.ok and summary.n_tiles == 0
     assert TileStore(tmp_path / "s.zarr").sources[0]["meta"]["tiles_per_mpp"] == {"0.5": 0}
+
+
+def test_read_batches_are_bounded_in_bytes_whatever_the_tile_size():
+    from domainfm.domains.pathology.tiling import READ_BATCH_BYTES, read_batch
+
+    assert read_batch(TilingParams(tile_px=224)) == 128
+    for tile_px in (448, 1024, 2048):
+        batch = read_batch(TilingParams(tile_px=tile_px))
+        assert 8 <= batch < 128 and (batch * 3 * tile_px**2 <= READ_BATCH_BYTES or batch == 8)
+    assert read_batch(TilingParams(tile_px=1024, batch=3)) == 3
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        TilingParams(batch=0)
