@@ -34,7 +34,6 @@ import torch
 from domainfm.shared.engine.memory import peak_memory_mb, reset_peak_memory
 
 SOURCE_TILES = 1000
-EMPTY = 2**64 - 1
 
 
 def tissue_tiles(n: int, seed: int, size: int = 224) -> np.ndarray:
@@ -98,7 +97,7 @@ def _write_pngs(sources: list[Path], folder: Path) -> list[Path]:
 
 def decode_limit(store_path: Path) -> tuple[int, float]:
     """Tiles decoded per second by one thread doing nothing else (see module docstring (c))."""
-    from domainfm.shared.tiles.shards import ShardDecoder
+    from domainfm.shared.tiles.shards import EMPTY, ShardDecoder
     from domainfm.shared.tiles.store import TileStore
 
     store = TileStore(store_path)
