@@ -90,9 +90,13 @@ def test_curtain_refuses_inputs_of_another_size_instead_of_sliding(deployables):
     checkpoint, _ = deployables["remote_sensing.curtain"]
     deployable = load_deployable(checkpoint)
     assert not deployable.card.sliding_window  # its 91 x 40 output is not on the input's grid
-    with pytest.raises(ValueError, match="takes 32x32 inputs"):
+    with pytest.raises(ValueError, match="takes exactly 32x32 inputs, got 64x64"):
         predict(deployable, torch.zeros(1, deployable.card.in_channels, 64, 64))
-    assert load_deployable(deployables["segmentation.gms"][0]).card.sliding_window
+    # Cloud masks lie on the chip grid (chips are windows of a granule): larger inputs slide a window.
+    assert load_deployable(deployables["remote_sensing.cloud_mask"][0]).card.sliding_window
+    # GMS trained on whole images resized to a square: it resizes, never slides a window.
+    gms = load_deployable(deployables["segmentation.gms"][0]).card
+    assert gms.geometry == "resize" and not gms.sliding_window
 
 
 def test_dicom_inputs_are_read_by_the_radiology_adapter(deployables):

@@ -71,8 +71,8 @@ def test_integrated_gradients_are_complete(deployables, family: str):
         integration="riemann_trapezoid",
         internal_batch_size=512,
     )
-    standardise = deployable.network[0]  # the default baseline: the input that standardises to zero
-    baseline = (standardise.mean / standardise.scale).expand_as(image)
+    transform = deployable.network.transform  # the default baseline: the input that standardises to zero
+    baseline = (transform.mean / transform.record.scale).expand_as(image)
     score = float(_selected(deployable, image, result.target)[0])
     baseline_score = float(_selected(deployable, baseline, result.target)[0])
     difference = score - baseline_score
@@ -100,7 +100,7 @@ def test_default_baseline_is_the_training_mean(deployables):
     for kind in FAMILIES.values():
         deployable, image = _load(deployables, kind)
         baseline = make_baseline(deployable.network, image, "mean")
-        standardised = deployable.network[0](baseline)  # every deploy network standardises first
+        standardised = deployable.network.transform(baseline)  # every deploy network transforms its input first
         torch.testing.assert_close(standardised, torch.zeros_like(standardised), atol=1e-4, rtol=0)
     with pytest.raises(ExplainError, match="unknown baseline 'grey'; choose from mean, zeros, blur"):
         attribute(deployable, image, "occlusion", baseline="grey")

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from domainfm.domains.radiology.images import DICOM_SUFFIXES, RASTER_SUFFIXES, letterbox, read_radiograph
+from domainfm.domains.radiology.images import DICOM_SUFFIXES, RASTER_SUFFIXES, ingest_tile
 from domainfm.domains.radiology.reports import Report, read_reports
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import unpaired_report
@@ -112,7 +112,7 @@ def read_study(
 ) -> Iterator[TileBatch]:
     """Reader for the ingest engine: one radiograph with its study id, sentences and labels."""
     study_id, sentences = studies[str(path)]
-    tile = np.round(letterbox(read_radiograph(Path(path)), size) * 255).astype(np.uint8)
+    tile = ingest_tile(Path(path), size)[0]
     companions = {"study_id": [study_id], "sentences": [sentences]}
     if labels is not None:
         if study_id not in labels:

@@ -1,8 +1,10 @@
 """A radiograph classifier as a deployable network: grey values 0..255 -> finding scores.
 
-The network scales to [0, 1], standardises with the training normalisation (``pretrain.normalise``) and
-runs the ConVIRT image tower with its linear head (``classifier.RadiographClassifier``); ``pred`` is the
-sigmoid per finding (multi-label, as in ConVIRT's CheXpert evaluation, arXiv 2010.00747).
+Raw inputs are display values x 255 (a DICOM through its display transform, a PNG/JPEG as ingest reads
+it), of any size. The network runs the classifier's input transform (letterbox to the training size,
+rounded to uint8 as ``radiology ingest`` stores it, scaled to [0, 1] and standardised with the training
+normalisation) and the ConVIRT image tower with its linear head (``classifier.RadiographClassifier``);
+``pred`` is the sigmoid per finding (multi-label, as in ConVIRT's CheXpert evaluation, arXiv 2010.00747).
 """
 
 from __future__ import annotations
@@ -14,24 +16,31 @@ import numpy as np
 from torch import nn
 
 from domainfm.domains.radiology.classifier import build_classifier, load_classifier
-from domainfm.shared.deploy.card import Deployable, ModelCard, Standardise
+from domainfm.domains.radiology.images import DICOM_SUFFIXES, RASTER_SUFFIXES, display_transform, raw_radiograph
+from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
+from domainfm.shared.model import InputTransform
 
 KIND = "radiology.classifier"
 
 
-def read_dicom_input(path: Path) -> np.ndarray:
-    """A DICOM radiograph as ``[1, H, W]`` display values 0..255 (the transform of ``radiology ingest``)."""
-    from domainfm.domains.radiology.images import read_dicom
+def read_radiograph_input(path: Path) -> np.ndarray:
+    """A radiograph (DICOM or picture) as ``[1, H, W]`` display values 0..255, as ``radiology ingest`` reads it."""
+    from domainfm.domains.radiology.images import read_radiograph
 
-    return (read_dicom(Path(path)) * 255).astype(np.float32)[None]
+    return raw_radiograph(read_radiograph(Path(path)))[None]
 
 
-INPUT_READERS = {".dcm": read_dicom_input, ".dicom": read_dicom_input}
+INPUT_READERS = dict.fromkeys((*DICOM_SUFFIXES, *RASTER_SUFFIXES), read_radiograph_input)
+
+
+def input_transform(meta: dict[str, Any]) -> InputTransform:
+    """The classifier's input transform: the ingest geometry plus the training normalisation."""
+    norm = meta["normalization"]
+    return display_transform(int(meta["image_size"]), mean=float(norm["mean"]), std=float(norm["std"]))
 
 
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    norm = meta["normalization"]
-    return nn.Sequential(Standardise([norm["mean"]], [norm["std"]], scale=1 / 255), model)
+    return contract_network(input_transform(meta), model, output_grid="fixed")
 
 
 def network(kind: str, build: dict[str, Any]) -> nn.Module:
@@ -44,13 +53,10 @@ def network(kind: str, build: dict[str, Any]) -> nn.Module:
 def card(meta: dict[str, Any], source: Path) -> ModelCard:
     """The card of a radiograph classifier with checkpoint metadata ``meta``."""
     size = int(meta["image_size"])
-    return ModelCard(
+    return ModelCard.for_transform(
+        input_transform(meta),
         kind=KIND,
         task="multilabel",
-        in_channels=1,
-        spatial_shape=[size, size],
-        channel_names=["grey"],
-        input_range=[0.0, 255.0],
         out_channels=len(meta["label_names"]),
         activation="sigmoid",
         class_names=list(meta["label_names"]),
@@ -60,7 +66,8 @@ def card(meta: dict[str, Any], source: Path) -> ModelCard:
             "peft": meta["peft"],
             "pretrained_encoder": meta.get("checkpoint"),
             "source": str(source),
-            "input": f"a radiograph letterboxed to {size}x{size}, air dark (as `radiology ingest` stores it)",
+            "input": f"a radiograph of any size, air dark (a DICOM's display values or a picture's grey values), "
+            f"letterboxed to {size}x{size} by the network as `radiology ingest` stores it",
         },
     )
 

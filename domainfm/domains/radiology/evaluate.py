@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from domainfm.domains.radiology.convirt import ConVIRT
-from domainfm.domains.radiology.images import letterbox, read_radiograph
+from domainfm.domains.radiology.images import ingest_tile
 from domainfm.domains.radiology.pretrain import normalise
 from domainfm.domains.radiology.text import SentenceTokenizer
 from domainfm.shared.backbones import create_backbone
@@ -63,8 +63,8 @@ def embed_files(model: ConVIRT, paths: list[str], meta: dict[str, Any], device: 
     size = meta["image_size"]
     out = []
     for start in range(0, len(paths), 32):
-        tiles = np.stack([np.round(letterbox(read_radiograph(Path(p)), size) * 255) for p in paths[start : start + 32]])
-        images = normalise(torch.from_numpy(tiles)[:, None].to(device), meta["normalization"])
+        tiles = np.stack([ingest_tile(Path(p), size) for p in paths[start : start + 32]])
+        images = normalise(torch.from_numpy(tiles).to(device), meta["normalization"])
         out.append(model.embed_images(images).cpu())
     return torch.cat(out)
 

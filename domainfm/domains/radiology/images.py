@@ -9,15 +9,21 @@ display transform matters because a model must see air dark and bone bright what
    the 0.5-99.5 percentiles of the image;
 3. MONOCHROME1 (minimum = white) is inverted, so air is dark in every output.
 
-Everything stays floating point (16-bit precision) until the final [0, 1] result; the caller scales to
-the store's dtype once. :func:`letterbox` resizes with the aspect ratio kept and pads with black (air).
+Everything stays floating point (16-bit precision) until the final [0, 1] result. The geometry is the
+model contract's (:func:`display_transform`: letterbox to a square with the aspect ratio kept, padded with
+black air, rounded to uint8): :func:`ingest_tile` stores exactly what a deployed classifier makes of the
+same file, so ``radiology ingest``, ``eval``, ``explain`` and an exported bundle see the same tensor.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from domainfm.shared.model import InputTransform
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -100,15 +106,34 @@ def read_radiograph(path: Path) -> np.ndarray:
     return read_dicom(Path(path))
 
 
-def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the longer side is ``size`` (aspect kept), centre on a black ``size x size`` canvas."""
-    from PIL import Image
+def raw_radiograph(display: np.ndarray) -> np.ndarray:
+    """Display values in [0, 1] as the raw values a radiology model takes (float32, 0..255)."""
+    return (np.asarray(display, dtype=np.float32) * np.float32(255)).astype(np.float32)
 
-    height, width = image.shape
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = np.asarray(Image.fromarray(image.astype(np.float32)).resize((new_w, new_h), Image.Resampling.BILINEAR))
-    canvas = np.zeros((size, size), np.float32)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = np.clip(resized, 0, 1)
-    return canvas
+
+def display_transform(size: int, mean: float = 0.0, std: float = 1.0) -> InputTransform:
+    """The input transform of radiograph models: letterbox to ``size``, uint8, [0, 1], ``(x - mean) / std``."""
+    from domainfm.shared.model import InputTransform
+
+    return InputTransform(
+        channels=["grey"],
+        size=[size, size],
+        geometry="letterbox",
+        scale=1 / 255,
+        mean=[mean],
+        std=[std],
+        quantise="uint8",
+        input_range=[0.0, 255.0],
+        fill=0.0,
+        details={
+            "display": "DICOM: modality LUT, VOI LUT or first window (LINEAR/LINEAR_EXACT/SIGMOID), else "
+            "0.5-99.5 percentiles; MONOCHROME1 inverted; pictures: 8-bit / 255, deeper by percentiles; x 255",
+        },
+    )
+
+
+def ingest_tile(path: Path, size: int) -> np.ndarray:
+    """A radiograph file as the ``[1, size, size]`` uint8 tile ``radiology ingest`` stores."""
+    from domainfm.shared.model import transform_array
+
+    return transform_array(raw_radiograph(read_radiograph(Path(path)))[None], display_transform(size))

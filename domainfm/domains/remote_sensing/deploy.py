@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from domainfm.domains.remote_sensing.downstream import build_task_model, load_task_model
-from domainfm.shared.deploy.card import Deployable, ModelCard, Standardise
+from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
+from domainfm.shared.model import InputTransform
 
 KINDS = {
     "curtain": "remote_sensing.curtain",
@@ -39,14 +40,29 @@ class ChannelFirst(nn.Module):
         return out[:, None] if out.ndim == 3 else out
 
 
+def input_transform(meta: dict[str, Any]) -> InputTransform:
+    """The task model's input transform: chips in the store's units, standardised as in training.
+
+    Cloud masks lie on the chip's pixel grid, so larger inputs (a whole granule's bands) are predicted
+    window by window, as the chips were cut; curtains and scene labels take exactly one chip.
+    """
+    size = int(meta["image_size"])
+    names = [b["name"] for b in meta["bands"]]
+    standardisation = meta["input_transform"] or {}
+    return InputTransform(
+        channels=names,
+        size=[size, size],
+        geometry="window" if meta["task"] == "segment" else "exact",
+        mean=standardisation.get("mean", []),
+        std=standardisation.get("std", []),
+        input_range=[0.0, 1.0] if meta["input_transform"] is None else None,
+        details={"bands": meta["bands"], "invalid_pixels": 0.0},
+    )
+
+
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    transform = meta["input_transform"]
-    bands = len(meta["bands"])
-    if transform is None:
-        standardise = Standardise([0.0] * bands, [1.0] * bands)
-    else:
-        standardise = Standardise(transform["mean"], transform["std"])
-    return nn.Sequential(standardise, ChannelFirst(model))
+    grid = "input" if meta["task"] == "segment" else "fixed"
+    return contract_network(input_transform(meta), ChannelFirst(model), output_grid=grid)
 
 
 def network(kind: str, build: dict[str, Any]) -> nn.Module:
@@ -61,13 +77,10 @@ def card(meta: dict[str, Any], source: Path) -> ModelCard:
     size = int(meta["image_size"])
     task = meta["task"]
     names = [b["name"] for b in meta["bands"]]
-    return ModelCard(
+    return ModelCard.for_transform(
+        input_transform(meta),
         kind=KINDS[task],
         task="multilabel" if task == "multilabel" else "segmentation",
-        in_channels=len(names),
-        spatial_shape=[size, size],
-        channel_names=names,
-        input_range=[0.0, 1.0] if meta["input_transform"] is None else None,
         out_channels=int(meta["outputs"]),
         activation="sigmoid",
         class_names=list(meta["label_names"]),

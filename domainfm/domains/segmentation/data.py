@@ -16,8 +16,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from domainfm.shared.model import InputTransform
 
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import unpaired_report
@@ -132,13 +136,45 @@ def read_mask(path: Path, foreground: Sequence[int] | None = None) -> np.ndarray
     return np.isin(array, list(foreground)) if foreground else array > 0
 
 
+def image_transform(size: int) -> InputTransform:
+    """The input transform of segmenters trained on a store of ``size``.
+
+    The whole image resized to a square (aspect not kept, as GMS trains), rounded to uint8, mapped to
+    [-1, 1] (``(x / 255 - 0.5) / 0.5``).
+    """
+    from domainfm.shared.model import InputTransform
+
+    return InputTransform(
+        channels=["red", "green", "blue"],
+        size=[size, size],
+        geometry="resize",
+        scale=1 / 255,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.5, 0.5, 0.5],
+        quantise="uint8",
+        input_range=[0.0, 255.0],
+        details={"read": "RGB uint8; greyscale replicated, alpha dropped, deeper images by their 0.5-99.5 percentiles"},
+    )
+
+
+def read_input_image(path: Path) -> np.ndarray:
+    """An image as raw ``[3, H, W]`` float values 0..255, read as ingest reads it (for deployed segmenters)."""
+    return read_image(Path(path)).transpose(2, 0, 1).astype(np.float32)
+
+
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear image and nearest-neighbour mask at ``size x size``."""
+    """Image and mask at ``size x size``: the image through the segmenters' geometry, the mask nearest-neighbour.
+
+    The image (``[size, size, 3]`` uint8) is what :func:`image_transform` makes of it, so a deployed
+    segmenter sees the stored tile for the same file.
+    """
     from PIL import Image
+
+    from domainfm.shared.model import transform_array
 
     if image.shape[:2] != mask.shape:
         raise ValueError(f"image is {image.shape[:2]} pixels but its mask is {mask.shape}")
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    resized = transform_array(image.transpose(2, 0, 1), image_transform(size)).transpose(1, 2, 0)
     mask_image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
     return resized, np.asarray(mask_image) > 127
 

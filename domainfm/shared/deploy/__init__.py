@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "Deployable": "card",
     "ModelCard": "card",
-    "Standardise": "card",
+    "contract_network": "card",
     "predict": "card",
     "scores": "card",
     "read_input": "inputs",

@@ -40,7 +40,7 @@ from torch import nn
 
 from domainfm.shared.deploy.bundle_runtime import config_safe, config_value
 from domainfm.shared.deploy.bundle_text import LOGGING_CONF, license_text, readme_text
-from domainfm.shared.deploy.card import SLIDING_WINDOW, Deployable, ModelCard
+from domainfm.shared.deploy.card import Deployable, ModelCard
 from domainfm.shared.deploy.inputs import PICTURES
 from domainfm.shared.errors import DomainfmError
 
@@ -131,7 +131,7 @@ def _probe(deployable: Deployable) -> tuple[torch.Size, torch.dtype]:
 
 
 def _sliding_window(card: ModelCard, out_shape: Sequence[int]) -> bool:
-    """Slide a window when the card says so and the output is a map on the input's grid (not the curtain)."""
+    """Whether the network slides a window over larger inputs (itself: the bundle's inferer stays simple)."""
     return card.sliding_window and list(out_shape[2:]) == list(card.spatial_shape)
 
 
@@ -175,12 +175,8 @@ def bundle_metadata(card: ModelCard, out_shape: Sequence[int], dtype: torch.dtyp
         f"domainfm {card.kind} ({card.details.get('backbone') or card.details.get('model', 'network')}): "
         f"{task_text}. Input: {card.details.get('input', 'raw values')}; {card.in_channels} channel(s) "
         f"({', '.join(card.channel_names)}), raw values as the file holds them (the network normalises). "
-        f"Output `pred`: {card.out_channels} channel(s) ({', '.join(card.class_names)})"
-        + (
-            f"; inputs larger than {card.spatial_shape[0]}x{card.spatial_shape[1]} are predicted with a sliding window."
-            if sliding
-            else "."
-        )
+        f"Output `pred`: {card.out_channels} channel(s) ({', '.join(card.class_names)}). Input geometry: "
+        f"{card.input_transform.describe()}."
     )
     image = {
         "type": "image",
@@ -255,10 +251,9 @@ def inference_config(card: ModelCard, out_shape: Sequence[int]) -> dict[str, Any
         out_shape: The network's output shape for one input of the card's size.
     """
     classes = len(out_shape) == 2
-    if _sliding_window(card, out_shape):
-        inferer = {"_target_": "SlidingWindowInferer", "roi_size": list(card.spatial_shape), **SLIDING_WINDOW}
-    else:
-        inferer = {"_target_": "SimpleInferer"}
+    # The network applies the model's input transform itself (resize, letterbox or sliding window), so the
+    # bundle's inferer never changes the geometry: `monai.bundle run` and `predict` run the same module.
+    inferer = {"_target_": "SimpleInferer"}
     activation = {"softmax": {"softmax": True}, "sigmoid": {"sigmoid": True}, "none": {}}[card.activation]
     post: list[dict[str, Any]] = [{"_target_": "Activationsd", "keys": "pred", **activation}]
     handlers: list[dict[str, Any]] = [

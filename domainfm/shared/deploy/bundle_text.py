@@ -52,21 +52,22 @@ def readme_text(
     fmt = meta["network_data_format"]
     image, pred = fmt["inputs"]["image"], fmt["post_processed_outputs"]["pred"]
     classes = len(out_shape) == 2
+    fixed_size = card.output_grid == "fixed" or card.geometry == "exact"
     output = (
         "`OUTPUT_DIR/predictions.csv`: one line per input, the file path then one probability per class in "
         f"the order {', '.join(card.class_names)} (no header)."
         if classes
         else f"`OUTPUT_DIR/<input stem>_pred.npy`: float32 `[{card.out_channels}, "
-        f"{', '.join(map(str, pred['spatial_shape'])) if not sliding else 'H, W'}]` probabilities "
+        f"{', '.join(map(str, pred['spatial_shape'])) if fixed_size else 'H, W'}]` probabilities "
         f"({', '.join(card.class_names)})."
     )
     details = "\n".join(f"- {key}: {json.dumps(value)}" for key, value in card.details.items() if key != "source")
     shape = "x".join(map(str, card.spatial_shape))
-    size_rule = (
-        f"any size; inputs other than {shape} are predicted with a {shape} sliding window "
+    size_rule = card.input_transform.describe() + (
+        f"; inputs other than {shape} are predicted with a {shape} sliding window "
         f"(overlap {SLIDING_WINDOW['overlap']}, {SLIDING_WINDOW['mode']} weights)"
         if sliding
-        else f"exactly {shape} pixels"
+        else ""
     )
     if suffixes == [".npy"]:
         reading = "Arrays `[channels, height, width]` of float values (no pickles), read with MONAI's NumpyReader."

@@ -2,11 +2,13 @@
 
 Every domain's downstream checkpoint (pathology tile classifier, radiology classifier, remote-sensing
 cloud mask/curtain/scene model, GMS or UNet segmenter) is turned by its domain's ``deploy`` module into a
-:class:`Deployable`: one ``nn.Module`` that maps *raw* inputs (what a file holds: RGB or grey values in
-0..255, or a chip's physical band values) to one score tensor, plus a card that says how. The network
-owns its input normalisation, so a MONAI bundle (:mod:`.bundle`) and an explanation (:mod:`domainfm.shared.explain`)
-need nothing but the network and the card, and ``verify_net_in_out`` sees a plain tensor in and out
-(MONAI bundle specification, ``network_data_format`` inputs ``image`` / outputs ``pred``).
+:class:`Deployable`: one :class:`~domainfm.shared.model.ContractModel` that maps *raw* inputs (what a file
+holds: RGB or grey values in 0..255, DICOM display values x 255, a chip's physical band values) through
+the model's saved :class:`~domainfm.shared.model.InputTransform` (geometry, quantisation, standardisation)
+to one score tensor, plus a card that says how. A MONAI bundle (:mod:`.bundle`), an explanation
+(:mod:`domainfm.shared.explain`) and :func:`predict` run that one module, so they cannot disagree, and
+``verify_net_in_out`` sees a plain tensor in and out (MONAI bundle specification, ``network_data_format``
+inputs ``image`` / outputs ``pred``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from domainfm.shared.model import ContractModel, InputTransform
+from domainfm.shared.model.transform import SLIDING_WINDOW
+
+__all__ = ["SLIDING_WINDOW", "Deployable", "ModelCard", "activate", "contract_network", "predict", "scores"]
 
 TASKS = ("classification", "multilabel", "segmentation")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -43,9 +50,12 @@ class ModelCard:
         build: JSON arguments that rebuild the (randomly initialised) network.
         details: Everything else a reader of the bundle wants: backbone, PEFT method, mpp, bands,
             normalisation, the checkpoint it came from.
-        output_grid: ``input`` when a segmentation map lies on the input's pixel grid (so larger inputs can
-            be predicted window by window), ``fixed`` when the output has a shape of its own (the 91 x 40
+        output_grid: ``input`` when a segmentation map lies on the input's pixel grid (it is returned at
+            the input's size), ``fixed`` when the output has a shape of its own (classes, the 91 x 40
             cloud curtain).
+        transform: The :class:`~domainfm.shared.model.InputTransform` record the network runs first
+            (``InputTransform.to_dict()``); ``spatial_shape``, ``channel_names`` and ``input_range`` repeat
+            its ``size``, ``channels`` and ``input_range`` for readers of the card.
     """
 
     kind: str
@@ -60,6 +70,7 @@ class ModelCard:
     build: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
     output_grid: str = "input"
+    transform: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -70,11 +81,35 @@ class ModelCard:
             raise ValueError(f"output_grid {self.output_grid!r} is not 'input' or 'fixed'")
         if len(self.channel_names) != self.in_channels:
             raise ValueError(f"{len(self.channel_names)} channel names for {self.in_channels} input channels")
+        if not self.transform:
+            raise ValueError(f"{self.kind}: a card needs the input transform record its network runs")
+
+    @property
+    def input_transform(self) -> InputTransform:
+        """The transform record as an object."""
+        return InputTransform.from_dict(self.transform)
+
+    @property
+    def geometry(self) -> str:
+        """How inputs of other sizes are taken: ``exact``, ``resize``, ``letterbox`` or ``window``."""
+        return str(self.transform["geometry"])
 
     @property
     def sliding_window(self) -> bool:
-        """Whether inputs larger than ``spatial_shape`` are predicted window by window."""
-        return self.task == "segmentation" and self.output_grid == "input"
+        """Whether inputs larger than ``spatial_shape`` are predicted window by window (inside the network)."""
+        return self.geometry == "window" and self.task == "segmentation" and self.output_grid == "input"
+
+    @classmethod
+    def for_transform(cls, transform: InputTransform, **fields_: Any) -> ModelCard:
+        """A card whose shape fields come from ``transform`` (the one way domain deploy modules build cards)."""
+        return cls(
+            in_channels=transform.in_channels,
+            spatial_shape=list(transform.size),
+            channel_names=list(transform.channels),
+            input_range=transform.input_range,
+            transform=transform.to_dict(),
+            **fields_,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -95,22 +130,9 @@ class Deployable:
     source: Path
 
 
-class Standardise(nn.Module):
-    """``(x * scale - mean) / std`` per channel; constants are not part of the state dict."""
-
-    def __init__(self, mean: list[float], std: list[float], scale: float = 1.0) -> None:
-        super().__init__()
-        self.scale = scale
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Standardised float images."""
-        return (images.float() * self.scale - self.mean) / self.std
-
-
-# Sliding-window settings shared by :func:`predict` and the bundle's ``SlidingWindowInferer``.
-SLIDING_WINDOW = {"sw_batch_size": 4, "overlap": 0.25, "mode": "gaussian"}
+def contract_network(transform: InputTransform, network: nn.Module, output_grid: str = "fixed") -> ContractModel:
+    """``transform -> network`` as one module (what every domain ``deploy`` module returns)."""
+    return ContractModel(transform, network, output_grid)
 
 
 def activate(scores: torch.Tensor, activation: str) -> torch.Tensor:
@@ -123,21 +145,8 @@ def activate(scores: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def scores(deployable: Deployable, images: torch.Tensor) -> torch.Tensor:
-    """Network scores of raw images ``[B, C, H, W]`` (window by window for larger segmentation inputs)."""
-    card = deployable.card
-    images = images.float()
-    if images.ndim != 4 or images.shape[1] != card.in_channels:
-        raise ValueError(f"expected images [B, {card.in_channels}, H, W], got {list(images.shape)}")
-    if card.sliding_window and list(images.shape[-2:]) != list(card.spatial_shape):
-        from monai.inferers import sliding_window_inference
-
-        return sliding_window_inference(images, card.spatial_shape, predictor=deployable.network, **SLIDING_WINDOW)
-    if list(images.shape[-2:]) != list(card.spatial_shape):
-        raise ValueError(
-            f"{card.kind} takes {card.spatial_shape[0]}x{card.spatial_shape[1]} inputs, got "
-            f"{images.shape[-2]}x{images.shape[-1]}: resize or tile the input first"
-        )
-    return deployable.network(images)
+    """Network scores of raw images ``[B, C, H, W]``: the network applies the saved input transform."""
+    return deployable.network(images if images.is_floating_point() else images.float())
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ the raw space are often out of distribution (a black H&E tile, a chip of invalid
 the **training mean**:
 
 * ``mean`` (default): the per-channel mean of the normalisation the network applies to its raw input
-  (the :class:`~domainfm.shared.deploy.card.Standardise` each deploy adapter puts first: pathology's store
+  (the :class:`~domainfm.shared.model.TransformModule` every deployed network runs first: pathology's store
   or encoder statistics, radiology's grey mean, the remote-sensing input transform, GMS's mid-grey). It is
   the input that standardises to zero, i.e. a flat image of the average colour. Remote-sensing chips
   without an input transform have mean 0 (invalid/zero reflectance), so ``mean`` equals ``zeros`` there.
@@ -23,18 +23,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from domainfm.shared.deploy.card import Standardise
 from domainfm.shared.explain.targets import ExplainError
+from domainfm.shared.model import TransformModule
 
 BASELINES = ("mean", "zeros", "blur")
 
 
 def input_statistics(network: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-channel ``(mean, std)`` ``[C]`` in raw input units from the network's first ``Standardise``."""
+    """Per-channel ``(mean, std)`` ``[C]`` in raw input units from the network's input transform."""
     for module in network.modules():
-        if isinstance(module, Standardise):
-            mean = module.mean.reshape(-1).double() / module.scale
-            std = module.std.reshape(-1).double() / abs(module.scale)
+        if isinstance(module, TransformModule):
+            scale = module.record.scale
+            mean = module.mean.reshape(-1).double() / scale
+            std = module.std.reshape(-1).double() / abs(scale)
             return mean.expand(channels).float().cpu(), std.expand(channels).float().cpu()
     return None
 

@@ -8,15 +8,15 @@
   target channel's score (default: the only channel, or the channel with the largest sum). That is the
   sum of logits for sigmoid cards and the sum of probabilities for cards with activation ``none`` (GMS
   and UNet return probabilities), i.e. "the evidence for foreground anywhere in the map"; the
-  attribution of a pixel says how much it moves that total. Inputs larger than the card's
-  ``spatial_shape`` go through the same sliding window as :func:`domainfm.shared.deploy.predict`.
+  attribution of a pixel says how much it moves that total. Inputs of another size go through the
+  network's own input transform (resize, letterbox or sliding window), as in :func:`domainfm.shared.deploy.predict`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from domainfm.shared.deploy.card import SLIDING_WINDOW, Deployable, ModelCard
+from domainfm.shared.deploy.card import Deployable, ModelCard
 from domainfm.shared.errors import DomainfmError
 
 
@@ -31,20 +31,19 @@ def check_image(card: ModelCard, image: torch.Tensor) -> None:
             f"{card.kind} takes inputs [B, {card.in_channels}, H, W] ({', '.join(card.channel_names)}), "
             f"got {list(image.shape)}"
         )
-    if not card.sliding_window and list(image.shape[-2:]) != list(card.spatial_shape):
+    fixed = card.geometry in ("exact", "window") and not card.sliding_window
+    if fixed and list(image.shape[-2:]) != list(card.spatial_shape):
         raise ExplainError(
-            f"{card.kind} takes {card.spatial_shape[0]}x{card.spatial_shape[1]} inputs, got "
-            f"{image.shape[-2]}x{image.shape[-1]}: resize or tile the input first"
+            f"{card.kind} takes exactly {card.spatial_shape[0]}x{card.spatial_shape[1]} inputs, got "
+            f"{image.shape[-2]}x{image.shape[-1]}: tile or crop the input at the model's resolution first"
         )
 
 
 def network_scores(deployable: Deployable, images: torch.Tensor) -> torch.Tensor:
-    """Raw network scores, keeping the input dtype (so a float64 copy of the network stays float64)."""
-    card = deployable.card
-    if card.sliding_window and list(images.shape[-2:]) != list(card.spatial_shape):
-        from monai.inferers import sliding_window_inference
+    """Raw network scores, keeping the input dtype (so a float64 copy of the network stays float64).
 
-        return sliding_window_inference(images, card.spatial_shape, predictor=deployable.network, **SLIDING_WINDOW)
+    The network applies its own input transform (geometry, quantisation, standardisation), as in ``predict``.
+    """
     return deployable.network(images)
 
 
