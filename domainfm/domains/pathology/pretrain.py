@@ -39,6 +39,7 @@ from domainfm.shared.engine.training import (
     trainer_device,
 )
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.model import standardise
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -73,11 +74,8 @@ def store_normalization(store: TileStore) -> dict[str, list[float]]:
 
 
 def normalise(tiles: torch.Tensor, normalization: dict[str, list[float]]) -> torch.Tensor:
-    """Float tiles standardised with ``normalization`` (same on every device)."""
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(normalization["mean"], device=tiles.device).view(shape)
-    std = torch.tensor(normalization["std"], device=tiles.device).view(shape)
-    return (tiles.float() - mean) / std
+    """Float tiles standardised with ``normalization`` (the model contract's standardisation)."""
+    return standardise(tiles, normalization["mean"], normalization["std"])
 
 
 def pretrain(

@@ -29,6 +29,7 @@ from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import tile_generators
 from domainfm.shared.engine.training import data_parallel_only, fit, resumable_trainer, step_task, trainer_device
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.model import standardise
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -55,8 +56,8 @@ def build_model(meta: dict[str, Any], tokenizer: SentenceTokenizer, image_checkp
 
 
 def normalise(tiles: torch.Tensor, normalization: dict[str, float]) -> torch.Tensor:
-    """uint8 tiles -> [0, 1] -> ``(x - mean) / std`` with the training normalisation."""
-    return (tiles.float() / 255 - normalization["mean"]) / normalization["std"]
+    """uint8 tiles -> [0, 1] -> ``(x - mean) / std`` (the contract's standardisation, as ``display_transform``)."""
+    return standardise(tiles, [normalization["mean"]], [normalization["std"]], scale=1 / 255)
 
 
 def save_convirt(model: ConVIRT, meta: dict[str, Any], path: Path) -> Path:

@@ -47,6 +47,7 @@ from domainfm.shared.engine.training import (
     trainer_device,
 )
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.model import standardise
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -66,10 +67,7 @@ def prepare(tiles: torch.Tensor, transform: dict[str, list[float]] | None) -> to
     """Float chips as the model reads them."""
     if transform is None:
         return tiles.float()
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(transform["mean"], device=tiles.device).view(shape)
-    std = torch.tensor(transform["std"], device=tiles.device).view(shape)
-    return (tiles.float() - mean) / std
+    return standardise(tiles, transform["mean"], transform["std"])
 
 
 def random_resized_crop(

@@ -31,6 +31,7 @@ from domainfm.domains.segmentation.vae import (
     freeze,
 )
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.model import standardise
 
 METADATA_KEY = "domainfm_segmentation"
 TINY_UNET = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}
@@ -42,8 +43,8 @@ class SegmentationCheckpointError(DomainfmError, ValueError):
 
 
 def to_model_range(tiles: torch.Tensor) -> torch.Tensor:
-    """uint8 tiles (or floats in 0..255) -> float images in [-1, 1]."""
-    return tiles.float() / 127.5 - 1.0
+    """uint8 tiles (or floats in 0..255) -> float images in [-1, 1] (``data.image_transform``'s standardisation)."""
+    return standardise(tiles, [0.5], [0.5], scale=1 / 255)
 
 
 class GMSSegmenter(nn.Module):

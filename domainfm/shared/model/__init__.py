@@ -14,6 +14,7 @@ from domainfm.shared.model.transform import (
     TransformError,
     TransformModule,
     apply_geometry,
+    standardise,
     transform_array,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "TransformError",
     "TransformModule",
     "apply_geometry",
+    "standardise",
     "transform_array",
 ]

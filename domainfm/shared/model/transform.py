@@ -185,6 +185,21 @@ def _quantise(images: torch.Tensor, quantise: str | None) -> torch.Tensor:
     return images + (rounded - images).detach()
 
 
+def standardise(
+    tiles: torch.Tensor, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
+    """``(tiles * scale - mean) / std`` per channel, in float (the one standardisation of the suite).
+
+    Training and evaluation call it on store tiles with the statistics a model was trained with;
+    :class:`TransformModule` calls it in every deployed network.
+    """
+    tiles = tiles if tiles.is_floating_point() else tiles.float()
+    shape = (1, -1, 1, 1)
+    mean = torch.as_tensor(mean, dtype=tiles.dtype, device=tiles.device).reshape(shape)
+    std = torch.as_tensor(std, dtype=tiles.dtype, device=tiles.device).reshape(shape)
+    return (tiles * scale - mean) / std
+
+
 class TransformModule(nn.Module):
     """:class:`InputTransform` as a module; its constants are not part of the state dict."""
 
@@ -221,8 +236,7 @@ class TransformModule(nn.Module):
 
     def standardise(self, images: torch.Tensor) -> torch.Tensor:
         """``(x * scale - mean) / std`` of values already on the model's grid (store tiles)."""
-        images = images if images.is_floating_point() else images.float()
-        return (images * self.record.scale - self.mean) / self.std
+        return standardise(images, self.mean, self.std, self.record.scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw ``[B, C, H, W]`` -> the network's input tensor."""
