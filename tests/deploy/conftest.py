@@ -58,7 +58,14 @@ def _radiology(root: Path) -> tuple[Path, list[Path]]:
     out = root / "classifier"
     assert main(["radiology", "train", "--store", str(store), "--out", str(out), "--backbone", "test_resnet",
                  "--epochs", "1", "--device", "cpu", "--json"]) == 0  # fmt: skip
-    return out / "classifier.safetensors", _write_pictures(_test_tiles(store), root / "inputs")
+    # Raw radiographs as a user has them: full size, not square (the network letterboxes them as ingest does).
+    raw = root / "raw"
+    raw.mkdir()
+    with Image.open(sorted((phantom / "images").rglob("*.png"))[0]) as picture:
+        picture.crop((0, 0, 90, 128)).save(raw / "raw_tall.png")
+        picture.crop((5, 20, 128, 90)).save(raw / "raw_wide.png")
+    inputs = _write_pictures(_test_tiles(store), root / "inputs")
+    return out / "classifier.safetensors", [*inputs, raw / "raw_tall.png", raw / "raw_wide.png"]
 
 
 def _remote_sensing(root: Path) -> tuple[dict[str, Path], list[Path]]:
@@ -99,7 +106,13 @@ def _segmentation(root: Path) -> tuple[Path, list[Path]]:
     inputs = _write_pictures(_test_tiles(store), root / "inputs")
     large = root / "inputs" / "large.png"  # larger than the training size: a sliding window
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(large)
-    return out / "model.safetensors", [*inputs, large]
+    # Raw images of other non-square sizes (resized to the training size and the mask resized back).
+    raw = root / "raw"
+    raw.mkdir()
+    with Image.open(sorted((phantom / "site_a" / "images").iterdir())[0]) as picture:
+        picture.convert("RGB").resize((45, 29), Image.Resampling.BICUBIC).save(raw / "raw_0.png")
+        picture.convert("RGB").resize((23, 50), Image.Resampling.BICUBIC).save(raw / "raw_1.png")
+    return out / "model.safetensors", [*inputs, large, raw / "raw_0.png", raw / "raw_1.png"]
 
 
 @pytest.fixture(scope="session")
