@@ -59,6 +59,10 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}"
             ) from None
 
+    def remove(self, name: str) -> None:
+        """Removes ``name`` if registered (tests add and remove toy entries)."""
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         """All registered names, sorted."""
         return sorted(self._entries)

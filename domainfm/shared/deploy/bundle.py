@@ -43,6 +43,7 @@ from domainfm.shared.deploy.bundle_text import LOGGING_CONF, license_text, readm
 from domainfm.shared.deploy.card import Deployable, ModelCard
 from domainfm.shared.deploy.inputs import PICTURES
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.plugins import domain_of_kind
 
 # The MONAI bundle metadata schema (JSON Schema draft 2019-09), the content published by Project-MONAI
 # at SCHEMA_URL (their copy of the MONAI-extra-test-data 0.8.1 release asset of the same name).
@@ -51,7 +52,6 @@ SCHEMA_URL = "https://project-monai.github.io/schema/meta_schema_20240725.json"
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 BUNDLE_VERSION = "0.1.0"
 # DICOM modality codes where one fits: digital radiography, slide microscopy; the spec's default otherwise.
-MODALITIES = {"radiology": "DX", "pathology": "SM"}
 # Packages the bundle itself needs beyond monai/torch/numpy (``python -m monai.bundle``, the engine).
 RUNTIME_PACKAGES = ("pytorch-ignite", "fire")
 
@@ -164,7 +164,6 @@ def bundle_metadata(card: ModelCard, out_shape: Sequence[int], dtype: torch.dtyp
 
     from domainfm import __version__
 
-    domain = card.kind.split(".", 1)[0]
     sliding = _sliding_window(card, out_shape)
     task_text = {
         "classification": "one class per input (softmax over the classes)",
@@ -181,7 +180,7 @@ def bundle_metadata(card: ModelCard, out_shape: Sequence[int], dtype: torch.dtyp
     image = {
         "type": "image",
         "format": "magnitude",
-        "modality": MODALITIES.get(domain, "n/a"),
+        "modality": domain_of_kind(card.kind).modality,
         "num_channels": card.in_channels,
         "spatial_shape": list(card.spatial_shape),
         "dtype": "float32",

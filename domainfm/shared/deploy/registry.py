@@ -1,11 +1,10 @@
 """From a checkpoint file to a :class:`.card.Deployable`, and from a card's ``build`` back to a network.
 
-Each domain's downstream checkpoint is a safetensors file whose metadata carries one domain key. The key
-names the domain's ``deploy`` module, which provides ``deployable(path)`` (weights loaded) and
-``network(kind, build)`` (random initialisation, used by a MONAI bundle's ``network_def`` before
-``models/model.pt`` is loaded), and may provide ``INPUT_READERS`` (suffix -> reader) for input files only
-it knows. Domains are reached through these tables of module names, as the CLI reaches its verbs, and
-imported only when a model of theirs is used.
+Each domain's downstream checkpoint is a safetensors file whose metadata carries one of its domain's
+``checkpoint_keys``. The domain registers (:mod:`domainfm.shared.plugins`) a ``deploy`` module that
+provides ``deployable(path)`` (weights loaded) and ``network(kind, build)`` (random initialisation, used by
+a MONAI bundle's ``network_def`` before ``models/model.pt`` is loaded), and may provide ``INPUT_READERS``
+(suffix -> reader) for input files only it knows. Domains are imported only when a model of theirs is used.
 """
 
 from __future__ import annotations
@@ -19,25 +18,8 @@ from torch import nn
 
 from domainfm.shared.deploy.card import Deployable
 from domainfm.shared.errors import DomainfmError
-
-# safetensors metadata key -> domain deploy module
-CHECKPOINT_KEYS: dict[str, str] = {
-    "domainfm_pathology_tile_classifier": "domainfm.domains.pathology.deploy",
-    "domainfm_radiology_classifier": "domainfm.domains.radiology.deploy",
-    "domainfm_remote_sensing_task": "domainfm.domains.remote_sensing.deploy",
-    "domainfm_segmentation": "domainfm.domains.segmentation.deploy",
-}
-# card kind prefix -> domain deploy module
-DOMAINS: dict[str, str] = {
-    "pathology": "domainfm.domains.pathology.deploy",
-    "radiology": "domainfm.domains.radiology.deploy",
-    "remote_sensing": "domainfm.domains.remote_sensing.deploy",
-    "segmentation": "domainfm.domains.segmentation.deploy",
-}
-PRODUCERS = (
-    "`domainfm pathology train`, `domainfm radiology train`, `domainfm remote-sensing train --out DIR` or "
-    "`domainfm segmentation train`"
-)
+from domainfm.shared.plugins import domains, producers
+from domainfm.shared.registry import RegistryError
 
 
 class NotDeployableError(DomainfmError, ValueError):
@@ -55,20 +37,32 @@ def checkpoint_keys(path: Path) -> set[str]:
             return set(handle.metadata() or {})
     except Exception as error:  # safetensors raises several types for other files
         raise NotDeployableError(
-            f"{path} is not a safetensors checkpoint ({error}); give one written by {PRODUCERS}"
+            f"{path} is not a safetensors checkpoint ({error}); give one written by {producers()}"
         ) from error
+
+
+def _checkpoint_owners() -> dict[str, str]:
+    """Safetensors metadata key -> the ``deploy`` module of the domain that writes such checkpoints."""
+    registry = domains()
+    return {
+        key: plugin.deploy
+        for plugin in (registry.get(name) for name in registry)
+        if plugin.deploy
+        for key in plugin.checkpoint_keys
+    }
 
 
 def load_deployable(path: str | Path) -> Deployable:
     """The downstream model saved in ``path`` with its card (eval mode, on the CPU)."""
     path = Path(path)
-    keys = checkpoint_keys(path) & set(CHECKPOINT_KEYS)
+    owners = _checkpoint_owners()
+    keys = checkpoint_keys(path) & set(owners)
     if not keys:
         raise NotDeployableError(
             f"{path} is not a downstream checkpoint (a pretrained encoder or another file?); give one written by "
-            f"{PRODUCERS}"
+            f"{producers()}"
         )
-    module = importlib.import_module(CHECKPOINT_KEYS[keys.pop()])
+    module = importlib.import_module(owners[keys.pop()])
     deployable = module.deployable(path)
     deployable.network.eval()
     return deployable
@@ -76,10 +70,14 @@ def load_deployable(path: str | Path) -> Deployable:
 
 def domain_module(kind: str) -> ModuleType:
     """The ``deploy`` module of the domain a card ``kind`` belongs to (imported now)."""
-    domain = kind.split(".", 1)[0]
-    if domain not in DOMAINS:
-        raise NotDeployableError(f"unknown model kind {kind!r}; known domains: {sorted(DOMAINS)}")
-    return importlib.import_module(DOMAINS[domain])
+    name = kind.split(".", 1)[0]
+    try:
+        plugin = domains().get(name)
+    except RegistryError as error:
+        raise NotDeployableError(f"unknown model kind {kind!r}: {error}") from error
+    if plugin.deploy is None:
+        raise NotDeployableError(f"model kind {kind!r}: the {name} domain deploys no models")
+    return importlib.import_module(plugin.deploy)
 
 
 def build_network(kind: str, build: dict[str, Any]) -> nn.Module:

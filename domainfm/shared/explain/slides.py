@@ -1,8 +1,9 @@
-"""Explanations of a whole slide: a tile classifier's attributions painted over the slide thumbnail.
+"""Explanations of an input too large for one pass (a whole slide): tile attributions over its thumbnail.
 
-The slide is tiled the way ``domainfm pathology tile`` tiles it (same grid, tissue detector and region
-reader: :mod:`domainfm.domains.pathology.tiling`) at the classifier's resolution: the first mpp the
-checkpoint records (``card.details["mpps"]``, the mpps of its training store) unless one is given. Each
+A domain that has such inputs registers a :class:`LargeInputs` (:mod:`domainfm.shared.plugins`,
+``large_inputs``): it recognises the files, and cuts one into the tiles its model takes, the way its ingest
+does (for slides: the same grid, tissue detector and region reader at the classifier's resolution, the
+first mpp the checkpoint records unless one is given), with a thumbnail to paint on. Each
 tissue tile is attributed (in batches, under a progress bar), reduced to a tile map (channel sum for
 IG/SHAP, channel mean for occlusion; rollout maps times the tile's pixel count, so 1 means uniform), and
 area-averaged onto the tile's footprint on the thumbnail (overlapping footprints are averaged). Only
@@ -13,18 +14,18 @@ single image): slides have thousands of tiles, and the per-tile completeness err
 The explained target is the class given, or by default **each tile's predicted class** (so the map shows
 what drove every tile's own call); the summary counts the predicted classes.
 
-``shared`` does not import domains: the pathology tiler is named by a string and imported only when a
-slide is explained, like :data:`domainfm.shared.deploy.registry.CHECKPOINT_KEYS`.
+``shared`` does not import domains: the tiler is the registered domain's, imported only when a large
+input is explained.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,49 +34,62 @@ from domainfm.shared.deploy.card import Deployable, ModelCard
 from domainfm.shared.explain.attribution import SIGNED, attribute_batch, method_options
 from domainfm.shared.explain.overlay import colourbar_label, write_figure
 from domainfm.shared.explain.targets import ExplainError, describe, resolve_target
+from domainfm.shared.plugins import domains, load
 
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff")
-TIFF_SUFFIXES = (".tif", ".tiff")
-# card kind -> the domain modules that tile its slides (imported on use)
-SLIDE_TILERS = {"pathology.tile_classifier": ("domainfm.domains.pathology.tiling", "domainfm.domains.pathology.tissue")}
 SLIDE_DEFAULTS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"n_steps": 16, "internal_batch_size": 128},
     "gradient_shap": {"n_samples": 8},
 }
 
 
-def is_slide(path: Path, card: ModelCard) -> bool:
-    """Whether ``path`` is explained as a whole slide (refused for models that do not classify slide tiles).
+@dataclass
+class TiledInput:
+    """A large input cut into the tiles a model takes.
 
-    ``.tif``/``.tiff`` count as slides only for a slide tile classifier and only when OpenSlide recognises
-    them (a tiled, pyramidal TIFF); otherwise they are pictures.
+    Attributes:
+        coords: Top-left corners ``[N, 2]`` (x, y) in the input's full-resolution pixels.
+        side: Tile side in full-resolution pixels.
+        thumbnail: ``[h, w, 3]`` uint8 picture of the whole input to paint on.
+        downsample: Full-resolution pixels per thumbnail pixel.
+        batches: Raw tiles ``[n, C, t, t]`` in ``coords`` order.
+        scale: The tiles' resolution in words (``"0.5 mpp"``), for titles and summaries.
+        thumbnail_scale: The thumbnail's resolution in words.
+        resolution: The tiles' resolution as a number (recorded in the summary as ``mpp``).
     """
-    suffix = Path(path).suffix.lower()
-    if suffix not in SLIDE_SUFFIXES:
-        return False
-    if card.kind not in SLIDE_TILERS:
-        if suffix in TIFF_SUFFIXES:
-            return False
-        raise ExplainError(
-            f"{path} is a whole-slide image; slides are explained with a pathology tile classifier "
-            f"(`domainfm pathology train`), not {card.kind}"
-        )
-    if suffix in TIFF_SUFFIXES:
-        try:
-            import openslide
 
-            return openslide.OpenSlide.detect_format(str(path)) not in (None, "generic-tiff") or _pyramidal(path)
-        except Exception:  # no OpenSlide, or a file it cannot probe: a picture
-            return False
-    return True
+    coords: np.ndarray
+    side: float
+    thumbnail: np.ndarray
+    downsample: float
+    batches: Iterator[np.ndarray]
+    scale: str
+    thumbnail_scale: str
+    resolution: float
 
 
-def _pyramidal(path: Path) -> bool:
-    """A generic tiled TIFF counts as a slide when it has pyramid levels (a tiled picture has one)."""
-    import openslide
+class LargeInputs(Protocol):
+    """What a domain registers for inputs explained tile by tile."""
 
-    with openslide.OpenSlide(str(path)) as slide:
-        return slide.level_count > 1
+    kinds: tuple[str, ...]
+
+    def claims(self, path: Path, card: ModelCard) -> bool:
+        """Whether ``path`` is such an input for ``card`` (raise :class:`ExplainError` for a wrong model)."""
+
+    def open(
+        self, path: Path, card: ModelCard, *, mpp: float | None, min_tissue: float, batch: int
+    ) -> AbstractContextManager[TiledInput]:
+        """The input cut into tiles (closed when the context ends)."""
+
+
+def _large_inputs() -> list[LargeInputs]:
+    registry = domains()
+    specs = [registry.get(name).large_inputs for name in registry]
+    return [load(spec) for spec in specs if spec]
+
+
+def is_slide(path: Path, card: ModelCard) -> bool:
+    """Whether ``path`` is explained tile by tile (a registered domain claims it for ``card``)."""
+    return any(large.claims(Path(path), card) for large in _large_inputs())
 
 
 def footprints(coords: np.ndarray, side: float, downsample: float, shape: tuple[int, int]) -> np.ndarray:
@@ -116,14 +130,14 @@ def explain_slide(
     """Attributes every tissue tile of a slide and writes the overlay on the thumbnail.
 
     Args:
-        deployable: A pathology tile classifier (``load_deployable``), on any device.
-        path: The slide (any OpenSlide format).
+        deployable: A tile classifier whose domain registers large inputs (``load_deployable``), on any device.
+        path: The large input (for slides: any OpenSlide format).
         out: Destination PNG.
         method: An attribution method (:data:`~.attribution.METHODS`).
         target: A class name or index for every tile; ``None``: each tile's predicted class.
         mpp: Microns per pixel to tile at; default the checkpoint's first training mpp.
         batch: Tiles attributed together.
-        min_tissue: Keep tiles with at least this tissue fraction (as ``pathology tile``).
+        min_tissue: Keep tiles with at least this tissue fraction (as the domain's tiler does at ingest).
         progress: Show a progress bar.
         **options: Method options (see :func:`~.attribution.attribute`); slide defaults in :data:`SLIDE_DEFAULTS`.
 
@@ -132,40 +146,24 @@ def explain_slide(
         thumbnail size and the PNG path.
     """
     card = deployable.card
-    if card.kind not in SLIDE_TILERS:
-        raise ExplainError(f"slides are explained with a pathology tile classifier, not {card.kind}")
+    handlers = [large for large in _large_inputs() if card.kind in large.kinds]
+    if not handlers:
+        raise ExplainError(f"{card.kind} does not take large inputs tile by tile (no registered domain tiles them)")
     options = method_options(method, {**SLIDE_DEFAULTS.get(method, {}), **options})
-    tiling, tissue = (importlib.import_module(name) for name in SLIDE_TILERS[card.kind])
-    mpps = card.details.get("mpps") or card.build.get("mpps") or []
-    mpp = float(mpp if mpp is not None else (mpps[0] if mpps else 0) or 0)
-    if mpp <= 0:
-        raise ExplainError(f"{card.details.get('source')}: the checkpoint records no training mpp; pass mpp=")
     fixed = None if target is None else resolve_target(card, target)
     tile_px = int(card.spatial_shape[0])
-    params = tiling.TilingParams(
-        mpps=(mpp,), tile_px=tile_px, tissue=tissue.TissueParams(min_tissue=min_tissue), batch=max(1, batch)
-    )
     path = Path(path)
-    slide = tiling.open_slide(path)
-    try:
-        plan = tiling.plan_slide(slide, path, params)
-    finally:
-        slide.close()
-    coords, _, side = plan.grids[mpp]
-    if not len(coords):
-        raise ExplainError(f"{path}: no tile at {mpp:g} mpp has {min_tissue:.0%} tissue (lower min_tissue?)")
-    thumbnail, downsample = plan.thumbnail, plan.thumb_downsample
-    height, width = thumbnail.shape[:2]
-    total, count = np.zeros((height, width)), np.zeros((height, width))
     targets: list[int] = []
     scores: list[float] = []
     deltas: list[float] = []
     differences: list[float] = []
-    reader = tiling.RegionReader(path, params.threads)
-    start = 0
-    try:
+    with handlers[0].open(path, card, mpp=mpp, min_tissue=min_tissue, batch=max(1, batch)) as tiled:
+        coords, side, thumbnail, downsample = tiled.coords, tiled.side, tiled.thumbnail, tiled.downsample
+        height, width = thumbnail.shape[:2]
+        total, count = np.zeros((height, width)), np.zeros((height, width))
+        start = 0
         with progress_bar(progress, len(coords), f"explaining {path.name}") as advance:
-            for tiles in tiling.read_tiles(reader, plan.info, coords, mpp, side, params):
+            for tiles in tiled.batches:
                 images = torch.from_numpy(tiles).float()
                 chosen = None if fixed is None else [fixed] * len(images)
                 result = attribute_batch(deployable, images, method, chosen, **options)
@@ -184,19 +182,17 @@ def explain_slide(
                     differences += (result["scores"] - result["baseline_scores"]).tolist()
                 start += len(images)
                 advance(len(images))
-    finally:
-        reader.close()
     heat = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     counts = Counter(card.class_names[t] for t in targets)
     what = describe(card, card.class_names[fixed]) if fixed is not None else "each tile's predicted-class logit"
     lines = [
-        f"{path.name}: {method}, {len(coords)} tissue tiles at {mpp:g} mpp ({tile_px} px)",
+        f"{path.name}: {method}, {len(coords)} tissue tiles at {tiled.scale} ({tile_px} px)",
         f"explained: {what}; mean f(x) over tiles = {np.mean(scores):.4g}",
     ]
     summary: dict[str, Any] = {
         "slide": str(path),
         "method": method,
-        "mpp": mpp,
+        "mpp": tiled.resolution,
         "tile_px": tile_px,
         "tiles": len(coords),
         "target": card.class_names[fixed] if fixed is not None else "predicted class per tile",
@@ -223,7 +219,7 @@ def explain_slide(
         "\n".join(lines),
         Path(out),
         label,
-        f"thumbnail ({downsample * plan.info.mpp:.3g} mpp)",
+        f"thumbnail ({tiled.thumbnail_scale})",
         "tile attributions over the thumbnail",
     )
     summary["out"] = str(out)

@@ -49,7 +49,7 @@ def stable_split(key: str, val_fraction: float = 0.15, test_fraction: float = 0.
     return SPLITS["val"] if u < test_fraction + val_fraction else SPLITS["train"]
 
 
-DOMAINS = ("generic", "radiology", "pathology", "remote_sensing", "segmentation")
+GENERIC_DOMAIN = "generic"  # stores of plain arrays (`tiles ingest`); other names are registered domains
 TEXT = "str"
 CODECS = ("blosc-lz4", "zstd-1", "none")
 
@@ -67,7 +67,7 @@ class StoreSpec:
     """Everything about a dataset that is fixed before its first tile is written.
 
     Attributes:
-        domain: One of ``DOMAINS``.
+        domain: ``generic`` or a registered domain's name (:mod:`domainfm.shared.plugins`).
         tile_shape: ``(C, H, W)``.
         dtype: Tile dtype (``uint8`` RGB, ``uint16`` radiographs, ``float16``/``float32`` MODIS chips).
         channels: One dict per channel with at least ``name``; optionally ``unit``, ``wavelength_um``, ``band``.
@@ -93,8 +93,12 @@ class StoreSpec:
             k: v if isinstance(v, Companion) else Companion(tuple(v["shape"]), v["dtype"])
             for k, v in self.companions.items()
         }
-        if self.domain not in DOMAINS:
-            raise ValueError(f"unknown domain {self.domain!r}; choose from {DOMAINS}")
+        if self.domain != GENERIC_DOMAIN:
+            from domainfm.shared.plugins import domains
+
+            if self.domain not in domains():
+                known = [GENERIC_DOMAIN, *domains().names()]
+                raise ValueError(f"unknown domain {self.domain!r}; choose from {known}")
         if len(self.tile_shape) != 3:
             raise ValueError(f"tile_shape must be (C, H, W), got {self.tile_shape}")
         if len(self.channels) != self.tile_shape[0]:

@@ -1,0 +1,16 @@
+"""The pathology domain as shared code sees it (registered through the ``domainfm.domains`` entry point).
+
+Whole-slide images are explained tile by tile (:mod:`.slide_inputs`); bundle metadata names the DICOM
+modality SM (slide microscopy). Names only: nothing heavy is imported here.
+"""
+
+from domainfm.shared.plugins import DomainPlugin
+
+PLUGIN = DomainPlugin(
+    name="pathology",
+    deploy="domainfm.domains.pathology.deploy",
+    checkpoint_keys=("domainfm_pathology_tile_classifier",),
+    producers=("pathology train",),
+    modality="SM",
+    large_inputs="domainfm.domains.pathology.slide_inputs:SLIDES",
+)
