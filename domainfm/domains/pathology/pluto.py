@@ -25,8 +25,9 @@ shared timm ViT :class:`~domainfm.shared.backbones.Backbone`:
   ``log(1 + |FFT2|)`` amplitude spectra of the reconstructed and the true (normalised) masked patches, per
   channel. ``fourier_weight=0`` disables it and skips its computation.
 
-Crops, token masks and the masked token forward are in :mod:`.pluto_views` (made on the device: random
-resized crops, dihedral flips/rotations, per-channel colour jitter; re-exported here).
+Crops and token masks are in :mod:`.pluto_views` (made on the device: random resized crops, dihedral
+flips/rotations, per-channel colour jitter; re-exported here); the masked token forward is the backbone's
+``forward_features(x, mask=..., mask_token=...)``.
 
 Under data parallelism every term is a mean over equal per-process parts (same crops and masked-token
 count per image), so DDP's gradient average is the global batch's; the two teacher centres use the batch
@@ -50,8 +51,6 @@ from domainfm.domains.pathology.pluto_views import (
     batch_token_masks,
     batch_views,
     crop_transforms,
-    embed_patches,
-    forward_tokens,
     multi_crop,
     patchify,
     random_token_mask,
@@ -63,8 +62,6 @@ __all__ = [
     "Pluto",
     "PlutoConfig",
     "crop_transforms",
-    "embed_patches",
-    "forward_tokens",
     "multi_crop",
     "patchify",
     "random_token_mask",
@@ -389,13 +386,13 @@ class Pluto(nn.Module):
         views = batch_views(images, 2, cfg.global_size, cfg.global_scale, generator, cfg.color_jitter)
         grid = cfg.global_size // self.patch_size
         mask = batch_token_masks(2, batch, grid * grid, cfg.mask_ratio, generator, images.device)
-        tokens = forward_tokens(self.backbone, views, mask, self.mask_token)
+        tokens = self.backbone.forward_features(views, mask=mask, mask_token=self.mask_token)
         prefix = self.backbone.num_prefix_tokens
         terms = {"dino": zero, "ibot": zero, "mae": zero, "fourier": zero}
         has_masked = bool(mask.any())
         if cfg.dino_weight > 0 or (cfg.ibot_weight > 0 and has_masked):
             with torch.no_grad():
-                teacher_tokens = forward_tokens(self.teacher, views)
+                teacher_tokens = self.teacher.forward_features(views)
         if cfg.dino_weight > 0:
             terms["dino"] = self._dino(images, tokens[:, 0], teacher_tokens[:, 0], generator)
         if cfg.ibot_weight > 0 and has_masked:
@@ -425,7 +422,7 @@ class Pluto(nn.Module):
         student = [self.head(student_cls)]
         if cfg.n_local > 0:
             local = batch_views(images, cfg.n_local, cfg.local_size, cfg.local_scale, generator, cfg.color_jitter)
-            student.append(self.head(forward_tokens(self.backbone, local)[:, 0]))
+            student.append(self.head(self.backbone.forward_features(local)[:, 0]))
         with torch.no_grad():
             teacher_probs = teacher_probabilities(
                 self.teacher_head(teacher_cls), self.center, self.center_ready, cfg.teacher_temp, self._momentum()

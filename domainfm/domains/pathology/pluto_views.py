@@ -1,10 +1,10 @@
-"""Views for PLUTO-style pretraining: multi-crop on the device, token masking, masked token forward.
+"""Views for PLUTO-style pretraining: multi-crop on the device, token masks, patch targets.
 
 Part of :mod:`.pluto` (Juyal et al. 2024, arXiv 2405.07905). Crops are made on the device from normalised
 ``[B, 3, S, S]`` batches: random resized crops via ``affine_grid``/``grid_sample`` combined with a random
 element of the dihedral group (90-degree rotations and flips: tissue has no orientation) and a per-channel
-affine colour jitter in normalised space. Masked tokens enter a timm ViT before its position embedding
-(iBOT/SimMIM), and the token forward equals ``forward_features`` when nothing is masked.
+affine colour jitter in normalised space. The masks are applied by the backbone itself
+(``Backbone.forward_features(x, mask=..., mask_token=...)``: before the position embedding, as iBOT).
 With one generator per image (:func:`batch_views`, :func:`batch_token_masks`), an image's crops, jitter
 and mask depend only on its own generator, not on the batch or the process it is in (data parallelism).
 """
@@ -16,8 +16,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-from domainfm.shared.backbones.wrapper import Backbone
 
 # --------------------------------------------------------------------------------------------- randomness
 
@@ -117,54 +115,7 @@ def random_token_mask(
     return mask.scatter_(1, order[:, :count], True)
 
 
-# --------------------------------------------------------------------------------------------- token forward
-
-
-def embed_patches(
-    backbone: Backbone,
-    images: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    mask_token: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Patch embeddings (NHWC ``[B, h, w, D]`` or ``[B, N, D]``) with masked positions set to ``mask_token``.
-
-    Args:
-        backbone: A ViT-family backbone.
-        images: Input batch ``[B, C, H, W]``.
-        mask: Boolean ``[B, N]`` or ``[B, h, w]`` (True = masked); ``None`` masks nothing.
-        mask_token: Learned ``[D]`` embedding written at masked positions.
-    """
-    x = backbone.model.patch_embed(images)
-    if mask is None or mask_token is None:
-        return x
-    where = mask.reshape(*x.shape[:-1], 1)
-    return torch.where(where, mask_token.to(x.dtype), x)
-
-
-def forward_tokens(
-    backbone: Backbone,
-    images: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    mask_token: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Final tokens ``[B, prefix + N, D]`` of a timm ViT; equals ``backbone.forward_features`` without a mask.
-
-    Args:
-        backbone: A ViT-family backbone (``dynamic_img_size=True`` for crops of another size).
-        images: Input batch ``[B, C, H, W]``.
-        mask: Boolean ``[B, N]`` or ``[B, h, w]`` patch mask (True = replaced by ``mask_token``).
-        mask_token: Learned ``[D]`` embedding.
-    """
-    model = backbone.model
-    x = embed_patches(backbone, images, mask, mask_token)
-    x = model.norm_pre(model.patch_drop(model._pos_embed(x)))
-    if getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled():
-        from timm.models import checkpoint_seq
-
-        x = checkpoint_seq(model.blocks, x)
-    else:
-        x = model.blocks(x)
-    return model.norm(x)
+# --------------------------------------------------------------------------------------------- patches
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:

@@ -6,7 +6,8 @@ SatVision-TOA setting (arXiv 2411.17000; ``shared/methods/satvision.md`` section
 * :class:`MaskGenerator`: the image is cut into ``mask_patch`` x ``mask_patch`` cells, ``ceil(ratio x
   cells)`` of them are masked, and the cell mask is repeated onto the backbone's patch-token grid
   (SatVision: 128 px, mask patch 8, ratio 0.6, model patch 4);
-* the encoder sees every token; masked patch embeddings are replaced by a learnable ``mask_token``;
+* the encoder sees every token; masked patch embeddings are replaced by a learnable ``mask_token``
+  (``Backbone.forward_features(x, mask=..., mask_token=...)``, before the first stage);
 * head: 1 x 1 convolution to ``stride^2 x channels`` and PixelShuffle(stride) back to the input size;
 * loss: L1 on masked pixels that are also valid (fill values never enter the loss), averaged over them;
   under data parallelism the average is over the masked valid pixels of the global batch (the count is
@@ -74,17 +75,8 @@ def _nhwc(model: nn.Module) -> bool:
 def encode(
     backbone: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Last-stage SwinV2 features ``[B, C, h, w]``, with masked patch embeddings replaced by ``mask_token``."""
-    model = backbone.model
-    nhwc = _nhwc(model)
-    tokens = model.patch_embed(images)
-    if mask is not None and mask_token is not None:
-        weight = mask.to(tokens.dtype).unsqueeze(-1 if nhwc else 1)
-        token = mask_token.view(1, 1, 1, -1) if nhwc else mask_token.view(1, -1, 1, 1)
-        tokens = tokens * (1 - weight) + token * weight
-    if nhwc:
-        return model.norm(model.layers(tokens)).permute(0, 3, 1, 2)
-    return model.stages(tokens)
+    """Last-stage features ``[B, C, h, w]``: ``backbone.forward_features`` with a mask (any dtype, 1 = masked)."""
+    return backbone.forward_features(images, mask=None if mask is None else mask.bool(), mask_token=mask_token)
 
 
 def token_grid(backbone: nn.Module, image_size: int) -> int:
@@ -105,9 +97,7 @@ class SimMIM(nn.Module):
     def __init__(self, backbone: nn.Module, image_size: int) -> None:
         super().__init__()
         self.backbone = backbone
-        model = backbone.model
-        width = int(model.embed_dim if isinstance(model.embed_dim, int) else model.embed_dim[0])
-        self.mask_token = nn.Parameter(torch.zeros(width))
+        self.mask_token = nn.Parameter(torch.zeros(backbone.patch_embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         with torch.no_grad():
             probe = encode(backbone, torch.zeros(1, backbone.in_chans, image_size, image_size))

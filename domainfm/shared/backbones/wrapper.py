@@ -55,12 +55,77 @@ class Backbone(nn.Module):
         """Pooled embedding ``[B, embed_dim]`` (class token or average pool, as the architecture pools)."""
         return self.model(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Unpooled features: tokens ``[B, prefix + N, D]`` for ViTs, maps ``[B, C, H, W]`` otherwise."""
-        features = self.model.forward_features(x)
+    @property
+    def patch_embed_dim(self) -> int:
+        """Width of the patch embeddings, and of the ``mask_token`` that :meth:`forward_features` takes.
+
+        ``embed_dim`` for ViTs; the first stage's width for Swin (its ``embed_dim`` is the last stage's).
+        """
+        self._require_patch_embed()
+        return int(self.model.patch_embed.proj.out_channels)
+
+    def forward_features(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unpooled features: tokens ``[B, prefix + N, D]`` for ViTs, maps ``[B, C, H, W]`` otherwise.
+
+        With ``mask``, masked patch embeddings are replaced by ``mask_token`` right after the patch
+        embedding (DINOv2's ``prepare_tokens_with_masks``, SimMIM, iBOT): for ViTs before the position
+        embedding and the class/register tokens, for Swin before the first stage. Everything after it
+        (position embedding, PEFT hooks and prompts, blocks, final norm) runs as without a mask.
+
+        Args:
+            x: Input batch ``[B, in_chans, H, W]``.
+            mask: Boolean ``[B, N]`` or ``[B, h, w]`` over the patch grid (row-major; True = masked);
+                ``None`` is exactly timm's ``forward_features``. Not defined for CNNs (ResNet).
+            mask_token: ``[patch_embed_dim]`` embedding written at masked positions; required with
+                ``mask``. Not rounded to the embeddings' dtype: under bf16 autocast an fp32 token keeps the
+                masked embeddings fp32 (as the position embedding makes them in a ViT anyway).
+        """
+        features = self.model.forward_features(x) if mask is None else self._masked_features(x, mask, mask_token)
         if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
             features = features.permute(0, 3, 1, 2)
         return features
+
+    def _require_patch_embed(self) -> None:
+        if not hasattr(self.model, "patch_embed"):
+            raise ValueError(
+                f"{self.name} ({self.spec.family}) has no patch embedding: masking patch positions is "
+                "defined for ViT, FlexiViT, Swin and SwinV2 backbones only"
+            )
+
+    def _masked_features(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor | None) -> torch.Tensor:
+        """The model's own ``forward_features`` (before the NHWC permute), masked patch embeddings replaced."""
+        self._require_patch_embed()
+        if mask_token is None:
+            raise ValueError("forward_features got a mask but no mask_token to write at the masked positions")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be boolean (True = masked), got {mask.dtype}")
+        model = self.model
+        x = model.patch_embed(x)  # ViT: [B, h, w, D] (dynamic size) or [B, N, D]; Swin: NHWC; SwinV2-CR: NCHW
+        channels_last = not hasattr(model, "stages")  # only SwinV2-CR embeds patches NCHW
+        grid = x.shape[1:-1] if channels_last else x.shape[2:]
+        if mask.shape[0] != x.shape[0] or mask.numel() != x.shape[0] * grid.numel():
+            raise ValueError(f"mask {tuple(mask.shape)} does not fit {x.shape[0]} images of {tuple(grid)} patches")
+        if mask_token.shape != (self.patch_embed_dim,):
+            raise ValueError(f"mask_token must be [{self.patch_embed_dim}], got {tuple(mask_token.shape)}")
+        if channels_last:
+            where, token = mask.reshape(*x.shape[:-1], 1), mask_token
+        else:
+            where, token = mask.reshape(x.shape[0], 1, *grid), mask_token.view(-1, 1, 1)
+        x = torch.where(where, token, x)  # the wider dtype: under autocast an fp32 token is not rounded to bf16
+        if self.feature_format == "tokens":  # timm VisionTransformer.forward_features from here on
+            x = model.norm_pre(model.patch_drop(model._pos_embed(x)))
+            if model.grad_checkpointing and not torch.jit.is_scripting():
+                from timm.models import checkpoint_seq
+
+                x = checkpoint_seq(model.blocks, x)
+            else:
+                x = model.blocks(x)
+            return model.norm(x)
+        if hasattr(model, "stages"):  # timm SwinTransformerV2Cr: NCHW stages, no final norm
+            return model.stages(x)
+        return model.norm(model.layers(x))  # timm Swin / SwinV2: NHWC layers (checkpointing inside)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Pools the output of :meth:`forward_features` into ``[B, embed_dim]``."""
