@@ -17,7 +17,7 @@ def require(module: str, extra: str, package: str | None = None) -> ModuleType:
 
     Args:
         module: The module to import, e.g. ``"openslide"``.
-        extra: The domainfm extra that provides it, e.g. ``"pathology"``.
+        extra: The domainfm extra that provides it, e.g. ``"export"``.
         package: The PyPI package name when it differs from the module name.
     """
     try:

@@ -1,7 +1,7 @@
 """What a deployed model takes and returns: :class:`ModelCard`, :class:`Deployable`, :func:`predict`.
 
-Every domain's downstream checkpoint (pathology tile classifier, radiology classifier, remote-sensing
-cloud mask/curtain/scene model, GMS or UNet segmenter) is turned by its domain's ``deploy`` module into a
+Every domain's downstream checkpoint (a tile classifier, a radiograph classifier, a cloud mask, curtain or
+scene model, a GMS or UNet segmenter) is turned by its domain's ``deploy`` module into a
 :class:`Deployable`: one :class:`~domainfm.shared.model.ContractModel` that maps *raw* inputs (what a file
 holds: RGB or grey values in 0..255, DICOM display values x 255, a chip's physical band values) through
 the model's saved :class:`~domainfm.shared.model.InputTransform` (geometry, quantisation, standardisation)
@@ -34,8 +34,8 @@ class ModelCard:
     """A deployed network's contract.
 
     Attributes:
-        kind: ``"<domain>.<model>"``, e.g. ``"pathology.tile_classifier"``; names the domain ``deploy``
-            module that rebuilds the network (:func:`domainfm.shared.deploy.registry.build_network`).
+        kind: ``"<domain>.<model>"``, e.g. ``"<domain>.tile_classifier"``; names the registered domain
+            whose ``deploy`` module rebuilds the network (:func:`domainfm.shared.deploy.registry.build_network`).
         task: ``classification`` (one class per input), ``multilabel`` (independent labels) or
             ``segmentation`` (a map per input; the curtain is a one-channel 2D map too).
         in_channels: Input channels.

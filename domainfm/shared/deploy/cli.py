@@ -16,8 +16,8 @@ def bundle(checkpoint: Path, out: Path, overwrite: bool = False) -> int:
     dict) and docs/README.md to OUT, through OUT.partial, and prints the commands that verify and run it.
 
     Args:
-        checkpoint: A checkpoint from ``pathology train``, ``radiology train``, ``remote-sensing train --out``
-            or ``segmentation train``.
+        checkpoint: A downstream checkpoint written by a domain's ``train`` command (``domainfm export bundle
+            --help`` lists them).
         out: The bundle folder to create (its name is the bundle's name).
         overwrite: Replace an existing OUT that holds a bundle (or nothing).
     """

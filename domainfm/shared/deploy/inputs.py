@@ -1,8 +1,8 @@
 """Reading one input file as a raw ``[C, H, W]`` float tensor, the way a deployed network expects it.
 
 * ``.png``/``.jpg``/``.tif`` pictures: RGB (3-channel cards) or grey (1-channel cards) values 0..255;
-* any suffix the card's domain reads itself: its ``deploy`` module's ``INPUT_READERS`` (radiology: ``.dcm``
-  through the DICOM display transform, scaled to 0..255 like radiology ingest);
+* any suffix the card's domain reads itself: its ``deploy`` module's ``INPUT_READERS`` (e.g. ``.dcm``
+  through the DICOM display transform, scaled to 0..255 as that domain's ingest reads it);
 * ``.npy``: an array ``[C, H, W]`` (e.g. a 14-band chip in the store's units), loaded without pickles;
 * GeoTIFF with more than 4 bands, or any ``.tif`` a picture reader refuses: rasterio, bands first.
 """

@@ -2,7 +2,7 @@
 
 ``attribute(load_deployable(CKPT), image, method)`` explains one raw input (what
 :func:`domainfm.shared.deploy.read_input` reads) and :func:`render_overlay` draws the map over the input;
-``explain_slide`` does the same tile by tile over a whole slide for pathology tile classifiers, and
+``explain_slide`` does the same tile by tile over a whole slide (inputs a domain registers as large), and
 ``domainfm explain`` wraps both. Methods:
 
 * ``integrated_gradients``: Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep Networks",

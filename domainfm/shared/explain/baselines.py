@@ -5,9 +5,9 @@ the raw space are often out of distribution (a black H&E tile, a chip of invalid
 the **training mean**:
 
 * ``mean`` (default): the per-channel mean of the normalisation the network applies to its raw input
-  (the :class:`~domainfm.shared.model.TransformModule` every deployed network runs first: pathology's store
-  or encoder statistics, radiology's grey mean, the remote-sensing input transform, GMS's mid-grey). It is
-  the input that standardises to zero, i.e. a flat image of the average colour. Remote-sensing chips
+  (the :class:`~domainfm.shared.model.TransformModule` every deployed network runs first: a tile store's
+  or an encoder's statistics, a radiograph store's grey mean, a chip store's band means, GMS's mid-grey). It
+  is the input that standardises to zero, i.e. a flat image of the average colour. Satellite chips
   without an input transform have mean 0 (invalid/zero reflectance), so ``mean`` equals ``zeros`` there.
 * ``zeros``: raw zeros (black pictures, zero band values).
 * ``blur``: the input blurred by a Gaussian of ``sigma = blur_sigma * max(H, W)`` (default 0.1):

@@ -26,10 +26,10 @@ def explain(
     Details, baselines and the sanity checks: docs/explain.md.
 
     Args:
-        checkpoint: A downstream checkpoint (``pathology train``, ``radiology train``, ``remote-sensing
-            train``, ``segmentation train``).
-        input: A picture (.png/.jpg/.tif), a radiograph (.dcm), a chip (.npy [C, H, W]) or, for a pathology
-            tile classifier, a whole slide (.svs, .ndpi, .mrxs, pyramidal .tif, ...).
+        checkpoint: A downstream checkpoint written by a domain's ``train`` command.
+        input: A picture (.png/.jpg/.tif), a radiograph (.dcm), a chip (.npy [C, H, W]) or, for a slide
+            tile classifier, a whole slide (.svs, .ndpi, .mrxs, pyramidal .tif, ...): any input the
+            model's domain reads.
         out: The PNG to write.
         method: ``integrated_gradients``, ``gradient_shap``, ``occlusion`` or ``attention_rollout`` (ViT only).
         target: A class/label name or index to explain; default the predicted one (per tile on slides).

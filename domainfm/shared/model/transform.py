@@ -11,7 +11,7 @@ into the store, training and evaluation standardise store tiles with the same mo
 Steps, in order, on raw values ``[B, C, H, W]`` (what a file holds: 0..255 pixels, DICOM display values
 x 255, a chip's band values):
 
-1. **geometry** onto the model's ``size``: ``exact`` (refuse any other size: a pathology tile at its
+1. **geometry** onto the model's ``size``: ``exact`` (refuse any other size: a slide tile at its
    mpp), ``resize`` (the whole image squashed to ``size``, as GMS trains; segmentation outputs are
    resized back), ``letterbox`` (longer side to ``size``, aspect kept, centred on ``fill``; as ConVIRT's
    radiographs), ``window`` (the input lies on the training pixel grid; larger inputs are predicted

@@ -263,7 +263,7 @@ def ingest(
         out: Store folder.
         spec: What the store holds (tile shape, dtype, channels, companions, ...).
         reader: ``reader(path) -> Iterator[TileBatch]``; a module-level function (picklable for processes).
-        reader_name: Recorded in the sources table (e.g. ``"pathology.openslide"``).
+        reader_name: Recorded in the sources table (e.g. ``"<domain>.openslide"``).
         reader_version: Recorded too; bump it when the reader's output changes.
         workers: Local parallel tasks.
         scheduler: ``dask.distributed`` scheduler address; local threads/processes when ``None``.
