@@ -51,7 +51,6 @@ SCHEMA_FILE = Path(__file__).with_name("meta_schema_20240725.json")
 SCHEMA_URL = "https://project-monai.github.io/schema/meta_schema_20240725.json"
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 BUNDLE_VERSION = "0.1.0"
-# DICOM modality codes where one fits: digital radiography, slide microscopy; the spec's default otherwise.
 # Packages the bundle itself needs beyond monai/torch/numpy (``python -m monai.bundle``, the engine).
 RUNTIME_PACKAGES = ("pytorch-ignite", "fire")
 
