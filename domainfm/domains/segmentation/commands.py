@@ -195,6 +195,9 @@ def evaluate(
 ) -> int:
     """Dice, IoU and HD95 (mean and std over images) and trainable parameters of a trained segmenter.
 
+    Scored at the store's size (GMS's protocol) and at each image's own size against its full-size mask,
+    as ``predict`` and the exported bundle return masks.
+
     Args:
         checkpoint: A model from ``segmentation train``.
         store: A segmentation tile store (another site's store for cross-domain evaluation).
@@ -216,6 +219,14 @@ def evaluate(
             f"Dice {result['dice_mean']:.3f} ± {result['dice_std']:.3f}, IoU {result['iou_mean']:.3f}, "
             f"HD95 {result['hd95_mean']:.2f} px; {result['trainable_parameters']:,} trainable parameters"
         )
+        if result.get("native"):
+            native = result["native"]
+            print(
+                f"  at each image's own size (as predict returns it): Dice {native['dice_mean']:.3f} ± "
+                f"{native['dice_std']:.3f}, IoU {native['iou_mean']:.3f}, HD95 {native['hd95_mean']:.2f} px"
+            )
+        elif result.get("native_missing"):
+            print(f"  not scored at native size: {result['native_missing']}")
     return 0
 
 

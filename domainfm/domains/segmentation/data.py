@@ -202,6 +202,8 @@ def read_pair(
             "mask": tile_mask[None, None].astype(np.uint8),
             "source_shape": np.array([image.shape[:2]], np.int32),
         },
+        # where the full-size mask is, so evaluation can also score at each image's own size
+        source_meta={"mask": str(mask_path), "foreground": list(foreground) if foreground else None},
     )
 
 

@@ -3,7 +3,9 @@
 Scores follow GMS's protocol (arXiv 2403.18198, section "Experiments"): per-image Dice and IoU after a
 0.5 threshold at the store's resolution, mean and standard deviation over images; HD95 is added, and the
 empty-mask conventions are those of :mod:`.metrics`. Cross-domain evaluation is the same call with a store
-from another site.
+from another site. ``native=True`` also scores what the deployed model gives a user: each probability
+map resized back to its image's own size by the model contract (:func:`~domainfm.shared.model.map_to_input`,
+exactly as ``predict`` and the bundle return it) against the original full-size mask file.
 """
 
 from __future__ import annotations
@@ -63,13 +65,49 @@ def score(probability: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tens
     return {"dice": dice, "iou": iou, "hd95": hd95(prediction, mask)}
 
 
+def native_scores(store: TileStore, predictions: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Dice, IoU and HD95 at each image's own size against its full-size mask file (see the module docstring).
+
+    Returns ``{"native": summary}``, or ``{"native": None, "native_missing": reason}`` when the store does
+    not record the mask files (stores ingested before they did) or one of them is gone.
+    """
+    from domainfm.domains.segmentation.data import image_transform, read_mask
+    from domainfm.shared.model import map_to_input
+
+    transform = image_transform(int(store.spec.tile_shape[-1]))
+    sources, rows = store.sources, store.index["source"]
+    values: dict[str, list[torch.Tensor]] = {"dice": [], "iou": [], "hd95": []}
+    for probability, tile_id in zip(predictions["probability"], predictions["tile_id"].tolist(), strict=True):
+        source = sources[int(rows[tile_id])]
+        recorded = source.get("meta", {})
+        mask_path = recorded.get("mask")
+        if not mask_path or not Path(mask_path).is_file():
+            return {"native": None, "native_missing": f"mask file of {source.get('path')} not recorded or gone"}
+        mask = torch.from_numpy(read_mask(Path(mask_path), recorded.get("foreground")))[None, None]
+        native = map_to_input(probability[None].float(), tuple(mask.shape[-2:]), transform)
+        for name, value in score(native, mask).items():
+            values[name].append(value)
+    return {"native": summarise({k: torch.cat(v) for k, v in values.items()})}
+
+
 def evaluate(
-    model: nn.Module, store: TileStore, split: str | None = "test", batch_size: int = 16, device: str = "auto"
+    model: nn.Module,
+    store: TileStore,
+    split: str | None = "test",
+    batch_size: int = 16,
+    device: str = "auto",
+    native: bool = False,
 ) -> dict[str, Any]:
-    """Summary metrics of ``model`` on ``split`` of ``store`` (Dice, IoU, HD95: mean and std; images)."""
+    """Summary metrics of ``model`` on ``split`` of ``store`` (Dice, IoU, HD95: mean and std; images).
+
+    ``native``: also score at each image's own size (``result["native"]``, see :func:`native_scores`).
+    """
     predictions = predict(model, store, split_ids(store, split), batch_size, device)
     summary = summarise(score(predictions["probability"], predictions["mask"]))
-    return {"store": str(store.path), "split": split or "all", "images": len(predictions["mask"]), **summary}
+    result = {"store": str(store.path), "split": split or "all", "images": len(predictions["mask"]), **summary}
+    if native:
+        result.update(native_scores(store, predictions))
+    return result
 
 
 def qc_figure(predictions: dict[str, torch.Tensor], path: Path, title: str, n: int = 8) -> Path:

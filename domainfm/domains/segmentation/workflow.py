@@ -127,7 +127,11 @@ def evaluate_checkpoint(
             f"{store.spec.tile_shape[-1]} px tiles; ingest the images again with --size {meta['image_size']}"
         )
     _check_size(model, store)
-    result = {"model": meta["kind"], "checkpoint": str(checkpoint), **evaluate(model, store, split, device=device)}
+    result = {
+        "model": meta["kind"],
+        "checkpoint": str(checkpoint),
+        **evaluate(model, store, split, device=device, native=True),
+    }
     result["trainable_parameters"] = meta["trainable_parameters"]
     if out is not None:
         predictions = predict(model, store, split_ids(store, split)[:8], device=device)

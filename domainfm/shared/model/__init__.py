@@ -14,6 +14,7 @@ from domainfm.shared.model.transform import (
     TransformError,
     TransformModule,
     apply_geometry,
+    map_to_input,
     standardise,
     transform_array,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "TransformError",
     "TransformModule",
     "apply_geometry",
+    "map_to_input",
     "standardise",
     "transform_array",
 ]

@@ -243,6 +243,19 @@ class TransformModule(nn.Module):
         return self.standardise(self.geometry(images))
 
 
+def map_to_input(maps: torch.Tensor, size: tuple[int, int], transform: InputTransform) -> torch.Tensor:
+    """Maps ``[B, C, h, w]`` on the model's grid back onto an input of ``size`` (inverse geometry).
+
+    ``letterbox``: the image's box is cropped out of the padding first; then bilinear resizing. A map
+    already at ``size`` is returned unchanged. Evaluation at native resolution uses this too.
+    """
+    height, width = int(size[0]), int(size[1])
+    if transform.geometry == "letterbox" and (height, width) != tuple(transform.size):
+        top, left, new_h, new_w = letterbox_box(height, width, transform.size[0])
+        maps = maps[..., top : top + new_h, left : left + new_w]
+    return _bilinear(maps, (height, width))
+
+
 class ContractModel(nn.Module):
     """``InputTransform -> network`` as one module from raw inputs to scores.
 
@@ -269,12 +282,7 @@ class ContractModel(nn.Module):
         out = self.network(self.transform(images))
         if self.output_grid != "input":
             return out
-        height, width = images.shape[-2:]
-        record = self.record
-        if record.geometry == "letterbox" and (height, width) != tuple(record.size):
-            top, left, new_h, new_w = letterbox_box(height, width, record.size[0])
-            out = out[..., top : top + new_h, left : left + new_w]
-        return _bilinear(out, (height, width))
+        return map_to_input(out, tuple(images.shape[-2:]), self.record)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Scores of raw ``[B, C, H, W]`` inputs (see the class docstring)."""
