@@ -151,3 +151,21 @@ def test_remote_sensing_chips_meet_the_store(deployables, kind: str):
         with torch.no_grad():
             out = model(prepared)
         _assert_same(deployable, read_input(path, deployable.card), prepared, out[:, None] if out.ndim == 3 else out)
+
+
+def test_remote_sensing_whole_granules_are_read_as_ingest_chips_them(deployables):
+    """A raw MODIS granule (HDF4): every stored chip is the reader's window, and the cloud mask covers it all."""
+    checkpoint, _ = deployables["remote_sensing.cloud_mask"]
+    deployable = load_deployable(checkpoint)
+    granule = checkpoint.parents[1] / "g0.hdf"
+    raw = read_input(granule, deployable.card)
+    tiles = TileStore(checkpoint.parents[1] / "chips.zarr")
+    (row,) = [i for i, s in enumerate(tiles.sources) if Path(str(s["path"])).name == granule.name]
+    ids = np.flatnonzero(tiles.index["source"] == row)
+    assert len(ids) > 1
+    chip = deployable.card.spatial_shape[0]
+    for i in ids:
+        y, x = int(tiles.index["y"][i]), int(tiles.index["x"][i])
+        np.testing.assert_array_equal(raw[0, :, y : y + chip, x : x + chip].numpy(), np.asarray(tiles.tiles[int(i)]))
+    pred = predict(deployable, raw)
+    assert pred.shape == (1, 1, *raw.shape[-2:]) and raw.shape[-1] > chip  # a window slid over the whole granule

@@ -40,7 +40,7 @@ def input_transform(mean: float = 0.5, std: float = 0.25) -> InputTransform:
     )  # fmt: skip
 
 
-def read_picture(path: Path) -> np.ndarray:
+def read_picture(path: Path, card: ModelCard | None = None) -> np.ndarray:
     """A grey picture as raw ``[1, H, W]`` float values 0..255."""
     from PIL import Image
 

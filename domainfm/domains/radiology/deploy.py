@@ -23,7 +23,7 @@ from domainfm.shared.model import InputTransform
 KIND = "radiology.classifier"
 
 
-def read_radiograph_input(path: Path) -> np.ndarray:
+def read_radiograph_input(path: Path, card: ModelCard | None = None) -> np.ndarray:
     """A radiograph (DICOM or picture) as ``[1, H, W]`` display values 0..255, as ``radiology ingest`` reads it."""
     from domainfm.domains.radiology.images import read_radiograph
 

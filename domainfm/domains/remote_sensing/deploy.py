@@ -13,12 +13,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from domainfm.domains.remote_sensing.data import HDF_SUFFIXES
 from domainfm.domains.remote_sensing.downstream import build_task_model, load_task_model
 from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
 from domainfm.shared.model import InputTransform
+
+
+def read_granule_input(path: Path, card: ModelCard) -> np.ndarray:
+    """A MODIS L1B granule as the card's bands ``[C, H, W]``, SatVision-scaled, invalid pixels 0 (as ingest)."""
+    from domainfm.domains.remote_sensing.modis import read_l1b
+
+    granule = read_l1b(Path(path), list(card.channel_names))
+    scaled = np.stack([band.scale(plane) for band, plane in zip(granule.bands, granule.values, strict=True)])
+    return np.where(granule.valid, np.nan_to_num(scaled), 0).astype(np.float32)
+
+
+def read_raster_input(path: Path, card: ModelCard) -> np.ndarray:
+    """A GeoTIFF band set as the card's bands ``[C, H, W]`` in the file's values, nodata 0 (as ingest)."""
+    from domainfm.domains.remote_sensing.rasters import read_stack
+
+    stack = read_stack([Path(path)], list(card.channel_names))
+    return np.where(stack.valid, np.nan_to_num(stack.values), 0).astype(np.float32)
+
+
+INPUT_READERS = {
+    **dict.fromkeys(HDF_SUFFIXES, read_granule_input),
+    **dict.fromkeys((".tif", ".tiff"), read_raster_input),
+}
 
 KINDS = {
     "curtain": "remote_sensing.curtain",

@@ -157,8 +157,8 @@ def image_transform(size: int) -> InputTransform:
     )
 
 
-def read_input_image(path: Path) -> np.ndarray:
-    """An image as raw ``[3, H, W]`` float values 0..255, read as ingest reads it (for deployed segmenters)."""
+def read_input_image(path: Path, card: object = None) -> np.ndarray:
+    """An image as raw ``[3, H, W]`` float values 0..255, read as ingest reads it (a deployed segmenter's reader)."""
     return read_image(Path(path)).transpose(2, 0, 1).astype(np.float32)
 
 

@@ -1,8 +1,9 @@
 """Reading one input file as a raw ``[C, H, W]`` float tensor, the way a deployed network expects it.
 
 * ``.png``/``.jpg``/``.tif`` pictures: RGB (3-channel cards) or grey (1-channel cards) values 0..255;
-* any suffix the card's domain reads itself: its ``deploy`` module's ``INPUT_READERS`` (e.g. ``.dcm``
-  through the DICOM display transform, scaled to 0..255 as that domain's ingest reads it);
+* any suffix the card's domain reads itself: its ``deploy`` module's ``INPUT_READERS``, each
+  ``reader(path, card) -> [C, H, W]`` raw values read as that domain's ingest reads them (e.g. ``.dcm``
+  through the DICOM display transform, x 255; a satellite granule's bands the card names, scaled, invalid 0);
 * ``.npy``: an array ``[C, H, W]`` (e.g. a 14-band chip in the store's units), loaded without pickles;
 * GeoTIFF with more than 4 bands, or any ``.tif`` a picture reader refuses: rasterio, bands first.
 """
@@ -50,7 +51,10 @@ def read_array(path: str | Path, card: ModelCard) -> np.ndarray:
     suffix = path.suffix.lower()
     domain_readers = getattr(domain_module(card.kind), "INPUT_READERS", {})
     if suffix in domain_readers:
-        array = np.asarray(domain_readers[suffix](path), dtype=np.float32)
+        try:
+            array = np.asarray(domain_readers[suffix](path, card), dtype=np.float32)
+        except (ValueError, OSError) as error:  # the domain's readers name what is wrong with the file
+            raise InputError(f"{path}: cannot be read as an input of {card.kind} ({error})") from error
     elif suffix == ".npy":
         array = np.load(path, allow_pickle=False).astype(np.float32)
         if array.ndim == 2:
