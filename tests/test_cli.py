@@ -82,9 +82,45 @@ def test_every_shipped_config_parses_for_its_command(path: Path, capsys: pytest.
     assert main([*command, "--config", str(path), "--print_config"]) == 0 or pytest.fail(capsys.readouterr().err)
 
 
-def test_bench_backbones_prints_ratios(capsys: pytest.CaptureFixture[str]):
-    args = ["bench", "backbones", "--names", "[test_vit]", "--steps", "2", "--warmup", "0", "--batch_size", "2"]
+class _Clock:
+    """A clock that moves only when a timed model runs: the bench's timings are then known exactly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_bench_backbones_prints_ratios(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    from domainfm.shared.backbones import bench
+
+    clock = _Clock()
+    # seconds per call of each model: one warmup round, then three timed rounds with one outlier each, so
+    # a mean (or counting the warmup) gives other numbers than the median of the timed rounds
+    durations = {"test_resnet": [9.0, 0.004, 0.050, 0.002], "test_vit": [9.0, 0.010, 0.001, 0.030]}
+    calls = {name: 0 for name in durations}
+    create = bench.create_backbone
+
+    def timed_backbone(name: str, **kwargs):
+        model = create(name, **kwargs)
+
+        def advance(module, args, output):
+            clock.now += durations[name][calls[name]]
+            calls[name] += 1
+
+        model.register_forward_hook(advance)
+        return model
+
+    monkeypatch.setattr(bench, "create_backbone", timed_backbone)
+    monkeypatch.setattr(bench, "time", clock)
+    args = ["bench", "backbones", "--names", "[test_vit]", "--steps", "3", "--warmup", "1", "--batch_size", "2"]
     assert main([*args, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
+    assert calls == {"test_resnet": 4, "test_vit": 4}
     assert [r["name"] for r in rows] == ["test_resnet", "test_vit"]
-    assert rows[0]["ratio_to_baseline"] == 1.0 and rows[1]["ratio_to_baseline"] > 0
+    resnet, vit = 0.004, 0.010  # the medians of the timed rounds
+    assert rows[0]["ratio_to_baseline"] == 1.0
+    assert rows[1]["ratio_to_baseline"] == pytest.approx(resnet / vit)  # baseline time / time: 0.4
+    assert [r["ms_per_batch"] for r in rows] == pytest.approx([4.0, 10.0])
+    assert [r["images_per_s"] for r in rows] == pytest.approx([2 / resnet, 2 / vit])

@@ -160,10 +160,21 @@ def _ok(finished: Finished) -> str:
 
 def test_every_kind_is_exported(bundles, deployables):
     assert set(bundles) == set(deployables)
+    schema_md5 = hashlib.md5(SCHEMA_FILE.read_bytes()).hexdigest()
     for kind, bundle in bundles.items():
         for name in ("LICENSE", "configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
             assert (bundle / name).is_file(), f"{kind}: {name}"
         assert not bundle.with_name(bundle.name + ".partial").exists()
+        # the README states this model's contract and a verify command that works with the shipped schema
+        readme = (bundle / "docs" / "README.md").read_text()
+        card = load_deployable(deployables[kind][0]).card
+        assert readme.startswith(f"# domainfm {card.kind}\n"), kind
+        assert f"{card.in_channels} channel(s): {', '.join(card.channel_names)}" in readme, kind
+        assert "x".join(map(str, card.spatial_shape)) in readme, kind
+        assert ", ".join(card.class_names) in readme and f"Activation: {card.activation}." in readme, kind
+        assert f"--hash_val {schema_md5}" in readme, kind
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        assert meta["description"] in readme, kind
 
 
 def test_weights_are_a_plain_state_dict_of_the_network(bundles, deployables):

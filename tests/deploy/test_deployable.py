@@ -24,6 +24,9 @@ def test_every_kind_loads_and_predicts(deployables: dict[str, tuple[Path, list[P
             assert torch.isfinite(pred).all()
             if card.activation != "none" or card.task == "segmentation":
                 assert float(pred.min()) >= 0 and float(pred.max()) <= 1
+            if card.activation == "softmax":  # one distribution over the classes per input (or pixel)
+                torch.testing.assert_close(pred.sum(1), torch.ones_like(pred.sum(1)), rtol=0, atol=1e-5)
+                assert pred.std() > 0, kind
 
 
 def test_rebuilt_network_takes_the_trained_weights(deployables: dict[str, tuple[Path, list[Path]]]):

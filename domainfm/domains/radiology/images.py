@@ -4,9 +4,10 @@ ConVIRT (Zhang et al., MLHC 2022, arXiv 2010.00747) trains on chest radiographs 
 display transform matters because a model must see air dark and bone bright whatever the scanner stored:
 
 1. stored values -> modality values by the Modality LUT (``RescaleSlope``/``RescaleIntercept``);
-2. modality values -> display values by the VOI LUT sequence if present, else the first window
-   (``WindowCenter``/``WindowWidth``, LINEAR or SIGMOID as DICOM PS3.3 C.11.2.1.2 defines them), else
-   the 0.5-99.5 percentiles of the image;
+2. modality values -> display values by pydicom's VOI LUT (the VOI LUT sequence if present, else the
+   first window, ``WindowCenter``/``WindowWidth``, LINEAR, LINEAR_EXACT or SIGMOID as DICOM PS3.3
+   C.11.2.1.2 defines them), mapped to [0, 1] over its output range; without either, the 0.5-99.5
+   percentiles of the image;
 3. MONOCHROME1 (minimum = white) is inverted, so air is dark in every output.
 
 Everything stays floating point (16-bit precision) until the final [0, 1] result. The geometry is the
@@ -35,27 +36,43 @@ def percentile_scale(values: np.ndarray, low: float = 0.5, high: float = 99.5) -
     return np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
 
 
-def _first(value: object) -> float:
-    """The first value of a possibly multi-valued DICOM element."""
-    try:
-        return float(value[0])  # type: ignore[index]
-    except TypeError:
-        return float(value)  # type: ignore[arg-type]
+def _has_voi_lut(ds: object) -> bool:
+    """Whether pydicom's ``apply_voi_lut`` would use the VOI LUT Sequence (it does when it is usable)."""
+    sequence = ds.get("VOILUTSequence")  # type: ignore[attr-defined]
+    return bool(sequence) and None not in (sequence[0].get("LUTDescriptor"), sequence[0].get("LUTData"))
 
 
-def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    if function == "SIGMOID":
-        return 1 / (1 + np.exp(-4 * (values - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((values - center) / width + 0.5, 0, 1)
-    return np.clip((values - (center - 0.5)) / max(width - 1, 1e-12) + 0.5, 0, 1)
+def _has_window(ds: object) -> bool:
+    return None not in (ds.get("WindowCenter"), ds.get("WindowWidth"))  # type: ignore[attr-defined]
+
+
+def _voi_display(values: np.ndarray, ds: object) -> np.ndarray:
+    """Modality values -> [0, 1] by pydicom's VOI LUT or window (index 0), over pydicom's output range.
+
+    * VOI LUT Sequence: pydicom indexes the LUT by integer input (it warns on floats: floor is its index
+      for every input at or past the descriptor's first mapped value, and inputs below it take entry 0
+      either way); the output range is ``0 .. 2**n - 1``, ``n`` the descriptor's third value (PS3.3
+      C.11.2.1.1), not the range the LUT data happen to span.
+    * Window (LINEAR, LINEAR_EXACT, SIGMOID; the first of several): pydicom returns values in its output
+      range ``[y_min, y_max]`` (the stored bit range through the rescale, or the Modality LUT's range), the
+      values it gives to inputs of -inf and +inf.
+    """
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    if _has_voi_lut(ds):
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])  # type: ignore[attr-defined]
+        display = np.asarray(apply_voi(np.floor(values).astype(np.int64), ds, index=0), dtype=np.float64)
+        return np.clip(display / (2**bits - 1), 0, 1)
+    display = np.asarray(apply_windowing(values, ds, index=0), dtype=np.float64)
+    low, high = np.asarray(apply_windowing(np.array([-np.inf, np.inf]), ds, index=0), dtype=np.float64)
+    return np.clip((display - low) / (high - low), 0, 1)
 
 
 def read_dicom(path: Path) -> np.ndarray:
     """A DICOM radiograph as float ``[H, W]`` in [0, 1], air dark (see the module docstring)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -70,13 +87,11 @@ def read_dicom(path: Path) -> np.ndarray:
     if pixels.ndim != 2:
         raise ValueError(f"{path}: expected one greyscale frame, found pixel array of shape {pixels.shape}")
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    if "VOILUTSequence" in ds:
-        display = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        display = np.clip((display - lut.min()) / max(lut.max() - lut.min(), 1e-12), 0, 1)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
-        display = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+    if _has_voi_lut(ds) or _has_window(ds):
+        try:
+            display = _voi_display(values, ds)
+        except (ValueError, NotImplementedError) as error:  # a bad window width or function, LUT bit depth
+            raise ValueError(f"{path}: cannot apply its VOI LUT or window: {error}") from error
     else:
         display = percentile_scale(values)
     if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":

@@ -1,21 +1,93 @@
-"""`domainfm bench tiling` on a small slide: every pass runs, the fields are consistent, the store is complete."""
+"""`domainfm bench tiling` on a small slide: every pass runs, the store is complete, and the rates and ratios
+are what the timed work took, on a clock that moves by known amounts only while that work runs."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from domainfm.cli import main
 
+# seconds per tile of each timed pass, per round; the medians of the rates and the median of the per-round
+# ratios differ from the ratio of the medians and from means, so a wrong summary gives other numbers
+READ_LIMIT = [0.010, 0.001, 0.020]  # rates 100, 1000, 50: median 100
+NATIVE_READ = [0.004, 0.004, 0.002]  # rates 250, 250, 500: median 250
+TILER = [0.020, 0.004, 0.100]  # rates 50, 250, 10: median 50; tiler / read limit 0.5, 0.25, 0.2: median 0.25
+NAIVE_PNG = 0.040  # rate 25
 
-def test_bench_tiling_reports_consistent_ratios(tmp_path, capsys):
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_bench_tiling_reports_the_timed_rates_and_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from PIL import Image
+
+    from domainfm.domains.pathology import bench, tiling
+
+    clock = _Clock()
+    state = {"in_tiler": False, "public": 0, "native": 0, "tiler": 0, "naive": 0}
+    real_read_tiles, real_tile_slides, real_save = tiling.read_tiles, tiling.tile_slides, Image.Image.save
     work = tmp_path / "bench"
-    args = ["bench", "tiling", "--size", "3000", "--naive_tiles", "20", "--rounds", "1", "--json"]
+
+    def read_tiles(reader, *args, **kwargs):
+        if state["in_tiler"]:  # the tiler's own reads are inside its timed call
+            yield from real_read_tiles(reader, *args, **kwargs)
+            return
+        kind = "public" if reader.public_api else "native"
+        seconds = (READ_LIMIT if reader.public_api else NATIVE_READ)[state[kind]]
+        state[kind] += 1
+        for tiles in real_read_tiles(reader, *args, **kwargs):
+            clock.now += seconds * len(tiles)
+            yield tiles
+
+    def tile_slides(slides, out, *args, **kwargs):
+        state["in_tiler"] = True
+        try:
+            summary = real_tile_slides(slides, out, *args, **kwargs)
+        finally:
+            state["in_tiler"] = False
+        clock.now += TILER[state["tiler"]] * summary.n_tiles
+        state["tiler"] += 1
+        return summary
+
+    def save(image, fp, *args, **kwargs):
+        if Path(fp).parent == work / "png":  # the naive loop's PNG files
+            clock.now += NAIVE_PNG
+            state["naive"] += 1
+        return real_save(image, fp, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(tiling, "read_tiles", read_tiles)
+    monkeypatch.setattr(tiling, "tile_slides", tile_slides)
+    monkeypatch.setattr(Image.Image, "save", save)
+    args = ["bench", "tiling", "--size", "2000", "--naive_tiles", "20", "--rounds", "3", "--json"]
     assert main([*args, "--workdir", str(work)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["tiles"] > 20 and result["rounds"] == 1
-    for name in ("tiler", "read_limit", "native_read", "naive_png"):
-        assert result[f"{name}_tiles_per_s"] > 0
-    ratio = result["tiler_rounds"][0] / result["read_limit_rounds"][0]  # the rounds are rounded to 0.1 tiles/s
-    assert abs(result["ratio_vs_read_limit"] - ratio) <= 0.01
-    assert abs(result["ratio_vs_naive_png"] - result["tiler_tiles_per_s"] / result["naive_png_tiles_per_s"]) <= 0.01
+    assert result["tiles"] > 20 and result["rounds"] == 3
+    assert {k: state[k] for k in ("public", "native", "tiler", "naive")} == {
+        "public": 3,
+        "native": 3,
+        "tiler": 3,
+        "naive": 20,
+    }
+    assert result["read_limit_rounds"] == pytest.approx([100.0, 1000.0, 50.0])
+    assert result["native_read_rounds"] == pytest.approx([250.0, 250.0, 500.0])
+    assert result["tiler_rounds"] == pytest.approx([50.0, 250.0, 10.0])
+    assert result["read_limit_tiles_per_s"] == pytest.approx(100.0)
+    assert result["native_read_tiles_per_s"] == pytest.approx(250.0)
+    assert result["tiler_tiles_per_s"] == pytest.approx(50.0)
+    assert result["naive_png_tiles_per_s"] == pytest.approx(25.0) and result["naive_tiles_measured"] == 20
+    assert result["ratio_vs_read_limit_rounds"] == pytest.approx([0.5, 0.25, 0.2])
+    assert result["ratio_vs_read_limit"] == pytest.approx(0.25)  # median of the per-round ratios
+    assert result["ratio_vs_native_read"] == pytest.approx(0.2)
+    assert result["ratio_vs_naive_png"] == pytest.approx(2.0)
     assert 0 < result["peak_rss_mb"] < 4096
     assert len(list((work / "png").glob("*.png"))) == 20
     assert json.loads((work / "tiles.zarr" / "zarr.json").read_text())["attributes"]["status"] == "complete"

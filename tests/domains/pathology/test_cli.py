@@ -92,7 +92,19 @@ def test_embeddings_resume_and_match_the_encoder(workspace: Path, monkeypatch: p
     assert embeddings.slides[0]["mpp_source"] == "openslide.mpp-x"
 
 
-def test_probe_train_and_mil_commands(workspace: Path, capsys: pytest.CaptureFixture[str]):
+def test_probe_train_and_mil_commands(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from domainfm.domains.pathology import heads
+
+    probed = []  # the test tiles' probabilities and labels the probe is scored on
+    real_scores = heads.classification_scores
+
+    def scores_spy(probabilities, labels, n_classes):
+        probed.append((probabilities.clone(), labels.clone()))
+        return real_scores(probabilities, labels, n_classes)
+
+    monkeypatch.setattr(heads, "classification_scores", scores_spy)
     emb = workspace / "emb_cli.zarr"
     assert (
         main(
@@ -114,7 +126,15 @@ def test_probe_train_and_mil_commands(workspace: Path, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert main(["pathology", "probe", "--embeddings", str(emb), "--mpp", "0.5", "--json"]) == 0
     probe = json.loads(capsys.readouterr().out)
-    assert 0 <= probe["balanced_accuracy"] <= 1 and probe["test_tiles"] > 0
+    assert probe["test_tiles"] > 0
+    # balanced accuracy: the mean over the classes in the test tiles of the share of their tiles predicted right
+    probabilities, labels = probed[-1]
+    assert len(labels) == probe["test_tiles"]
+    predicted = probabilities.argmax(1)
+    recalls = [float((predicted[labels == c] == c).double().mean()) for c in labels.unique().tolist()]
+    assert len(recalls) >= 2, "the test tiles must hold several classes"
+    assert probe["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
+    assert probe["accuracy"] == pytest.approx(float((predicted == labels).double().mean()))
     out = workspace / "clf"
     assert main(["pathology", "train", "--store", str(workspace / "tiles.zarr"), "--out", str(out), "--checkpoint",
                  str(workspace / "pluto" / "encoder.safetensors"), "--peft", "dvpt", "--epochs", "1", "--json",

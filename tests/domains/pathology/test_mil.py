@@ -16,6 +16,7 @@ from domainfm.domains.pathology.mil import (
     attention_overlay,
     evaluate_mil,
     fit_mil,
+    predict_mil,
     train_mil,
 )
 
@@ -151,10 +152,25 @@ def test_fit_mil_and_multiclass_metrics() -> None:
     centres = 3.0 * torch.eye(3, DIM)
     bags = [torch.randn(10, DIM, generator=g) + centres[i % 3] for i in range(12)]
     labels = [i % 3 for i in range(12)]
-    result = fit_mil(bags, labels, bags, labels, n_classes=3, epochs=3, lr=1e-3)
+    # held-out bags whose class signal is weaker, so the scores are neither 0 nor 1 and a wrong formula shows
+    held_labels = [0] * 6 + [1] * 3 + [2] * 3  # unbalanced: accuracy and balanced accuracy differ
+    held_out = [torch.randn(10, DIM, generator=g) + 0.35 * centres[y] for y in held_labels]
+    result = fit_mil(bags, labels, held_out, held_labels, n_classes=3, epochs=3, lr=1e-3)
     assert isinstance(result, MILResult) and len(result.history) == 3
     assert set(result.metrics) == {"accuracy", "balanced_accuracy", "auroc", "n_slides"}
-    assert 0.0 <= result.metrics["auroc"] <= 1.0 and result.metrics["n_slides"] == 12
+    assert result.metrics["n_slides"] == 12
+    # the reported scores are those of the returned model on the evaluation bags, recomputed here
+    probs = predict_mil(result.model, held_out)
+    predicted, target = probs.argmax(1), torch.tensor(held_labels)
+    recalls = [float((predicted[target == c] == c).float().mean()) for c in range(3)]  # every class is true
+    assert result.metrics["accuracy"] == pytest.approx(float((predicted == target).float().mean()))
+    assert result.metrics["balanced_accuracy"] == pytest.approx(sum(recalls) / 3)
+
+    def pairs_in_order(c: int) -> float:  # one-vs-rest AUROC: positive-negative pairs ranked right, ties half
+        pos, neg = probs[target == c, c], probs[target != c, c]
+        return float(((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean())
+
+    assert result.metrics["auroc"] == pytest.approx(sum(pairs_in_order(c) for c in range(3)) / 3, abs=1e-6)
     one_class = evaluate_mil(result.model, bags[:1], labels[:1])
     assert math.isnan(one_class["auroc"]) and one_class["n_slides"] == 1
 

@@ -53,3 +53,19 @@ def test_chexpert_format_uncertain_labels_are_not_hits(tmp_path: Path):
     assert found["image_to_image"]["precision_at_2"] == 0.5
     assert found["chance"] == pytest.approx((2 / 4 + 1 / 4) / 2)
     assert set(found["text_to_image"]["precision_at_1_per_category"]) == {"Cardiomegaly"}
+
+
+def test_precision_at_k_and_macro_auroc_by_hand():
+    from domainfm.domains.radiology.evaluate import macro_auroc, precision_at_k
+
+    similarity = torch.tensor([[0.9, 0.1, 0.5, 0.7], [0.2, 0.8, 0.6, 0.4]])
+    relevant = torch.tensor([[True, True, False, False], [False, False, True, True]])
+    # query 0 ranks 0 3 2 1: hits 1 0 0 1; query 1 ranks 1 2 3 0: hits 0 1 1 0
+    torch.testing.assert_close(precision_at_k(similarity, relevant, 1), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(precision_at_k(similarity, relevant, 3), torch.tensor([1 / 3, 2 / 3]))
+    torch.testing.assert_close(precision_at_k(similarity, relevant, 9), torch.tensor([0.5, 0.5]))  # k > candidates
+    labels = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 0]])
+    scores = torch.tensor([[0.9, 0.5, 0.4], [0.8, 0.1, 0.7], [0.1, 0.3, 0.5], [0.3, 0.2, 0.2]])
+    # label 0: positives 0.9 0.1 against 0.8 0.3 order 2 of 4 pairs; label 1 has no positive and is left
+    # out; label 2: positives 0.4 0.7 against 0.5 0.2 order 3 of 4
+    assert macro_auroc(scores, labels) == pytest.approx((2 / 4 + 3 / 4) / 2)

@@ -9,7 +9,19 @@ import pytest
 from domainfm.cli import main
 
 
-def test_granules_to_simmim_to_curtain_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_granules_to_simmim_to_curtain_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from domainfm.domains.remote_sensing import downstream
+
+    scored = []  # the test chips' logits and targets each training run is scored on
+    real_scores = downstream._scores
+
+    def spy(task, logits, target):
+        scored.append((logits.clone(), target.clone()))
+        return real_scores(task, logits, target)
+
+    monkeypatch.setattr(downstream, "_scores", spy)
     granules = [tmp_path / f"MOD021KM.{i}.hdf" for i in range(2)]
     for seed, path in enumerate(granules):
         assert main(["remote-sensing", "phantom", "--out", str(path), "--size", "128", "--seed", str(seed)]) == 0
@@ -26,7 +38,19 @@ def test_granules_to_simmim_to_curtain_from_the_command_line(tmp_path: Path, cap
         args = ["remote-sensing", "train", "--store", store, "--task", task, "--checkpoint", checkpoint]
         assert main([*args, "--peft", peft, "--epochs", "1", "--labelled", "8", "--device", "cpu", "--json"]) == 0
         scores = json.loads(capsys.readouterr().out)
-        assert scores["task"] == task and scores["init"] == "simmim" and 0 <= scores["cloud_iou"] <= 1
+        assert scores["task"] == task and scores["init"] == "simmim"
+        # the reported scores are those of the test chips' predictions, counted here pixel by pixel
+        logits, target = scored.pop()
+        assert len(logits) == scores["test_chips"] > 0
+        cloud, truth = (logits > 0).flatten().tolist(), (target > 0.5).flatten().tolist()
+        tp = sum(c and t for c, t in zip(cloud, truth, strict=True))
+        fp = sum(c and not t for c, t in zip(cloud, truth, strict=True))
+        fn = sum(t and not c for c, t in zip(cloud, truth, strict=True))
+        tn = len(cloud) - tp - fp - fn
+        assert tp + fn > 0 and tn + fp > 0, "the test chips must hold both cloud and clear pixels"
+        assert scores["cloud_iou"] == pytest.approx(tp / max(tp + fp + fn, 1))
+        assert scores["miou"] == pytest.approx((tp / max(tp + fp + fn, 1) + tn / max(tn + fp + fn, 1)) / 2)
+        assert scores["false_negative_rate"] == pytest.approx(fn / (tp + fn))
 
 
 def test_rasters_with_scene_labels_train_a_multilabel_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -8,7 +8,19 @@ import pytest
 from domainfm.cli import main
 
 
-def test_phantom_ingest_train_and_eval_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_phantom_ingest_train_and_eval_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from domainfm.domains.segmentation import evaluate
+
+    predicted = []  # the probabilities and masks each evaluation scores
+    real_predict = evaluate.predict
+
+    def predict_spy(*args, **kwargs):
+        predicted.append(real_predict(*args, **kwargs))
+        return predicted[-1]
+
+    monkeypatch.setattr(evaluate, "predict", predict_spy)
     phantom = tmp_path / "phantom"
     assert main(["segmentation", "phantom", "--out", str(phantom), "--n", "24", "--size", "32"]) == 0
     for site in ("site_a", "site_b"):
@@ -45,7 +57,17 @@ def test_phantom_ingest_train_and_eval_from_the_command_line(tmp_path: Path, cap
     )
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "gms" and result["images"] > 0
-    assert 0 <= result["dice_mean"] <= 1 and result["trainable_parameters"] > 0
+    assert result["trainable_parameters"] > 0
+    # dice_mean is the mean over images of 2 |P & T| / (|P| + |T|) (1 when both are empty), P = probability > 0.5
+    predictions = predicted[-1]
+    assert len(predictions["mask"]) == result["images"]
+    dices = []
+    for probability, mask in zip(predictions["probability"], predictions["mask"], strict=True):
+        p, t = probability > 0.5, mask.bool()
+        total = int(p.sum()) + int(t.sum())
+        dices.append(1.0 if total == 0 else 2 * int((p & t).sum()) / total)
+    assert any(int(m.sum()) > 0 for m in predictions["mask"]), "the evaluated images must hold foreground"
+    assert result["dice_mean"] == pytest.approx(sum(dices) / len(dices))
 
 
 def test_gms_without_a_vae_explains_how_to_get_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
