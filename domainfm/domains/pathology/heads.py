@@ -27,17 +27,17 @@ CLASSIFIER_KEY = "domainfm_pathology_tile_classifier"
 
 def classification_scores(probabilities: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, float]:
     """Accuracy, balanced accuracy and macro one-vs-rest AUROC (over classes present in ``labels``)."""
-    from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    from domainfm.shared.tasks.metrics import multiclass_macro_auroc
 
     predicted = probabilities.argmax(1)
-    present = [c for c in range(n_classes) if 0 < int((labels == c).sum()) < len(labels)]
-    aurocs = [float(binary_auroc(probabilities[:, c], (labels == c).long())) for c in present]
     balanced = multiclass_accuracy(predicted, labels, n_classes, average="none")
     seen = [c for c in range(n_classes) if int((labels == c).sum()) > 0]
     return {
         "accuracy": float((predicted == labels).float().mean()),
         "balanced_accuracy": float(balanced[seen].mean()) if seen else float("nan"),
-        "macro_auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
+        "macro_auroc": multiclass_macro_auroc(probabilities, labels, n_classes),
     }
 
 

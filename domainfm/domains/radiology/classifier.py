@@ -74,12 +74,12 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Trains a classifier on ``label_fraction`` of the labelled train images; test macro AUROC; saves it."""
     from domainfm.domains.radiology.evaluate import label_fraction as choose_labelled
-    from domainfm.domains.radiology.evaluate import macro_auroc
     from domainfm.domains.radiology.pretrain import load_convirt, normalise
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
     from domainfm.shared.engine.training import fit, make_trainer, step_task
     from domainfm.shared.peft.methods import apply_peft, count_parameters
+    from domainfm.shared.tasks.metrics import multilabel_macro_auroc
     from domainfm.shared.tiles.schema import SPLITS
     from domainfm.shared.tiles.store import TileStore
     from domainfm.shared.tiles.stream import TileStream
@@ -132,5 +132,5 @@ def train_classifier(
         "train_images": len(train),
         "test_images": len(test),
         "trainable_encoder_parameters": count_parameters(tower)["trainable"],
-        "macro_auroc": macro_auroc(torch.cat(scores), labels[test]) if len(test) else None,
+        "macro_auroc": multilabel_macro_auroc(torch.cat(scores), labels[test]) if len(test) else None,
     }

@@ -32,6 +32,7 @@ from domainfm.domains.radiology.pretrain import normalise
 from domainfm.domains.radiology.text import SentenceTokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
+from domainfm.shared.tasks.metrics import multilabel_macro_auroc
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -157,18 +158,6 @@ def label_fraction(store: TileStore, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rng.choice(train, size=max(2, round(fraction * len(train))), replace=False))
 
 
-def macro_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Macro AUROC over the labels that have both classes in ``labels``."""
-    from torchmetrics.functional.classification import binary_auroc
-
-    values = [
-        float(binary_auroc(scores[:, j], labels[:, j].long()))
-        for j in range(labels.shape[1])
-        if 0 < int(labels[:, j].sum()) < len(labels)
-    ]
-    return float(np.mean(values)) if values else float("nan")
-
-
 def fit_logistic(features: torch.Tensor, labels: torch.Tensor, steps: int = 300, weight_decay: float = 1e-3) -> Any:
     """A multi-label logistic regression on standardised features; returns ``score(features) -> probs``."""
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
@@ -258,7 +247,7 @@ def probe(
                 scores = finetune_scores(tower, store, subset, test, norm, finetune_epochs, seed, torch_device)
             else:
                 scores = fit_logistic(x, y)(features_test)
-            auroc = macro_auroc(scores, labels[test])
+            auroc = multilabel_macro_auroc(scores, labels[test])
             rows.append(
                 {
                     "init": init,

@@ -143,9 +143,9 @@ def load_task_model(path: Path) -> tuple[DownstreamModel, dict[str, Any]]:
 
 def _scores(task: str, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     if task == "multilabel":
-        from torchmetrics.functional.classification import multilabel_auroc
+        from domainfm.shared.tasks.metrics import multilabel_macro_auroc
 
-        return {"macro_auroc": float(multilabel_auroc(logits, target.long(), target.shape[1], average="macro"))}
+        return {"macro_auroc": multilabel_macro_auroc(logits, target)}
     predicted, truth = logits > 0, target.bool()
     tp, fp, fn = (predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()
     tn = (~predicted & ~truth).sum()
