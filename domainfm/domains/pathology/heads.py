@@ -20,6 +20,7 @@ from torch import nn
 
 from domainfm.domains.pathology.embed import Embeddings
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 
 CLASSIFIER_KEY = "domainfm_pathology_tile_classifier"
@@ -57,7 +58,10 @@ def fit_softmax_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: i
 def linear_probe(
     embeddings: Embeddings, mpp: float | None = None, labelled: float = 1.0, seed: int = 0
 ) -> dict[str, Any]:
-    """Linear probe of the tile labels: train split (a seeded ``labelled`` fraction of it) -> test split."""
+    """Linear probe of the tile labels: train split (a seeded ``labelled`` fraction of it) -> test split.
+
+    The fraction is stratified: ``round(labelled * n)`` tiles of each class, at least one.
+    """
     names = embeddings.attrs.get("label_names") or []
     if not names or (embeddings.label < 0).all():
         raise DomainfmError(f"{embeddings.path}: tiles carry no labels (tile phantom slides with --truth_labels)")
@@ -69,8 +73,7 @@ def linear_probe(
     if len(train) < 2 or len(test) < 1:
         raise DomainfmError(f"{embeddings.path}: need train and test tiles with labels; got {len(train)}, {len(test)}")
     if labelled < 1.0:
-        rng = np.random.default_rng(seed)
-        train = np.sort(rng.choice(train, size=max(2, round(labelled * len(train))), replace=False))
+        train = label_fraction(train, labelled, seed, labels=embeddings.label[train])
     torch.manual_seed(seed)
     x = torch.from_numpy(embeddings.features)
     y = torch.from_numpy(embeddings.label.astype(np.int64))
@@ -162,7 +165,7 @@ def train_tile_classifier(
     model = TileClassifier(encoder, len(names)).to(torch_device)
     train = np.flatnonzero((store.index["split"] == SPLITS["train"]) & (labels >= 0))
     if labelled is not None:
-        train = np.sort(np.random.default_rng(seed).choice(train, size=min(labelled, len(train)), replace=False))
+        train = label_fraction(train, count=labelled, seed=seed)
     target = torch.from_numpy(labels.astype(np.int64))
 
     def step(batch: dict) -> torch.Tensor:

@@ -73,13 +73,13 @@ def train_classifier(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Trains a classifier on ``label_fraction`` of the labelled train images; test macro AUROC; saves it."""
-    from domainfm.domains.radiology.evaluate import label_fraction as choose_labelled
     from domainfm.domains.radiology.pretrain import load_convirt, normalise
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
     from domainfm.shared.engine.training import fit, make_trainer, step_task
     from domainfm.shared.peft.methods import apply_peft, count_parameters
     from domainfm.shared.tasks.metrics import multilabel_macro_auroc
+    from domainfm.shared.tasks.subsets import label_fraction as choose_labelled
     from domainfm.shared.tiles.schema import SPLITS
     from domainfm.shared.tiles.store import TileStore
     from domainfm.shared.tiles.stream import TileStream
@@ -101,7 +101,7 @@ def train_classifier(
     tower = apply_peft(tower, peft, **(peft_options or {}))
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.float32))
     model = RadiographClassifier(tower, labels.shape[1]).to(torch_device)
-    train = choose_labelled(store, label_fraction, seed)
+    train = choose_labelled(np.flatnonzero(store.index["split"] == SPLITS["train"]), label_fraction, seed)
 
     def step(batch: dict) -> torch.Tensor:
         logits = model(normalise(batch["tiles"], normalization))

@@ -33,6 +33,7 @@ from domainfm.domains.radiology.text import SentenceTokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.tasks.metrics import multilabel_macro_auroc
+from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -151,13 +152,6 @@ def tower_features(
     return torch.cat([tower(normalise(b["tiles"], normalization)).float().cpu() for b in stream])
 
 
-def label_fraction(store: TileStore, fraction: float, seed: int) -> np.ndarray:
-    """A seeded ``fraction`` of the train split's tile ids (at least 2)."""
-    train = np.flatnonzero(store.index["split"] == SPLITS["train"])
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(train, size=max(2, round(fraction * len(train))), replace=False))
-
-
 def fit_logistic(features: torch.Tensor, labels: torch.Tensor, steps: int = 300, weight_decay: float = 1e-3) -> Any:
     """A multi-label logistic regression on standardised features; returns ``score(features) -> probs``."""
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
@@ -237,7 +231,7 @@ def probe(
         features_test = tower_features(tower, store, test, meta["normalization"], torch_device)
         position = {tile: i for i, tile in enumerate(train_all)}
         for fraction in fractions:
-            subset = label_fraction(store, fraction, seed)
+            subset = label_fraction(train_all, fraction, seed)
             rows_subset = [position[t] for t in subset]
             x, y = features_train[rows_subset], labels[subset]
             if method == "knn":

@@ -37,6 +37,7 @@ from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.training import fit, make_trainer, step_task
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -210,7 +211,7 @@ def train_task(
     model = DownstreamModel(encoder, task, size, outputs).to(torch_device)
     train = np.flatnonzero(store.index["split"] == SPLITS["train"])
     if labelled is not None:
-        train = np.sort(np.random.default_rng(seed).choice(train, size=min(labelled, len(train)), replace=False))
+        train = label_fraction(train, count=labelled, seed=seed)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=_positive_weight(store, target_name, train, task).to(torch_device))
 
     def step(batch: dict) -> torch.Tensor:
