@@ -31,7 +31,6 @@ from domainfm.shared.backbones.checkpoint import METADATA_KEY, read_checkpoint_m
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import tile_generators
 from domainfm.shared.engine.training import (
-    adamw_warmup_cosine,
     data_parallel_only,
     fit,
     resumable_trainer,
@@ -39,6 +38,7 @@ from domainfm.shared.engine.training import (
     trainer_device,
 )
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 

@@ -38,7 +38,6 @@ from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import tile_generators, tile_uniforms
 from domainfm.shared.engine.training import (
-    adamw_warmup_cosine,
     fit,
     fsdp_strategy,
     resumable_trainer,
@@ -47,6 +46,7 @@ from domainfm.shared.engine.training import (
     trainer_device,
 )
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
