@@ -20,6 +20,7 @@ from torch import nn
 
 from domainfm.domains.pathology.embed import Embeddings
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.probes import fit_softmax_probe
 from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 
@@ -40,19 +41,6 @@ def classification_scores(probabilities: torch.Tensor, labels: torch.Tensor, n_c
         "balanced_accuracy": float(balanced[seen].mean()) if seen else float("nan"),
         "macro_auroc": multiclass_macro_auroc(probabilities, labels, n_classes),
     }
-
-
-def fit_softmax_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 300) -> Any:
-    """Multinomial logistic regression (full-batch Adam, small L2) on standardised features."""
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    head = nn.Linear(features.shape[1], n_classes)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    x = (features - mean) / std
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(head(x), labels).backward()
-        optimizer.step()
-    return lambda f: torch.softmax(head((f - mean) / std), dim=1).detach()
 
 
 def linear_probe(

@@ -33,6 +33,7 @@ from domainfm.domains.radiology.text import SentenceTokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.tasks.metrics import multilabel_macro_auroc
+from domainfm.shared.tasks.probes import fit_logistic_probe, knn_scores
 from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
@@ -152,26 +153,6 @@ def tower_features(
     return torch.cat([tower(normalise(b["tiles"], normalization)).float().cpu() for b in stream])
 
 
-def fit_logistic(features: torch.Tensor, labels: torch.Tensor, steps: int = 300, weight_decay: float = 1e-3) -> Any:
-    """A multi-label logistic regression on standardised features; returns ``score(features) -> probs``."""
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    head = nn.Linear(features.shape[1], labels.shape[1])
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=weight_decay)
-    x, y = (features - mean) / std, labels.float()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.binary_cross_entropy_with_logits(head(x), y).backward()
-        optimizer.step()
-    return lambda f: torch.sigmoid(head((f - mean) / std)).detach()
-
-
-def knn_scores(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """Mean label of each test item's ``k`` cosine-nearest train items."""
-    similarity = nn.functional.normalize(test, dim=1) @ nn.functional.normalize(train, dim=1).T
-    neighbours = similarity.topk(min(k, len(train)), dim=1).indices
-    return labels.float()[neighbours].mean(dim=1)
-
-
 def finetune_scores(
     tower: nn.Module,
     store: TileStore,
@@ -240,7 +221,7 @@ def probe(
                 norm = meta["normalization"]
                 scores = finetune_scores(tower, store, subset, test, norm, finetune_epochs, seed, torch_device)
             else:
-                scores = fit_logistic(x, y)(features_test)
+                scores = fit_logistic_probe(x, y)(features_test)
             auroc = multilabel_macro_auroc(scores, labels[test])
             rows.append(
                 {
