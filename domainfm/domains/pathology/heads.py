@@ -89,7 +89,7 @@ class TileClassifier(nn.Module):
 
 def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
     return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
 
@@ -106,7 +106,7 @@ def build_tile_classifier(meta: dict[str, Any]) -> TileClassifier:
 
 def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     """A tile classifier saved by :func:`train_tile_classifier` (rebuilt, PEFT reapplied, weights loaded)."""
-    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import load_model_checkpoint
 
     return load_model_checkpoint(path, CLASSIFIER_KEY, "domainfm pathology train", build_tile_classifier)
 

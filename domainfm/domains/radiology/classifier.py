@@ -45,14 +45,14 @@ def build_classifier(meta: dict[str, Any]) -> RadiographClassifier:
 
 def save_classifier(model: RadiographClassifier, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
     return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
 
 
 def load_classifier(path: Path) -> tuple[RadiographClassifier, dict[str, Any]]:
     """A classifier saved by :func:`train_classifier` (eval mode) and its metadata."""
-    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import load_model_checkpoint
 
     return load_model_checkpoint(path, CLASSIFIER_KEY, "domainfm radiology train", build_classifier)
 

@@ -130,14 +130,14 @@ def build_task_model(meta: dict[str, Any]) -> DownstreamModel:
 
 def save_task_model(model: DownstreamModel, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
     return save_model_checkpoint(model, path, TASK_KEY, meta)
 
 
 def load_task_model(path: Path) -> tuple[DownstreamModel, dict[str, Any]]:
     """A downstream model saved by :func:`train_task` (eval mode) and its metadata."""
-    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import load_model_checkpoint
 
     return load_model_checkpoint(path, TASK_KEY, "domainfm remote-sensing train --out DIR", build_task_model)
 
