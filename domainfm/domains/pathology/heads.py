@@ -130,10 +130,9 @@ def train_tile_classifier(
     from domainfm.domains.pathology.pretrain import load_encoder, normalise, store_normalization
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
-    from domainfm.shared.engine.training import fit, make_trainer, step_task
     from domainfm.shared.peft.methods import apply_peft, count_parameters
+    from domainfm.shared.tasks.finetune import finetune, predict
     from domainfm.shared.tiles.store import TileStore
-    from domainfm.shared.tiles.stream import TileStream
 
     store = TileStore(store_path)
     names = list(store.spec.label_names)
@@ -156,19 +155,15 @@ def train_tile_classifier(
         train = label_fraction(train, count=labelled, seed=seed)
     target = torch.from_numpy(labels.astype(np.int64))
 
-    def step(batch: dict) -> torch.Tensor:
-        logits = model(normalise(batch["tiles"], normalization))
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, target[batch["tile_id"].cpu()].to(torch_device))
 
-    task = step_task(step, model, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01))
-    stream = TileStream(store, batch_size, indices=train, seed=seed, device=torch_device, normalize=False)
-    fit(make_trainer(epochs, torch_device, progress), task, stream)
-    model.eval()
+    def prepare(tiles: torch.Tensor) -> torch.Tensor:
+        return normalise(tiles, normalization)
+
+    finetune(model, store, train, loss, prepare, epochs, batch_size, lr, seed, torch_device, progress)
     test = np.flatnonzero((store.index["split"] == SPLITS["test"]) & (labels >= 0))
-    probabilities = []
-    with torch.no_grad():
-        for batch in TileStream(store, 64, indices=test, shuffle=False, device=torch_device, normalize=False):
-            probabilities.append(torch.softmax(model(normalise(batch["tiles"], normalization)), 1).cpu())
+    probabilities = predict(model, store, test, prepare, torch_device, lambda logits: torch.softmax(logits, 1))
     meta = {
         "encoder": build_args,
         "peft": peft,
@@ -180,7 +175,7 @@ def train_tile_classifier(
         "checkpoint": str(checkpoint) if checkpoint else None,
     }
     saved = save_tile_classifier(model.cpu(), meta, Path(out) / "tile_classifier.safetensors")
-    scores = classification_scores(torch.cat(probabilities), target[test], len(names)) if len(test) else {}
+    scores = classification_scores(probabilities, target[test], len(names)) if len(test) else {}
     return {
         "classifier": str(saved),
         "init": "pluto" if checkpoint else "random",

@@ -76,13 +76,12 @@ def train_classifier(
     from domainfm.domains.radiology.pretrain import load_convirt, normalise
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
-    from domainfm.shared.engine.training import fit, make_trainer, step_task
     from domainfm.shared.peft.methods import apply_peft, count_parameters
+    from domainfm.shared.tasks.finetune import finetune, predict
     from domainfm.shared.tasks.metrics import multilabel_macro_auroc
     from domainfm.shared.tasks.subsets import label_fraction as choose_labelled
     from domainfm.shared.tiles.schema import SPLITS
     from domainfm.shared.tiles.store import TileStore
-    from domainfm.shared.tiles.stream import TileStream
 
     store = TileStore(store_path)
     if "labels" not in store.spec.companions:
@@ -103,18 +102,15 @@ def train_classifier(
     model = RadiographClassifier(tower, labels.shape[1]).to(torch_device)
     train = choose_labelled(np.flatnonzero(store.index["split"] == SPLITS["train"]), label_fraction, seed)
 
-    def step(batch: dict) -> torch.Tensor:
-        logits = model(normalise(batch["tiles"], normalization))
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels[batch["tile_id"].cpu()].to(torch_device))
 
-    task = step_task(step, model, lambda parameters: torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01))
-    fit(make_trainer(epochs, torch_device, progress), task, TileStream(store, batch_size, indices=train, seed=seed,
-        device=torch_device, normalize=False))  # fmt: skip
-    model.eval()
+    def prepare(tiles: torch.Tensor) -> torch.Tensor:
+        return normalise(tiles, normalization)
+
+    finetune(model, store, train, loss, prepare, epochs, batch_size, lr, seed, torch_device, progress)
     test = np.flatnonzero(store.index["split"] == SPLITS["test"])
-    with torch.no_grad():
-        stream = TileStream(store, 64, indices=test, shuffle=False, device=torch_device, normalize=False)
-        scores = [torch.sigmoid(model(normalise(b["tiles"], normalization))).cpu() for b in stream]
+    scores = predict(model, store, test, prepare, torch_device, torch.sigmoid)
     meta = {
         "encoder": build_args,
         "peft": peft,
@@ -132,5 +128,5 @@ def train_classifier(
         "train_images": len(train),
         "test_images": len(test),
         "trainable_encoder_parameters": count_parameters(tower)["trainable"],
-        "macro_auroc": multilabel_macro_auroc(torch.cat(scores), labels[test]) if len(test) else None,
+        "macro_auroc": multilabel_macro_auroc(scores, labels[test]) if len(test) else None,
     }

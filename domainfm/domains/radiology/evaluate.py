@@ -166,23 +166,21 @@ def finetune_scores(
     """Fine-tunes a copy of ``tower`` with a linear head on ``subset`` (Adam 1e-4, BCE); test-set scores."""
     import copy
 
-    from domainfm.shared.engine.training import fit, make_trainer, step_task
+    from domainfm.shared.tasks.finetune import finetune, predict
 
     torch.manual_seed(seed)
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.float32))
     network = nn.Sequential(copy.deepcopy(tower), nn.Linear(tower.embed_dim, labels.shape[1])).to(device)
 
-    def step(batch: dict) -> torch.Tensor:
-        logits = network(normalise(batch["tiles"], normalization))
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels[batch["tile_id"].cpu()].to(device))
 
-    task = step_task(step, network, lambda parameters: torch.optim.Adam(parameters, lr=1e-4))
-    stream = TileStream(store, 32, indices=subset, seed=seed, device=device, normalize=False)
-    fit(make_trainer(epochs, device, progress=False), task, stream)
-    network.eval()
-    with torch.no_grad():
-        test_stream = TileStream(store, 64, indices=test, shuffle=False, device=device, normalize=False)
-        return torch.cat([torch.sigmoid(network(normalise(b["tiles"], normalization))).cpu() for b in test_stream])
+    def prepare(tiles: torch.Tensor) -> torch.Tensor:
+        return normalise(tiles, normalization)
+
+    adam = lambda parameters: torch.optim.Adam(parameters, lr=1e-4)  # noqa: E731
+    finetune(network, store, subset, loss, prepare, epochs, 32, 1e-4, seed, device, optimizer=adam)
+    return predict(network, store, test, prepare, device, torch.sigmoid)
 
 
 def probe(

@@ -11,6 +11,8 @@
   several binary labels) sharing one training loop, and the cosine kNN probe.
 * :mod:`.checkpoint`: the one safetensors checkpoint format: tensors plus JSON metadata entries, written
   atomically (a ``.partial`` sibling renamed into place) and read back with errors that name the file.
+* :mod:`.finetune`: the supervised fine-tuning loop of the domains' ``train`` commands (an encoder in any
+  PEFT state plus a head, AdamW over a ``TileStream``) and prediction over chosen tiles.
 
 Submodules are imported where used (``from domainfm.shared.tasks.metrics import ...``) so that importing
 one does not pull in the others' dependencies.
