@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from domainfm.shared.engine.training import adamw_warmup_cosine, data_parallel_only, make_trainer, step_task
+from domainfm.shared.engine.training import data_parallel_only, make_trainer, step_task
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 
 
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork", "ddp_notebook"])

@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from domainfm.shared.backbones import create_backbone
-from domainfm.shared.backbones.checkpoint import load_model_checkpoint, save_model_checkpoint
 from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
-from domainfm.shared.model import InputTransform, standardise, transform_array
+from domainfm.shared.model import InputTransform, transform_array
 from domainfm.shared.peft.methods import apply_peft
 from domainfm.shared.plugins import DomainPlugin
-from domainfm.shared.tiles.schema import StoreSpec, TileBatch
+from domainfm.shared.tasks.checkpoint import load_model_checkpoint, save_model_checkpoint
+from domainfm.shared.tasks.finetune import finetune
+from domainfm.shared.tiles.schema import SPLITS, StoreSpec, TileBatch
+from domainfm.shared.tiles.store import TileStore
 
 NAME = "toy"
 KIND = "toy.brightness"
@@ -96,19 +98,18 @@ def deployable(path: Path) -> Deployable:
 
 
 def train(store: Path, out: Path, epochs: int = 30, seed: int = 0) -> Path:
-    """Fine-tunes the classifier (DVPT on a tiny ViT) on the train split and saves it."""
-    from domainfm.shared.tiles.stream import TileStream
+    """Fine-tunes the classifier (DVPT on a tiny ViT) on the train split with the shared task layer, and saves it.
 
+    Store tiles are standardised by the model's own transform module (what the deployed network runs).
+    """
     torch.manual_seed(seed)
     build = {"backbone": "test_vit", "peft": "dvpt", "normalization": {"mean": 0.5, "std": 0.25}}
     model = Classifier(build)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(trainable, lr=3e-3)
-    for epoch in range(epochs):
-        for batch in TileStream(store, 8, split="train", seed=epoch, device="cpu", normalize=False):
-            images = standardise(batch["tiles"], [0.5], [0.25], scale=1 / 255)
-            loss = nn.functional.cross_entropy(model(images), batch["label"].long())
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+    tiles = TileStore(store)
+    train_ids = np.flatnonzero(tiles.index["split"] == SPLITS["train"])
+    transform = input_transform(**build["normalization"]).module()
+    finetune(
+        model, tiles, train_ids, lambda out, batch: nn.functional.cross_entropy(out, batch["label"].long()),
+        transform.standardise, epochs=epochs, batch_size=8, lr=3e-3, seed=seed, device=torch.device("cpu"),
+    )  # fmt: skip
     return save_model_checkpoint(model.eval(), out, KEY, build)

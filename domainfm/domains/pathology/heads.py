@@ -20,6 +20,8 @@ from torch import nn
 
 from domainfm.domains.pathology.embed import Embeddings
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.probes import fit_softmax_probe
+from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 
 CLASSIFIER_KEY = "domainfm_pathology_tile_classifier"
@@ -27,37 +29,27 @@ CLASSIFIER_KEY = "domainfm_pathology_tile_classifier"
 
 def classification_scores(probabilities: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, float]:
     """Accuracy, balanced accuracy and macro one-vs-rest AUROC (over classes present in ``labels``)."""
-    from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    from domainfm.shared.tasks.metrics import multiclass_macro_auroc
 
     predicted = probabilities.argmax(1)
-    present = [c for c in range(n_classes) if 0 < int((labels == c).sum()) < len(labels)]
-    aurocs = [float(binary_auroc(probabilities[:, c], (labels == c).long())) for c in present]
     balanced = multiclass_accuracy(predicted, labels, n_classes, average="none")
     seen = [c for c in range(n_classes) if int((labels == c).sum()) > 0]
     return {
         "accuracy": float((predicted == labels).float().mean()),
         "balanced_accuracy": float(balanced[seen].mean()) if seen else float("nan"),
-        "macro_auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
+        "macro_auroc": multiclass_macro_auroc(probabilities, labels, n_classes),
     }
-
-
-def fit_softmax_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 300) -> Any:
-    """Multinomial logistic regression (full-batch Adam, small L2) on standardised features."""
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    head = nn.Linear(features.shape[1], n_classes)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    x = (features - mean) / std
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(head(x), labels).backward()
-        optimizer.step()
-    return lambda f: torch.softmax(head((f - mean) / std), dim=1).detach()
 
 
 def linear_probe(
     embeddings: Embeddings, mpp: float | None = None, labelled: float = 1.0, seed: int = 0
 ) -> dict[str, Any]:
-    """Linear probe of the tile labels: train split (a seeded ``labelled`` fraction of it) -> test split."""
+    """Linear probe of the tile labels: train split (a seeded ``labelled`` fraction of it) -> test split.
+
+    The fraction is stratified: ``round(labelled * n)`` tiles of each class, at least one.
+    """
     names = embeddings.attrs.get("label_names") or []
     if not names or (embeddings.label < 0).all():
         raise DomainfmError(f"{embeddings.path}: tiles carry no labels (tile phantom slides with --truth_labels)")
@@ -69,8 +61,7 @@ def linear_probe(
     if len(train) < 2 or len(test) < 1:
         raise DomainfmError(f"{embeddings.path}: need train and test tiles with labels; got {len(train)}, {len(test)}")
     if labelled < 1.0:
-        rng = np.random.default_rng(seed)
-        train = np.sort(rng.choice(train, size=max(2, round(labelled * len(train))), replace=False))
+        train = label_fraction(train, labelled, seed, labels=embeddings.label[train])
     torch.manual_seed(seed)
     x = torch.from_numpy(embeddings.features)
     y = torch.from_numpy(embeddings.label.astype(np.int64))
@@ -98,7 +89,7 @@ class TileClassifier(nn.Module):
 
 def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
     return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
 
@@ -115,7 +106,7 @@ def build_tile_classifier(meta: dict[str, Any]) -> TileClassifier:
 
 def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     """A tile classifier saved by :func:`train_tile_classifier` (rebuilt, PEFT reapplied, weights loaded)."""
-    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import load_model_checkpoint
 
     return load_model_checkpoint(path, CLASSIFIER_KEY, "domainfm pathology train", build_tile_classifier)
 
@@ -139,10 +130,9 @@ def train_tile_classifier(
     from domainfm.domains.pathology.pretrain import load_encoder, normalise, store_normalization
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
-    from domainfm.shared.engine.training import fit, make_trainer, step_task
     from domainfm.shared.peft.methods import apply_peft, count_parameters
+    from domainfm.shared.tasks.finetune import finetune, predict
     from domainfm.shared.tiles.store import TileStore
-    from domainfm.shared.tiles.stream import TileStream
 
     store = TileStore(store_path)
     names = list(store.spec.label_names)
@@ -162,22 +152,18 @@ def train_tile_classifier(
     model = TileClassifier(encoder, len(names)).to(torch_device)
     train = np.flatnonzero((store.index["split"] == SPLITS["train"]) & (labels >= 0))
     if labelled is not None:
-        train = np.sort(np.random.default_rng(seed).choice(train, size=min(labelled, len(train)), replace=False))
+        train = label_fraction(train, count=labelled, seed=seed)
     target = torch.from_numpy(labels.astype(np.int64))
 
-    def step(batch: dict) -> torch.Tensor:
-        logits = model(normalise(batch["tiles"], normalization))
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, target[batch["tile_id"].cpu()].to(torch_device))
 
-    task = step_task(step, model, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01))
-    stream = TileStream(store, batch_size, indices=train, seed=seed, device=torch_device, normalize=False)
-    fit(make_trainer(epochs, torch_device, progress), task, stream)
-    model.eval()
+    def prepare(tiles: torch.Tensor) -> torch.Tensor:
+        return normalise(tiles, normalization)
+
+    finetune(model, store, train, loss, prepare, epochs, batch_size, lr, seed, torch_device, progress)
     test = np.flatnonzero((store.index["split"] == SPLITS["test"]) & (labels >= 0))
-    probabilities = []
-    with torch.no_grad():
-        for batch in TileStream(store, 64, indices=test, shuffle=False, device=torch_device, normalize=False):
-            probabilities.append(torch.softmax(model(normalise(batch["tiles"], normalization)), 1).cpu())
+    probabilities = predict(model, store, test, prepare, torch_device, lambda logits: torch.softmax(logits, 1))
     meta = {
         "encoder": build_args,
         "peft": peft,
@@ -189,7 +175,7 @@ def train_tile_classifier(
         "checkpoint": str(checkpoint) if checkpoint else None,
     }
     saved = save_tile_classifier(model.cpu(), meta, Path(out) / "tile_classifier.safetensors")
-    scores = classification_scores(torch.cat(probabilities), target[test], len(names)) if len(test) else {}
+    scores = classification_scores(probabilities, target[test], len(names)) if len(test) else {}
     return {
         "classifier": str(saved),
         "init": "pluto" if checkpoint else "random",

@@ -232,19 +232,6 @@ def predict_mil(model: GatedABMIL, bags: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.softmax(model(bag.to(device))[0].float(), dim=-1).cpu() for bag in bags])
 
 
-def _auroc(probs: torch.Tensor, target: torch.Tensor) -> float:
-    """Binary AUROC, or macro one-vs-rest AUROC over the classes present; NaN with fewer than two classes."""
-    from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
-
-    present = torch.unique(target)
-    if len(present) < 2:
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(binary_auroc(probs[:, 1], target))
-    per_class = multiclass_auroc(probs, target, num_classes=probs.shape[1], average=None)
-    return float(per_class[present].mean())
-
-
 def evaluate_mil(model: GatedABMIL, bags: list[torch.Tensor], labels: list[int]) -> dict[str, float]:
     """Slide-level scores of ``model`` on labelled bags.
 
@@ -260,6 +247,8 @@ def evaluate_mil(model: GatedABMIL, bags: list[torch.Tensor], labels: list[int])
     """
     from torchmetrics.functional.classification import multiclass_accuracy
 
+    from domainfm.shared.tasks.metrics import multiclass_macro_auroc
+
     _check_bags(bags, labels, model.n_classes)
     probs = predict_mil(model, bags)
     target = torch.tensor([int(y) for y in labels])
@@ -268,7 +257,7 @@ def evaluate_mil(model: GatedABMIL, bags: list[torch.Tensor], labels: list[int])
     return {
         "accuracy": float(multiclass_accuracy(preds, target, num_classes=n, average="micro")),
         "balanced_accuracy": float(multiclass_accuracy(preds, target, num_classes=n, average="macro")),
-        "auroc": _auroc(probs, target),
+        "auroc": multiclass_macro_auroc(probs, target, n),
         "n_slides": float(len(bags)),
     }
 

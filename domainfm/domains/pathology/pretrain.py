@@ -27,11 +27,10 @@ from typing import Any
 import torch
 
 from domainfm.shared.backbones import Backbone, create_backbone, load_backbone
-from domainfm.shared.backbones.checkpoint import METADATA_KEY, read_checkpoint_metadata
+from domainfm.shared.backbones.checkpoint import METADATA_KEY
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import tile_generators
 from domainfm.shared.engine.training import (
-    adamw_warmup_cosine,
     data_parallel_only,
     fit,
     resumable_trainer,
@@ -40,6 +39,8 @@ from domainfm.shared.engine.training import (
 )
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model import standardise
+from domainfm.shared.tasks.checkpoint import read_checkpoint_metadata, save_checkpoint
+from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -48,15 +49,8 @@ ENCODER_KEY = "domainfm_pathology_encoder"
 
 def save_encoder(backbone: Backbone, meta: dict[str, Any], path: Path) -> Path:
     """A backbone checkpoint (readable by ``load_backbone``) with the encoder's input metadata, atomically."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
-    metadata = {METADATA_KEY: json.dumps(backbone.build_args), ENCODER_KEY: json.dumps(meta)}
-    save_file(state, str(partial), metadata=metadata)
-    partial.replace(path)
-    return path
+    metadata = {METADATA_KEY: backbone.build_args, ENCODER_KEY: meta}
+    return save_checkpoint(path, backbone.model.state_dict(), metadata)
 
 
 def load_encoder(path: Path) -> tuple[Backbone, dict[str, Any]]:

@@ -45,14 +45,14 @@ def build_classifier(meta: dict[str, Any]) -> RadiographClassifier:
 
 def save_classifier(model: RadiographClassifier, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
     return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
 
 
 def load_classifier(path: Path) -> tuple[RadiographClassifier, dict[str, Any]]:
     """A classifier saved by :func:`train_classifier` (eval mode) and its metadata."""
-    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import load_model_checkpoint
 
     return load_model_checkpoint(path, CLASSIFIER_KEY, "domainfm radiology train", build_classifier)
 
@@ -73,16 +73,15 @@ def train_classifier(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Trains a classifier on ``label_fraction`` of the labelled train images; test macro AUROC; saves it."""
-    from domainfm.domains.radiology.evaluate import label_fraction as choose_labelled
-    from domainfm.domains.radiology.evaluate import macro_auroc
     from domainfm.domains.radiology.pretrain import load_convirt, normalise
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
-    from domainfm.shared.engine.training import fit, make_trainer, step_task
     from domainfm.shared.peft.methods import apply_peft, count_parameters
+    from domainfm.shared.tasks.finetune import finetune, predict
+    from domainfm.shared.tasks.metrics import multilabel_macro_auroc
+    from domainfm.shared.tasks.subsets import label_fraction as choose_labelled
     from domainfm.shared.tiles.schema import SPLITS
     from domainfm.shared.tiles.store import TileStore
-    from domainfm.shared.tiles.stream import TileStream
 
     store = TileStore(store_path)
     if "labels" not in store.spec.companions:
@@ -101,20 +100,17 @@ def train_classifier(
     tower = apply_peft(tower, peft, **(peft_options or {}))
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.float32))
     model = RadiographClassifier(tower, labels.shape[1]).to(torch_device)
-    train = choose_labelled(store, label_fraction, seed)
+    train = choose_labelled(np.flatnonzero(store.index["split"] == SPLITS["train"]), label_fraction, seed)
 
-    def step(batch: dict) -> torch.Tensor:
-        logits = model(normalise(batch["tiles"], normalization))
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels[batch["tile_id"].cpu()].to(torch_device))
 
-    task = step_task(step, model, lambda parameters: torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01))
-    fit(make_trainer(epochs, torch_device, progress), task, TileStream(store, batch_size, indices=train, seed=seed,
-        device=torch_device, normalize=False))  # fmt: skip
-    model.eval()
+    def prepare(tiles: torch.Tensor) -> torch.Tensor:
+        return normalise(tiles, normalization)
+
+    finetune(model, store, train, loss, prepare, epochs, batch_size, lr, seed, torch_device, progress)
     test = np.flatnonzero(store.index["split"] == SPLITS["test"])
-    with torch.no_grad():
-        stream = TileStream(store, 64, indices=test, shuffle=False, device=torch_device, normalize=False)
-        scores = [torch.sigmoid(model(normalise(b["tiles"], normalization))).cpu() for b in stream]
+    scores = predict(model, store, test, prepare, torch_device, torch.sigmoid)
     meta = {
         "encoder": build_args,
         "peft": peft,
@@ -132,5 +128,5 @@ def train_classifier(
         "train_images": len(train),
         "test_images": len(test),
         "trainable_encoder_parameters": count_parameters(tower)["trainable"],
-        "macro_auroc": macro_auroc(torch.cat(scores), labels[test]) if len(test) else None,
+        "macro_auroc": multilabel_macro_auroc(scores, labels[test]) if len(test) else None,
     }

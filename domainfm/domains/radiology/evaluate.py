@@ -32,6 +32,9 @@ from domainfm.domains.radiology.pretrain import normalise
 from domainfm.domains.radiology.text import SentenceTokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
+from domainfm.shared.tasks.metrics import multilabel_macro_auroc
+from domainfm.shared.tasks.probes import fit_logistic_probe, knn_scores
+from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -150,45 +153,6 @@ def tower_features(
     return torch.cat([tower(normalise(b["tiles"], normalization)).float().cpu() for b in stream])
 
 
-def label_fraction(store: TileStore, fraction: float, seed: int) -> np.ndarray:
-    """A seeded ``fraction`` of the train split's tile ids (at least 2)."""
-    train = np.flatnonzero(store.index["split"] == SPLITS["train"])
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(train, size=max(2, round(fraction * len(train))), replace=False))
-
-
-def macro_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Macro AUROC over the labels that have both classes in ``labels``."""
-    from torchmetrics.functional.classification import binary_auroc
-
-    values = [
-        float(binary_auroc(scores[:, j], labels[:, j].long()))
-        for j in range(labels.shape[1])
-        if 0 < int(labels[:, j].sum()) < len(labels)
-    ]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def fit_logistic(features: torch.Tensor, labels: torch.Tensor, steps: int = 300, weight_decay: float = 1e-3) -> Any:
-    """A multi-label logistic regression on standardised features; returns ``score(features) -> probs``."""
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    head = nn.Linear(features.shape[1], labels.shape[1])
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=weight_decay)
-    x, y = (features - mean) / std, labels.float()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.binary_cross_entropy_with_logits(head(x), y).backward()
-        optimizer.step()
-    return lambda f: torch.sigmoid(head((f - mean) / std)).detach()
-
-
-def knn_scores(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """Mean label of each test item's ``k`` cosine-nearest train items."""
-    similarity = nn.functional.normalize(test, dim=1) @ nn.functional.normalize(train, dim=1).T
-    neighbours = similarity.topk(min(k, len(train)), dim=1).indices
-    return labels.float()[neighbours].mean(dim=1)
-
-
 def finetune_scores(
     tower: nn.Module,
     store: TileStore,
@@ -202,23 +166,21 @@ def finetune_scores(
     """Fine-tunes a copy of ``tower`` with a linear head on ``subset`` (Adam 1e-4, BCE); test-set scores."""
     import copy
 
-    from domainfm.shared.engine.training import fit, make_trainer, step_task
+    from domainfm.shared.tasks.finetune import finetune, predict
 
     torch.manual_seed(seed)
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.float32))
     network = nn.Sequential(copy.deepcopy(tower), nn.Linear(tower.embed_dim, labels.shape[1])).to(device)
 
-    def step(batch: dict) -> torch.Tensor:
-        logits = network(normalise(batch["tiles"], normalization))
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels[batch["tile_id"].cpu()].to(device))
 
-    task = step_task(step, network, lambda parameters: torch.optim.Adam(parameters, lr=1e-4))
-    stream = TileStream(store, 32, indices=subset, seed=seed, device=device, normalize=False)
-    fit(make_trainer(epochs, device, progress=False), task, stream)
-    network.eval()
-    with torch.no_grad():
-        test_stream = TileStream(store, 64, indices=test, shuffle=False, device=device, normalize=False)
-        return torch.cat([torch.sigmoid(network(normalise(b["tiles"], normalization))).cpu() for b in test_stream])
+    def prepare(tiles: torch.Tensor) -> torch.Tensor:
+        return normalise(tiles, normalization)
+
+    adam = lambda parameters: torch.optim.Adam(parameters, lr=1e-4)  # noqa: E731
+    finetune(network, store, subset, loss, prepare, epochs, 32, 1e-4, seed, device, optimizer=adam)
+    return predict(network, store, test, prepare, device, torch.sigmoid)
 
 
 def probe(
@@ -248,7 +210,7 @@ def probe(
         features_test = tower_features(tower, store, test, meta["normalization"], torch_device)
         position = {tile: i for i, tile in enumerate(train_all)}
         for fraction in fractions:
-            subset = label_fraction(store, fraction, seed)
+            subset = label_fraction(train_all, fraction, seed)
             rows_subset = [position[t] for t in subset]
             x, y = features_train[rows_subset], labels[subset]
             if method == "knn":
@@ -257,8 +219,8 @@ def probe(
                 norm = meta["normalization"]
                 scores = finetune_scores(tower, store, subset, test, norm, finetune_epochs, seed, torch_device)
             else:
-                scores = fit_logistic(x, y)(features_test)
-            auroc = macro_auroc(scores, labels[test])
+                scores = fit_logistic_probe(x, y)(features_test)
+            auroc = multilabel_macro_auroc(scores, labels[test])
             rows.append(
                 {
                     "init": init,

@@ -30,6 +30,7 @@ from domainfm.shared.engine.distributed import tile_generators
 from domainfm.shared.engine.training import data_parallel_only, fit, resumable_trainer, step_task, trainer_device
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model import standardise
+from domainfm.shared.tasks.checkpoint import load_weights, read_checkpoint_metadata, save_checkpoint
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -62,39 +63,16 @@ def normalise(tiles: torch.Tensor, normalization: dict[str, float]) -> torch.Ten
 
 def save_convirt(model: ConVIRT, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, partial, {METADATA_KEY: json.dumps(meta)})
-    partial.replace(path)
-    return path
+    return save_checkpoint(path, model.state_dict(), {METADATA_KEY: meta})
 
 
 def load_convirt(path: Path) -> tuple[ConVIRT, SentenceTokenizer, dict[str, Any]]:
     """Model (eval mode), tokenizer and metadata of a ConVIRT checkpoint."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), "pt") as handle:
-            raw = (handle.metadata() or {}).get(METADATA_KEY)
-    except Exception as error:  # not a file, not safetensors
-        raise ConVIRTCheckpointError(f"{path} is not a safetensors checkpoint: {error}") from error
-    if raw is None:
-        raise ConVIRTCheckpointError(f"{path} has no {METADATA_KEY} metadata: not written by `radiology pretrain`")
-    meta = json.loads(raw)
+    producer = "domainfm radiology pretrain"
+    meta = read_checkpoint_metadata(path, METADATA_KEY, producer, ConVIRTCheckpointError)
     local = meta["text"].get("local_model")
     tokenizer = SentenceTokenizer(Path(local) if local else meta["tokenizer"], meta["text"]["max_length"])
-    model = build_model(meta, tokenizer)
-    result = model.load_state_dict(load_file(str(path)), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ConVIRTCheckpointError(
-            f"{path} does not fit its own metadata: missing {result.missing_keys[:5]}, unexpected "
-            f"{result.unexpected_keys[:5]}"
-        )
+    model = load_weights(build_model(meta, tokenizer), path, producer, ConVIRTCheckpointError)
     return model.eval(), tokenizer, meta
 
 

@@ -35,11 +35,11 @@ from domainfm.domains.remote_sensing.pretrain import input_transform, load_encod
 from domainfm.domains.remote_sensing.simmim import encode
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
-from domainfm.shared.engine.training import fit, make_trainer, step_task
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tasks.finetune import finetune, predict
+from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
-from domainfm.shared.tiles.stream import TileStream
 
 TARGETS = {"curtain": "curtain", "segment": "cloud_mask", "multilabel": "labels"}
 TASK_KEY = "domainfm_remote_sensing_task"
@@ -129,23 +129,23 @@ def build_task_model(meta: dict[str, Any]) -> DownstreamModel:
 
 def save_task_model(model: DownstreamModel, meta: dict[str, Any], path: Path) -> Path:
     """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
-    from domainfm.shared.backbones.checkpoint import save_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
     return save_model_checkpoint(model, path, TASK_KEY, meta)
 
 
 def load_task_model(path: Path) -> tuple[DownstreamModel, dict[str, Any]]:
     """A downstream model saved by :func:`train_task` (eval mode) and its metadata."""
-    from domainfm.shared.backbones.checkpoint import load_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import load_model_checkpoint
 
     return load_model_checkpoint(path, TASK_KEY, "domainfm remote-sensing train --out DIR", build_task_model)
 
 
 def _scores(task: str, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     if task == "multilabel":
-        from torchmetrics.functional.classification import multilabel_auroc
+        from domainfm.shared.tasks.metrics import multilabel_macro_auroc
 
-        return {"macro_auroc": float(multilabel_auroc(logits, target.long(), target.shape[1], average="macro"))}
+        return {"macro_auroc": multilabel_macro_auroc(logits, target)}
     predicted, truth = logits > 0, target.bool()
     tp, fp, fn = (predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()
     tn = (~predicted & ~truth).sum()
@@ -210,24 +210,19 @@ def train_task(
     model = DownstreamModel(encoder, task, size, outputs).to(torch_device)
     train = np.flatnonzero(store.index["split"] == SPLITS["train"])
     if labelled is not None:
-        train = np.sort(np.random.default_rng(seed).choice(train, size=min(labelled, len(train)), replace=False))
+        train = label_fraction(train, count=labelled, seed=seed)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=_positive_weight(store, target_name, train, task).to(torch_device))
 
-    def step(batch: dict) -> torch.Tensor:
-        return loss_fn(model(prepare(batch["tiles"], transform)), batch[target_name].float())
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return loss_fn(logits, batch[target_name].float())
 
-    task_module = step_task(step, model, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01))
-    stream = TileStream(store, batch_size, indices=train, seed=seed, device=torch_device, normalize=False,
-                        companions=(target_name,))  # fmt: skip
-    fit(make_trainer(epochs, torch_device, progress), task_module, stream)
-    model.eval()
+    def inputs(tiles: torch.Tensor) -> torch.Tensor:
+        return prepare(tiles, transform)
+
+    finetune(model, store, train, loss, inputs, epochs, batch_size, lr, seed, torch_device, progress, (target_name,))
     test = np.flatnonzero(store.index["split"] == SPLITS["test"])
-    logits, targets = [], []
-    with torch.no_grad():
-        for batch in TileStream(store, 32, indices=test, shuffle=False, device=torch_device, normalize=False,
-                                companions=(target_name,)):  # fmt: skip
-            logits.append(model(prepare(batch["tiles"], transform)).cpu())
-            targets.append(batch[target_name].cpu())
+    logits = predict(model, store, test, inputs, torch_device, batch_size=32)
+    targets = torch.from_numpy(np.asarray(store.companion(target_name)[:])[test])
     counts = count_parameters(encoder)
     saved = {}
     if out is not None:
@@ -253,5 +248,5 @@ def train_task(
         "labelled_chips": len(train),
         "test_chips": len(test),
         "trainable_encoder_parameters": counts["trainable"],
-        **_scores(task, torch.cat(logits), torch.cat(targets)),
+        **_scores(task, logits, targets),
     }

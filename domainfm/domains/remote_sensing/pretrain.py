@@ -38,7 +38,6 @@ from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import tile_generators, tile_uniforms
 from domainfm.shared.engine.training import (
-    adamw_warmup_cosine,
     fit,
     fsdp_strategy,
     resumable_trainer,
@@ -48,6 +47,7 @@ from domainfm.shared.engine.training import (
 )
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model import standardise
+from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -103,25 +103,18 @@ def save_simmim(
     model: SimMIM | dict[str, torch.Tensor], bands: list[dict[str, Any]], meta: dict[str, Any], path: Path
 ) -> Path:
     """Encoder + head + band table (of a model, or of its state dict) in one safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from domainfm.shared.tasks.checkpoint import save_checkpoint
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     source = model if isinstance(model, dict) else model.state_dict()
-    state = {k: v.detach().cpu().contiguous() for k, v in source.items()}
-    save_file(state, partial, {METADATA_KEY: json.dumps({**meta, "bands": bands})})
-    partial.replace(path)
-    return path
+    return save_checkpoint(path, source, {METADATA_KEY: {**meta, "bands": bands}})
 
 
 def read_simmim(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict and metadata of a SimMIM checkpoint (a clear error for other files)."""
-    from safetensors.torch import load_file
-
-    from domainfm.shared.backbones.checkpoint import read_checkpoint_metadata
+    from domainfm.shared.tasks.checkpoint import read_checkpoint, read_checkpoint_metadata
 
     meta = read_checkpoint_metadata(path, METADATA_KEY, "domainfm remote-sensing pretrain")
-    return load_file(str(path)), meta
+    return read_checkpoint(path)[0], meta
 
 
 def remap_patch_embedding(weight: torch.Tensor, source: list[dict], target: list[dict]) -> torch.Tensor:

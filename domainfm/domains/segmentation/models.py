@@ -14,7 +14,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,10 @@ from domainfm.domains.segmentation.vae import (
 )
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model import standardise
+from domainfm.shared.tasks.checkpoint import load_weights, read_checkpoint_metadata, save_checkpoint
 
 METADATA_KEY = "domainfm_segmentation"
+PRODUCER = "domainfm segmentation train/train-vae"
 TINY_UNET = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2}
 PAPER_UNET = {"channels": [32, 64, 128, 256, 512], "strides": [2, 2, 2, 2], "num_res_units": 2}
 
@@ -121,56 +122,20 @@ def describe(model: nn.Module) -> dict[str, Any]:
     raise TypeError(f"not a domainfm segmenter: {type(model).__name__} (save a VAE with save_vae)")
 
 
-def _save(state: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, partial, {METADATA_KEY: json.dumps(meta)})
-    partial.replace(path)  # never a half-written checkpoint under the final name
-    return path
-
-
 def save_segmenter(model: nn.Module, path: str | Path, **extra: Any) -> Path:
     """Writes ``model`` (weights + the metadata that rebuilds it + ``extra``) to one safetensors file."""
     meta = {**describe(model), "trainable_parameters": trainable_parameters(model), **extra}
-    return _save(model.state_dict(), meta, path)
+    return save_checkpoint(path, model.state_dict(), {METADATA_KEY: meta})
 
 
 def save_vae(vae: nn.Module, config: VAEConfig, path: str | Path, **extra: Any) -> Path:
     """Writes a VAE and its config to one safetensors file."""
-    return _save(vae.state_dict(), {"kind": "vae", "vae": config.to_dict(), **extra}, path)
+    return save_checkpoint(path, vae.state_dict(), {METADATA_KEY: {"kind": "vae", "vae": config.to_dict(), **extra}})
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The domainfm metadata of a segmentation checkpoint (raises a clear error for other files)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise SegmentationCheckpointError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), "pt") as handle:
-            meta = (handle.metadata() or {}).get(METADATA_KEY)
-    except Exception as error:  # safetensors raises several types for non-safetensors files
-        raise SegmentationCheckpointError(f"{path} is not a safetensors checkpoint: {error}") from error
-    if meta is None:
-        raise SegmentationCheckpointError(
-            f"{path} has no {METADATA_KEY} metadata: not written by domainfm segmentation train/train-vae"
-        )
-    return json.loads(meta)
-
-
-def _load_state(path: Path, model: nn.Module) -> None:
-    from safetensors.torch import load_file
-
-    result = model.load_state_dict(load_file(str(path)), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise SegmentationCheckpointError(
-            f"{path} does not fit its own metadata: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
+    return read_checkpoint_metadata(path, METADATA_KEY, PRODUCER, SegmentationCheckpointError)
 
 
 def load_vae(path: str | Path) -> tuple[nn.Module, VAEConfig]:
@@ -191,7 +156,7 @@ def load_vae(path: str | Path) -> tuple[nn.Module, VAEConfig]:
         raise SegmentationCheckpointError(f"{path} is a {meta.get('kind')} checkpoint, not a VAE")
     config = VAEConfig.from_dict(meta["vae"])
     vae = create_vae(config)
-    _load_state(path, vae)
+    load_weights(vae, path, PRODUCER, SegmentationCheckpointError)
     return freeze(vae), config
 
 
@@ -212,7 +177,7 @@ def load_segmenter(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if meta.get("kind") == "vae":
         raise SegmentationCheckpointError(f"{path} is a VAE; give a checkpoint from `segmentation train`")
     model = build_segmenter(meta)
-    _load_state(path, model)
+    load_weights(model, path, PRODUCER, SegmentationCheckpointError)
     if isinstance(model, GMSSegmenter):
         freeze(model.vae)
     return model.eval(), meta

@@ -27,7 +27,6 @@ lobulated binary shapes (never the store's masks), so that its decoder can draw 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,8 +50,11 @@ from domainfm.shared.engine.distributed import (
     tile_uniforms,
 )
 from domainfm.shared.engine.training import data_parallel_only, fit, make_trainer, step_task, trainer_device
+from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
+
+WEIGHT_DECAY = 0.01  # torch's AdamW default, on every parameter: what the GMS training has always used
 
 
 def augment_pair(
@@ -81,29 +83,8 @@ def augment_pair(
     return ((images * contrast) + brightness).clamp(-1, 1), masks
 
 
-def warmup_cosine(epochs: int, warmup: int) -> Any:
-    """Learning-rate factor per epoch: linear warm-up over ``warmup`` epochs, then cosine to zero."""
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        progress = (epoch - warmup) / max(1, epochs - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def _train_stream(store: TileStore, batch_size: int, seed: int, device: torch.device) -> TileStream:
     return TileStream(store, batch_size, split="train", seed=seed, device=device, normalize=False, companions=("mask",))
-
-
-def _adamw_warmup_cosine(lr: float, epochs: int, warmup: int) -> Any:
-    def optimizers(parameters: list[nn.Parameter]) -> dict:
-        optimizer = torch.optim.AdamW(parameters, lr=lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(epochs, warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
-
-    return optimizers
 
 
 def random_shapes(n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -140,7 +121,7 @@ def train_vae(
         kl = 0.5 * (mean.pow(2) + sigma.pow(2) - 2 * torch.log(sigma) - 1).mean()
         return nn.functional.l1_loss(reconstruction, images) + kl_weight * kl
 
-    task = step_task(step, vae, _adamw_warmup_cosine(lr, epochs, 0))
+    task = step_task(step, vae, adamw_warmup_cosine(lr, WEIGHT_DECAY, epochs, 0, decay_vectors=True))
     start = time.perf_counter()
     fit(make_trainer(epochs, torch_device, progress), task, _train_stream(store, batch_size, seed, torch_device))
     vae = freeze(vae.to(torch_device))
@@ -284,7 +265,7 @@ def train_segmenter(
         return trainer.current_epoch, trainer.global_step
 
     step = _gms_step(model, seed, clock) if isinstance(model, GMSSegmenter) else _unet_step(model, seed, clock)
-    task = step_task(step, model, _adamw_warmup_cosine(lr, epochs, min(warmup_epochs, max(0, epochs - 1))))
+    task = step_task(step, model, adamw_warmup_cosine(lr, WEIGHT_DECAY, epochs, warmup_epochs, decay_vectors=True))
     keep_best = _keep_best(model, store, torch_device)
     trainer.callbacks.insert(0, keep_best)
     start = time.perf_counter()

@@ -16,11 +16,10 @@ and Swin relative-position tables. Anything left unmatched raises :class:`Checkp
 
 from __future__ import annotations
 
-import json
 import pickle
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,12 +64,9 @@ def read_state_dict(path: str | Path) -> StateDict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (weights are only read from local files)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from domainfm.shared.tasks.checkpoint import read_checkpoint
 
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as error:  # safetensors raises its own error types
-            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {error}") from error
+        return read_checkpoint(path)[0]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
@@ -151,18 +147,13 @@ def load_backbone_state(backbone: Backbone, path: str | Path) -> None:
 
 
 def save_backbone(backbone: Backbone, path: str | Path) -> Path:
-    """Writes the backbone's weights (timm key names) as safetensors with its build arguments."""
-    from safetensors.torch import save_file
+    """Writes the backbone's weights (timm key names) as safetensors with its build arguments, atomically."""
+    from domainfm.shared.tasks.checkpoint import save_checkpoint
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_backbone writes .safetensors files, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(backbone.build_args)})
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the final name
-    return path
+    return save_checkpoint(path, backbone.model.state_dict(), {METADATA_KEY: backbone.build_args})
 
 
 def read_backbone_metadata(path: str | Path) -> dict[str, Any] | None:
@@ -170,68 +161,6 @@ def read_backbone_metadata(path: str | Path) -> dict[str, Any] | None:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
-    from safetensors import safe_open
+    from domainfm.shared.tasks.checkpoint import checkpoint_metadata
 
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = (handle.metadata() or {}).get(METADATA_KEY)
-    except Exception as error:  # safetensors raises its own types for damaged files
-        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {error}") from error
-    return json.loads(meta) if meta else None
-
-
-def read_checkpoint_metadata(path: str | Path, key: str, producer: str) -> dict[str, Any]:
-    """The JSON entry ``key`` of a safetensors file's metadata (what a domainfm command stored beside weights).
-
-    Raises a :class:`CheckpointError` naming the file for a missing or unreadable file, and naming
-    ``producer`` (the command that writes such checkpoints) when the entry is absent.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(key)
-    except Exception as error:  # not a file, not safetensors
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {error}") from error
-    if raw is None:
-        raise CheckpointError(f"{path} has no {key} metadata: it was not written by `{producer}`")
-    return json.loads(raw)
-
-
-def save_model_checkpoint(model: torch.nn.Module, path: str | Path, key: str, meta: dict[str, Any]) -> Path:
-    """A whole model (any PEFT state) and the metadata that rebuilds it, as one safetensors file.
-
-    Written with safetensors' ``save_model``, which stores tensors that modules share (DVPT's prompts
-    across blocks) once, under a ``.partial`` name renamed at the end: never a half-written checkpoint.
-    """
-    from safetensors.torch import save_model
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_model(model.cpu(), str(partial), {key: json.dumps(meta)})
-    partial.replace(path)
-    return path
-
-
-def load_model_checkpoint(
-    path: str | Path, key: str, producer: str, build: Callable[[dict[str, Any]], torch.nn.Module]
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model saved by :func:`save_model_checkpoint` (rebuilt by ``build(meta)``, weights loaded, eval mode).
-
-    Raises a :class:`CheckpointError` naming the file and ``producer`` when it is not such a checkpoint.
-    """
-    from safetensors.torch import load_model
-
-    meta = read_checkpoint_metadata(path, key, producer)
-    model = build(meta)
-    try:
-        load_model(model, str(path))
-    except RuntimeError as error:  # missing, unexpected or reshaped tensors: another version's model
-        details = " ".join(line.strip() for line in str(error).splitlines()[1:4])
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the model its metadata describes (written by another domainfm "
-            f"version?): {details[:600]}; recreate it with `{producer}`"
-        ) from error
-    return model.eval(), meta
+    return checkpoint_metadata(path).get(METADATA_KEY)

@@ -213,34 +213,3 @@ def fit(trainer: Any, task: Any, stream: Any, resume_from: Path | None = None) -
     with warnings.catch_warnings():  # Lightning warns about modules kept in eval mode: frozen parts, on purpose
         warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")
         trainer.fit(task, train_dataloaders=stream, ckpt_path=ckpt, weights_only=True)
-
-
-def _ndim(parameter: nn.Parameter) -> int:
-    """A parameter's number of dimensions before any FSDP sharding (recorded by :func:`step_task`)."""
-    return getattr(parameter, "_domainfm_ndim", parameter.ndim)
-
-
-def adamw_warmup_cosine(lr: float, weight_decay: float, epochs: int, warmup: int) -> OptimizerFactory:
-    """AdamW (0.9, 0.999) with weight decay on matrices only, linear warm-up then cosine decay, per epoch.
-
-    The recipe of SimMIM/SatVision and DINO/PLUTO pretraining; ``warmup`` is capped below ``epochs``.
-    """
-    import math
-
-    warmup = min(warmup, max(0, epochs - 1))
-
-    def optimizers(parameters: list[nn.Parameter]) -> dict:
-        decay = [p for p in parameters if _ndim(p) > 1]
-        rest = [p for p in parameters if _ndim(p) <= 1]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-
-        def factor(epoch: int) -> float:
-            if epoch < warmup:
-                return (epoch + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(1, epochs - warmup))))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
-
-    return optimizers

@@ -24,6 +24,8 @@ from domainfm.shared.backbones import create_backbone, save_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.memory import peak_memory_mb, reset_peak_memory
 from domainfm.shared.peft.methods import apply_peft, count_parameters, load_adapter, save_adapter
+from domainfm.shared.tasks.metrics import multiclass_macro_auroc
+from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream, flip_rotate
@@ -32,12 +34,7 @@ from domainfm.shared.tiles.stream import TileStream, flip_rotate
 def label_subset(store: TileStore, fraction: float, seed: int) -> np.ndarray:
     """Tile ids of a stratified ``fraction`` of the labelled train tiles (at least one tile per class)."""
     train = np.flatnonzero((store.index["split"] == SPLITS["train"]) & (store.index["label"] >= 0))
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in np.unique(store.index["label"][train]):
-        ids = train[store.index["label"][train] == label]
-        chosen.append(rng.choice(ids, size=max(1, round(fraction * len(ids))), replace=False))
-    return np.sort(np.concatenate(chosen))
+    return label_fraction(train, fraction, seed, labels=store.index["label"][train])
 
 
 def _train(
@@ -98,7 +95,7 @@ def _evaluate(backbone: nn.Module, head: nn.Module, stream: TileStream, classes:
     scores, target = torch.cat(logits), torch.cat(labels)
     return {
         "accuracy": float(metrics.accuracy(scores, target, task="multiclass", num_classes=classes)),
-        "auroc": float(metrics.auroc(scores, target, task="multiclass", num_classes=classes)),
+        "auroc": multiclass_macro_auroc(scores, target, classes),
         "kappa": float(
             metrics.cohen_kappa(scores.argmax(1), target, task="multiclass", num_classes=classes, weights="quadratic")
         ),

@@ -8,7 +8,6 @@ take ``linear``, ``full`` and ``bitfit`` only (the others act on attention block
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,28 +193,18 @@ def peft_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
 
 def save_adapter(backbone: Backbone, path: str | Path) -> Path:
     """Writes the adapter-only weights with the method, its options and the backbone's build arguments."""
-    from safetensors.torch import save_file
+    from domainfm.shared.tasks.checkpoint import save_checkpoint
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"method": backbone.peft_method, "config": backbone.peft_config, "backbone": backbone.build_args}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(peft_state_dict(backbone), str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    return save_checkpoint(path, peft_state_dict(backbone), {METADATA_KEY: meta})
 
 
 def load_adapter(path: str | Path, backbone: Backbone | None = None) -> Backbone:
     """Re-attaches saved adapter weights: to ``backbone`` (frozen weights already loaded) or a fresh one."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from domainfm.shared.tasks.checkpoint import read_checkpoint
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get(METADATA_KEY, "null") or "null")
-    except Exception as error:  # safetensors raises its own types for missing or damaged files
-        raise PeftError(f"{path} is not a readable adapter file: {error}") from error
+    weights, metadata = read_checkpoint(path, PeftError)
+    meta = metadata.get(METADATA_KEY)
     if meta is None:
         raise PeftError(f"{path} is not a domainfm adapter file (no {METADATA_KEY} metadata)")
     if backbone is None:
@@ -224,7 +213,6 @@ def load_adapter(path: str | Path, backbone: Backbone | None = None) -> Backbone
     if meta["backbone"]["name"] != backbone.name:
         raise PeftError(f"adapter {path} was trained on {meta['backbone']['name']}; it does not fit {backbone.name}")
     apply_peft(backbone, meta["method"], **meta["config"])
-    weights = load_file(str(path))
     expected = peft_state_dict(backbone)
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     shapes = [

@@ -142,7 +142,7 @@ def test_missing_and_truncated_files_are_named(tmp_path: Path):
 
 
 def test_whole_model_checkpoint_of_another_shape_is_named_with_its_producer(tmp_path: Path):
-    from domainfm.shared.backbones.checkpoint import load_model_checkpoint, save_model_checkpoint
+    from domainfm.shared.tasks.checkpoint import load_model_checkpoint, save_model_checkpoint
 
     path = save_model_checkpoint(torch.nn.Linear(4, 3), tmp_path / "head.safetensors", "test_key", {"outputs": 3})
     model, meta = load_model_checkpoint(path, "test_key", "make-head", lambda m: torch.nn.Linear(4, m["outputs"]))
