@@ -23,7 +23,7 @@ def test_phantom_ingest_pretrain_and_every_eval(
 
     # what the evaluations score: the similarities and relevance of each (direction, k), each test-split AUROC
     ranked, scored = [], []
-    real_precision, real_auroc = evaluate.precision_at_k, evaluate.macro_auroc
+    real_precision, real_auroc = evaluate.precision_at_k, evaluate.multilabel_macro_auroc
 
     def precision_spy(similarity, relevant, k):
         ranked.append((similarity.clone(), relevant.clone(), k))
@@ -34,7 +34,7 @@ def test_phantom_ingest_pretrain_and_every_eval(
         return real_auroc(scores, labels)
 
     monkeypatch.setattr(evaluate, "precision_at_k", precision_spy)
-    monkeypatch.setattr(evaluate, "macro_auroc", auroc_spy)
+    monkeypatch.setattr(evaluate, "multilabel_macro_auroc", auroc_spy)
     phantom = tmp_path / "phantom"
     assert main(["radiology", "phantom", "--out", str(phantom), "--n", "48", "--retrieval_per_category", "4"]) == 0
     store = str(tmp_path / "studies.zarr")

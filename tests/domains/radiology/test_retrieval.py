@@ -56,7 +56,8 @@ def test_chexpert_format_uncertain_labels_are_not_hits(tmp_path: Path):
 
 
 def test_precision_at_k_and_macro_auroc_by_hand():
-    from domainfm.domains.radiology.evaluate import macro_auroc, precision_at_k
+    from domainfm.domains.radiology.evaluate import precision_at_k
+    from domainfm.shared.tasks.metrics import multilabel_macro_auroc as macro_auroc
 
     similarity = torch.tensor([[0.9, 0.1, 0.5, 0.7], [0.2, 0.8, 0.6, 0.4]])
     relevant = torch.tensor([[True, True, False, False], [False, False, True, True]])
