@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from domainfm.domains.pathology import phantom
+from domainfm.studies.pathology import phantom
 from domainfm.studies.pathology.phantom import (
     CLASS_NAMES,
     TRUTH_SUFFIX,
