@@ -64,7 +64,7 @@ GROUPS: dict[str, Group] = {
     ),
     "peft": Group(
         "PEFT: DVPT and its baselines; parameter counts and method x label-fraction comparisons",
-        commands={"count": "domainfm.shared.peft.cli:count", "compare": "domainfm.shared.peft.cli:compare"},
+        commands={"count": "domainfm.shared.peft.cli:count", "compare": "domainfm.studies.shared.peft.cli:compare"},
     ),
     "export": Group(
         "MONAI bundles of downstream models (radiology, pathology, remote sensing, segmentation)",
@@ -73,10 +73,10 @@ GROUPS: dict[str, Group] = {
     "bench": Group(
         "benchmarks that print ratios against a baseline measured in the same process",
         commands={
-            "backbones": "domainfm.shared.backbones.bench:bench_backbones",
-            "stream": "domainfm.shared.tiles.bench:bench_stream",
-            "tiling": "domainfm.domains.pathology.bench:bench_tiling",
-            "gpu": "domainfm.device_check:bench_gpu",
+            "backbones": "domainfm.studies.shared.backbones.bench:bench_backbones",
+            "stream": "domainfm.studies.shared.tiles.bench:bench_stream",
+            "tiling": "domainfm.studies.pathology.bench:bench_tiling",
+            "gpu": "domainfm.studies.device_check:bench_gpu",
         },
     ),
 }

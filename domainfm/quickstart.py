@@ -22,14 +22,14 @@ from domainfm.shared.optional import load_object
 from domainfm.shared.report import SectionResult, markdown_table
 
 SECTIONS: dict[str, str] = {
-    "backbones": "domainfm.shared.backbones.quickstart:run",
-    "tiles": "domainfm.shared.tiles.quickstart:run",
-    "peft": "domainfm.shared.peft.quickstart:run",
-    "radiology": "domainfm.domains.radiology.quickstart:run",
-    "pathology": "domainfm.domains.pathology.quickstart:run",
-    "remote_sensing": "domainfm.domains.remote_sensing.quickstart:run",
-    "segmentation": "domainfm.domains.segmentation.quickstart:run",
-    "deployment": "domainfm.deploy_quickstart:run",
+    "backbones": "domainfm.studies.shared.backbones.quickstart:run",
+    "tiles": "domainfm.studies.shared.tiles.quickstart:run",
+    "peft": "domainfm.studies.shared.peft.quickstart:run",
+    "radiology": "domainfm.studies.radiology.quickstart:run",
+    "pathology": "domainfm.studies.pathology.quickstart:run",
+    "remote_sensing": "domainfm.studies.remote_sensing.quickstart:run",
+    "segmentation": "domainfm.studies.segmentation.quickstart:run",
+    "deployment": "domainfm.studies.deploy_quickstart:run",
 }
 
 

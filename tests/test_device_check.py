@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from domainfm.device_check import WARMUP_STEPS, bench_gpu, step_flops, time_training
+from domainfm.studies.device_check import WARMUP_STEPS, bench_gpu, step_flops, time_training
 
 ROOT = Path(__file__).resolve().parents[1]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")

@@ -122,7 +122,7 @@ def check_equivalence(records: dict[str, list[dict]], train_ids: np.ndarray, uns
 
 def test_convirt_step_over_two_processes_equals_one_process_and_needs_the_gathered_negatives(tmp_path: Path):
     from domainfm.domains.radiology.data import ingest_studies
-    from domainfm.domains.radiology.phantom import write_phantom
+    from domainfm.studies.radiology.phantom import write_phantom
 
     write_phantom(tmp_path / "phantom", n=16, size=32, seed=0, dicom_fraction=0.0)
     store = tmp_path / "studies.zarr"
@@ -138,8 +138,8 @@ def test_convirt_step_over_two_processes_equals_one_process_and_needs_the_gather
 
 
 def test_pluto_step_over_two_processes_equals_one_process_and_needs_the_global_centre(tmp_path: Path):
-    from domainfm.domains.pathology.phantom import write_phantom_slide
     from domainfm.domains.pathology.tiling import TilingParams, tile_slides
+    from domainfm.studies.pathology.phantom import write_phantom_slide
 
     slide = write_phantom_slide(tmp_path / "s0.svs", size=512, seed=0, mpp=0.5).path
     store = tmp_path / "tiles.zarr"
@@ -154,7 +154,7 @@ def test_pluto_step_over_two_processes_equals_one_process_and_needs_the_global_c
 
 def test_simmim_step_over_two_processes_equals_one_process(tmp_path: Path):
     from domainfm.domains.remote_sensing.data import ingest_chips
-    from domainfm.domains.remote_sensing.phantom import write_granule
+    from domainfm.studies.remote_sensing.phantom import write_granule
 
     granule = write_granule(tmp_path / "MOD021KM.A0.hdf", (128, 128), seed=0)
     store = tmp_path / "chips.zarr"
@@ -166,7 +166,7 @@ def test_simmim_step_over_two_processes_equals_one_process(tmp_path: Path):
 
 def test_gms_step_over_two_processes_equals_one_process(tmp_path: Path):
     from domainfm.domains.segmentation.data import ingest_pairs
-    from domainfm.domains.segmentation.phantom import write_phantom
+    from domainfm.studies.segmentation.phantom import write_phantom
 
     write_phantom(tmp_path / "phantom", n=12, size=32, seed=0, sites=("site_a",))
     site = tmp_path / "phantom" / "site_a"

@@ -3,16 +3,16 @@
 Keep this module free of heavy imports: ``domainfm --help`` reads it.
 """
 
+_LIBRARY = "domainfm.domains.pathology.commands"
+_STUDIES = "domainfm.studies.pathology.commands"  # phantom data and studies
+
 COMMANDS: dict[str, str] = {
-    verb: f"domainfm.domains.pathology.commands:{function}"
-    for verb, function in {
-        "phantom": "phantom",
-        "tile": "tile",
-        "pretrain": "pretrain",
-        "embed": "embed",
-        "probe": "probe",
-        "train": "train",
-        "mil": "mil",
-        "study": "study",
-    }.items()
+    "phantom": f"{_STUDIES}:phantom",
+    "tile": f"{_LIBRARY}:tile",
+    "pretrain": f"{_LIBRARY}:pretrain",
+    "embed": f"{_LIBRARY}:embed",
+    "probe": f"{_LIBRARY}:probe",
+    "train": f"{_LIBRARY}:train",
+    "mil": f"{_LIBRARY}:mil",
+    "study": f"{_STUDIES}:study",
 }

@@ -1,8 +1,10 @@
-"""``domainfm pathology ...``: phantom, tile, pretrain, embed, probe, train, mil and study.
+"""``domainfm pathology ...``: tile, pretrain, embed, probe, train and mil.
 
 PLUTO (Juyal et al. 2024, arXiv 2405.07905): whole-slide tiling at several microns per pixel,
 self-supervised pretraining, and tile- and slide-level heads. Every training command saves its resolved
 config beside its outputs.
+
+The group's study verbs (phantom, study) are in :mod:`domainfm.studies.pathology.commands`.
 """
 
 from __future__ import annotations
@@ -10,26 +12,6 @@ from __future__ import annotations
 import json as json_module
 from pathlib import Path
 from typing import Any
-
-
-def phantom(
-    out: Path, size: int = 4096, seed: int = 0, mpp: float | None = 0.25, tumor: bool = True, no_mpp: bool = False
-) -> int:
-    """Write a phantom Aperio SVS (pyramid, JPEG, mpp, objective power) with tissue classes (+ FILE.truth.npz).
-
-    Args:
-        out: The slide file (``.svs``).
-        size: Level-0 width and height in pixels.
-        seed: Random seed.
-        mpp: Level-0 microns per pixel.
-        tumor: Include tumour tissue (the slide label of the MIL phantom).
-        no_mpp: Leave the resolution out of the file (a slide without mpp).
-    """
-    from domainfm.domains.pathology.phantom import write_phantom_slide
-
-    slide = write_phantom_slide(Path(out), size, seed, None if no_mpp else mpp, tumor, progress=True)
-    print(f"wrote {slide.path} ({slide.size[0]}x{slide.size[1]}, levels {slide.downsamples}) and {slide.truth_path}")
-    return 0
 
 
 def tile(
@@ -267,47 +249,4 @@ def mil(
     save_resolved_config(Path(out))
     result = run_mil(read_embeddings(Path(embeddings)), labels, Path(out), mpp, epochs, lr, seed)
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
-    return 0
-
-
-def study(
-    out: Path,
-    slides: int = 12,
-    slide_size: int = 1536,
-    test_slides: int = 4,
-    tile_size: int = 64,
-    mpp: list[float] | None = None,
-    backbone: str = "test_vit",
-    pretrain_epochs: int = 40,
-    objective: dict[str, Any] | None = None,
-    mil_epochs: int = 40,
-    seed: int = 0,
-    device: str = "auto",
-) -> int:
-    """The phantom study: PLUTO pretraining, linear probe vs a random-initialised encoder, and slide MIL.
-
-    Args:
-        out: Output folder.
-        slides: Phantom slides (every other one with tumour).
-        slide_size: Their side in pixels at 0.5 mpp.
-        test_slides: Held-out slides (the last ones).
-        tile_size: Tile side in pixels.
-        mpp: Tile resolutions (default 0.5 and 1.0).
-        backbone: ViT backbone.
-        pretrain_epochs: Pretraining epochs.
-        objective: PLUTO objective options (tiny defaults for the test backbones).
-        mil_epochs: ABMIL epochs.
-        seed: Random seed.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-    """
-    from domainfm.domains.pathology.workflow import run_study
-    from domainfm.shared.config import save_resolved_config
-
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
-    run_study(
-        Path(out), slides, slide_size, test_slides, tile_size, tuple(mpp or [0.5, 1.0]), backbone, pretrain_epochs,
-        objective, mil_epochs, seed, device,
-    )  # fmt: skip
-    print((Path(out) / "results.md").read_text())
     return 0

@@ -28,7 +28,7 @@ def slide_labels(embeddings: Embeddings, labels: str | Path) -> tuple[list[str],
     """``(class names, slide row -> class id)`` from a CSV or ``"truth"`` (phantom slides)."""
     slides = embeddings.slides
     if str(labels) == TRUTH:
-        from domainfm.domains.pathology.truth import TRUTH_SUFFIX, read_truth
+        from domainfm.domains.pathology.region_labels import TRUTH_SUFFIX, read_truth
 
         mapping = {}
         for row, slide in enumerate(slides):

@@ -218,7 +218,7 @@ def truth_labels(path: Path, coords: np.ndarray, side: float) -> np.ndarray:
     Kept tiles passed the tissue filter, so the label is the most frequent *tissue* class under the tile
     (background, class 0, is never a tile label).
     """
-    from domainfm.domains.pathology.truth import TRUTH_SUFFIX, read_truth, truth_class_fractions
+    from domainfm.domains.pathology.region_labels import TRUTH_SUFFIX, read_truth, truth_class_fractions
 
     truth_path = Path(str(path) + TRUTH_SUFFIX)
     if not truth_path.is_file():
@@ -321,7 +321,7 @@ def tile_spec(params: TilingParams) -> StoreSpec:
     channels = [{"name": c} for c in ("R", "G", "B")]
     labels = []
     if params.truth_labels:
-        from domainfm.domains.pathology.truth import CLASS_NAMES
+        from domainfm.domains.pathology.region_labels import CLASS_NAMES
 
         labels = list(CLASS_NAMES)
     companions = {"tissue": Companion((), "float32")}

@@ -3,14 +3,14 @@
 Keep this module free of heavy imports: ``domainfm --help`` reads it.
 """
 
+_LIBRARY = "domainfm.domains.radiology.commands"
+_STUDIES = "domainfm.studies.radiology.commands"  # phantom data and studies
+
 COMMANDS: dict[str, str] = {
-    verb: f"domainfm.domains.radiology.commands:{function}"
-    for verb, function in {
-        "phantom": "phantom",
-        "ingest": "ingest",
-        "pretrain": "pretrain",
-        "train": "train",
-        "eval": "evaluate",
-        "study": "study",
-    }.items()
+    "phantom": f"{_STUDIES}:phantom",
+    "ingest": f"{_LIBRARY}:ingest",
+    "pretrain": f"{_LIBRARY}:pretrain",
+    "train": f"{_LIBRARY}:train",
+    "eval": f"{_LIBRARY}:evaluate",
+    "study": f"{_STUDIES}:study",
 }

@@ -3,14 +3,14 @@
 Keep this module free of heavy imports: ``domainfm --help`` reads it.
 """
 
+_LIBRARY = "domainfm.domains.remote_sensing.commands"
+_STUDIES = "domainfm.studies.remote_sensing.commands"  # phantom data and studies
+
 COMMANDS: dict[str, str] = {
-    verb: f"domainfm.domains.remote_sensing.commands:{function}"
-    for verb, function in {
-        "phantom": "phantom",
-        "ingest": "ingest",
-        "pretrain": "pretrain",
-        "eval": "evaluate",
-        "train": "train",
-        "study": "study",
-    }.items()
+    "phantom": f"{_STUDIES}:phantom",
+    "ingest": f"{_LIBRARY}:ingest",
+    "pretrain": f"{_LIBRARY}:pretrain",
+    "eval": f"{_LIBRARY}:evaluate",
+    "train": f"{_LIBRARY}:train",
+    "study": f"{_STUDIES}:study",
 }

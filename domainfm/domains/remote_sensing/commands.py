@@ -1,7 +1,9 @@
-"""``domainfm remote-sensing ...``: phantom, ingest, pretrain, eval, train and study.
+"""``domainfm remote-sensing ...``: ingest, pretrain, eval and train.
 
 SatVision-TOA (NASA GSFC, arXiv 2411.17000): 14-band MODIS L1B top-of-atmosphere chips, SimMIM on SwinV2,
 and 3D cloud retrieval. Every training command saves its resolved config beside its outputs.
+
+The group's study verbs (phantom, study) are in :mod:`domainfm.studies.remote_sensing.commands`.
 """
 
 from __future__ import annotations
@@ -9,22 +11,6 @@ from __future__ import annotations
 import json as json_module
 from pathlib import Path
 from typing import Any, Literal
-
-
-def phantom(out: Path, size: int = 256, seed: int = 0, clouds: int = 8) -> int:
-    """Write a phantom MOD021KM granule (real HDF4, L1B layout) with clouds at known heights (+ FILE.truth.npz).
-
-    Args:
-        out: The granule file (``.hdf``).
-        size: Rows and columns (1-km pixels).
-        seed: Random seed.
-        clouds: Clouds drawn.
-    """
-    from domainfm.domains.remote_sensing.phantom import write_granule
-
-    path = write_granule(Path(out), (size, size), seed, clouds)
-    print(f"wrote {path} and {path.name}.truth.npz")
-    return 0
 
 
 def ingest(
@@ -189,40 +175,4 @@ def train(
         batch_size, lr, seed, device, progress=not json, out=Path(out) if out else None,
     )  # fmt: skip
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
-    return 0
-
-
-def study(
-    out: Path,
-    granules: int = 12,
-    granule_size: int = 256,
-    chip: int = 64,
-    backbone: str = "test_swinv2",
-    pretrain_epochs: int = 40,
-    labelled: int = 16,
-    task_epochs: int = 200,
-    seed: int = 0,
-    device: str = "auto",
-) -> int:
-    """The phantom study: SimMIM, held-out reconstruction, and the cloud curtain from few labels vs scratch.
-
-    Args:
-        out: Output folder.
-        granules: Phantom granules.
-        granule_size: Their rows and columns.
-        chip: Chip side.
-        backbone: SwinV2 backbone.
-        pretrain_epochs: SimMIM epochs.
-        labelled: Labelled chips for the curtain task.
-        task_epochs: Curtain-task epochs.
-        seed: Random seed.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-    """
-    from domainfm.domains.remote_sensing.workflow import run_study
-    from domainfm.shared.config import save_resolved_config
-
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
-    run_study(Path(out), granules, granule_size, chip, backbone, pretrain_epochs, labelled, task_epochs, seed, device)
-    print((Path(out) / "results.md").read_text())
     return 0

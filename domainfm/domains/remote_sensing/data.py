@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from domainfm.domains.remote_sensing.bands import select_bands
-from domainfm.domains.remote_sensing.phantom import CURTAIN_SHAPE, curtain
+from domainfm.domains.remote_sensing.curtain import CURTAIN_SHAPE, curtain
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.ingest import IngestSummary
 from domainfm.shared.tiles.schema import TEXT, Companion, StoreSpec, TileBatch, stable_split

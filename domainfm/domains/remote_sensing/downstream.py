@@ -3,7 +3,7 @@
 * ``curtain``: SatVision-TOA's 3D cloud retrieval (arXiv 2411.17000, section 4 of
   ``shared/methods/satvision.md``) with a head that reads heights from channels (:class:`CurtainHead`):
   last-stage features -> 1x1 conv + PixelShuffle back to the chip's pixels (SimMIM's decoder shape) -> the
-  track (the chip's central column, as :func:`~domainfm.domains.remote_sensing.phantom.curtain` defines
+  track (the chip's central column, as :func:`~domainfm.domains.remote_sensing.curtain.curtain` defines
   it) resampled to the 91 along-track samples -> a per-sample profile (1-D convs) of 40 height logits.
   SatVision's FCN decoder instead resizes a 2-D map to 91 x 40, so height bin *k* comes from chip column
   *k* x W / 40, which a translation-equivariant Swin encoder cannot tell apart; on the phantom study that
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from domainfm.domains.remote_sensing.phantom import CURTAIN_SHAPE
+from domainfm.domains.remote_sensing.curtain import CURTAIN_SHAPE
 from domainfm.domains.remote_sensing.pretrain import input_transform, load_encoder, prepare
 from domainfm.domains.remote_sensing.simmim import encode
 from domainfm.shared.backbones import create_backbone

@@ -3,14 +3,14 @@
 Keep this module free of heavy imports: ``domainfm --help`` reads it.
 """
 
+_LIBRARY = "domainfm.domains.segmentation.commands"
+_STUDIES = "domainfm.studies.segmentation.commands"  # phantom data and studies
+
 COMMANDS: dict[str, str] = {
-    verb: f"domainfm.domains.segmentation.commands:{function}"
-    for verb, function in {
-        "phantom": "phantom",
-        "ingest": "ingest",
-        "train-vae": "train_vae",
-        "train": "train",
-        "eval": "evaluate",
-        "compare": "compare",
-    }.items()
+    "phantom": f"{_STUDIES}:phantom",
+    "ingest": f"{_LIBRARY}:ingest",
+    "train-vae": f"{_LIBRARY}:train_vae",
+    "train": f"{_LIBRARY}:train",
+    "eval": f"{_LIBRARY}:evaluate",
+    "compare": f"{_STUDIES}:compare",
 }

@@ -1,30 +1,15 @@
-"""``domainfm segmentation ...``: phantom, ingest, train-vae, train, eval and compare.
+"""``domainfm segmentation ...``: ingest, train-vae, train and eval.
 
 GMS (Huo et al., "Generative Medical Segmentation", AAAI 2025, arXiv 2403.18198) with a MONAI UNet
 baseline. Every command saves its resolved config beside its outputs, so a run can be repeated.
+
+The group's study verbs (phantom, compare) are in :mod:`domainfm.studies.segmentation.commands`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-
-
-def phantom(out: Path, n: int = 120, size: int = 64, seed: int = 0) -> int:
-    """Write phantom image/mask pairs for two sites (``OUT/site_a``, ``OUT/site_b``).
-
-    Args:
-        out: Output folder.
-        n: Images per site.
-        size: Image side in pixels.
-        seed: Random seed.
-    """
-    from domainfm.domains.segmentation.phantom import write_phantom
-
-    written = write_phantom(Path(out), n, size, seed)
-    for site, info in written["sites"].items():
-        print(f"{site}: {n} images in {info['images']}, masks in {info['masks']}")
-    return 0
 
 
 def ingest(
@@ -164,7 +149,7 @@ def train(
         strategy: ``auto`` (one device, else DDP) or ``ddp``.
         num_nodes: Machines (launch with torchrun or SLURM; docs/distributed.md).
     """
-    from domainfm.domains.segmentation.workflow import fit
+    from domainfm.domains.segmentation.fitting import fit
     from domainfm.shared.config import save_resolved_config
     from domainfm.shared.engine.distributed import is_launch_zero
 
@@ -208,7 +193,7 @@ def evaluate(
     """
     import json as json_module
 
-    from domainfm.domains.segmentation.workflow import evaluate_checkpoint
+    from domainfm.domains.segmentation.fitting import evaluate_checkpoint
 
     result = evaluate_checkpoint(Path(checkpoint), Path(store), split, Path(out) if out else None, device)
     if json:
@@ -228,65 +213,3 @@ def evaluate(
         elif result.get("native_missing"):
             print(f"  not scored at native size: {result['native_missing']}")
     return 0
-
-
-def compare(
-    out: Path,
-    n: int = 160,
-    size: int = 64,
-    vae: dict[str, Any] | None = None,
-    vae_epochs: int = 10,
-    vae_weights: Path | None = None,
-    mapper: dict[str, Any] | None = None,
-    unet: dict[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    warmup_epochs: int = 2,
-    seed: int = 0,
-    device: str = "auto",
-) -> int:
-    """GMS against the UNet on the phantom: same site and across sites, with trainable parameters.
-
-    Writes the phantom, both stores, the VAE, both models, results.json, results.md and QC pictures.
-
-    Args:
-        out: Output folder.
-        n: Phantom images per site.
-        size: Image side in pixels.
-        vae: VAE shape (tiny default).
-        vae_epochs: VAE training epochs (on site A's images, no masks).
-        vae_weights: Use these VAE weights (e.g. local Stable-Diffusion weights) instead of training one.
-        mapper: Latent mapper options.
-        unet: UNet options.
-        epochs: Epochs of both segmenters (the same budget).
-        batch_size: Batch size of both segmenters.
-        lr: AdamW learning rate of both.
-        warmup_epochs: Warm-up epochs of both.
-        seed: Random seed.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-    """
-    from domainfm.domains.segmentation.workflow import compare_on_phantom
-    from domainfm.shared.config import save_resolved_config
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out)
-    rows = compare_on_phantom(
-        out,
-        n,
-        size,
-        vae,
-        vae_epochs,
-        mapper,
-        unet,
-        epochs,
-        batch_size,
-        lr,
-        warmup_epochs,
-        seed,
-        device,
-        vae_weights=Path(vae_weights) if vae_weights else None,
-    )
-    print((out / "results.md").read_text())
-    return 0 if rows else 1

@@ -39,7 +39,7 @@ from torch import nn
 from domainfm.domains.segmentation.evaluate import evaluate
 from domainfm.domains.segmentation.mapper import SUPERVISED_LEVELS
 from domainfm.domains.segmentation.models import GMSSegmenter, UNetSegmenter, to_model_range, trainable_parameters
-from domainfm.domains.segmentation.phantom import lesion_mask
+from domainfm.domains.segmentation.shapes import lesion_mask
 from domainfm.domains.segmentation.vae import VAEConfig, create_vae, encode_mean, freeze
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import (

@@ -1,8 +1,7 @@
-"""``domainfm peft count`` and ``domainfm peft compare``."""
+"""``domainfm peft count`` (``domainfm peft compare`` is the study in :mod:`domainfm.studies.shared.peft.cli`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 DEFAULT_METHODS = ["linear", "full", "bitfit", "vpt_shallow", "vpt_deep", "adaptformer", "lora", "dvpt"]
@@ -34,63 +33,3 @@ def count(backbone: str, method: str, options: dict[str, Any] | None = None, jso
             f"{backbone} + {method}: {counts['trainable']:,} trainable of {counts['total']:,} "
             f"({100 * counts['fraction_of_backbone']:.3f} % of the backbone's {counts['backbone_parameters']:,})"
         )
-
-
-def compare(
-    out: Path,
-    backbone: str = "test_vit",
-    methods: list[str] = DEFAULT_METHODS,
-    label_fractions: list[float] = [0.1, 1.0],  # noqa: B006
-    method_options: dict[str, dict[str, Any]] | None = None,
-    store: Path | None = None,
-    phantom_tiles: int = 600,
-    phantom_classes: int = 4,
-    epochs: int = 4,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str = "auto",
-) -> int:
-    """Run a PEFT method x label-fraction grid on one task; write results.json, results.md and adapters.
-
-    Args:
-        out: Output folder.
-        backbone: Registered backbone name.
-        methods: PEFT methods to compare.
-        label_fractions: Fractions of the train split's labels to train on.
-        method_options: Per-method options, e.g. ``{dvpt: {bottleneck: 16}}``.
-        store: A tile store with labels and splits; the phantom texture task when unset.
-        phantom_tiles: Tiles of the phantom task.
-        phantom_classes: Classes of the phantom task.
-        epochs: Training epochs per run.
-        batch_size: Training batch size.
-        lr: AdamW learning rate (the same for every method).
-        seed: Seed of data subsets, initialisation and order.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-    """
-    from domainfm.shared.config import save_resolved_config
-    from domainfm.shared.peft.compare import run_grid, write_results
-    from domainfm.shared.peft.phantom import build_phantom_store
-    from domainfm.shared.tiles.store import TileStore
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out)
-    task = (
-        TileStore(store)
-        if store
-        else build_phantom_store(out / "phantom_textures.zarr", phantom_tiles, phantom_classes, seed=seed)
-    )
-    rows = run_grid(
-        task, backbone, methods, label_fractions, out, epochs, batch_size, lr, seed, device, method_options or {}
-    )
-    header = (
-        f"PEFT comparison on `{task.path.name}` ({len(task)} tiles) with `{backbone}`, {epochs} epochs, "
-        f"AdamW lr {lr}, batch {batch_size}, seed {seed}; metrics on the val split."
-    )
-    write_results(rows, out, header)
-    print((out / "results.md").read_text())
-    bad = [r for r in rows if r["reattach_max_abs_diff"] > 1e-5]
-    for row in bad:
-        print(f"adapter of {row['method']} at {row['label_fraction']} did not re-attach exactly")
-    return 1 if bad else 0

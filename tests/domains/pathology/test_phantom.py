@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from domainfm.domains.pathology import phantom
-from domainfm.domains.pathology.phantom import (
+from domainfm.studies.pathology import phantom
+from domainfm.studies.pathology.phantom import (
     CLASS_NAMES,
     TRUTH_SUFFIX,
     read_truth,

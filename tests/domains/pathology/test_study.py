@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from domainfm.domains.pathology.workflow import run_study
+from domainfm.studies.pathology.workflow import run_study
 
 
 @pytest.mark.slow

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from domainfm.cli import main
-from domainfm.domains.pathology.phantom import read_truth, truth_class_fractions, truth_tissue_grid, write_phantom_slide
 from domainfm.domains.pathology.slides import SlideError, resolve_mpp
 from domainfm.domains.pathology.tiling import TilingParams, tile_slides
 from domainfm.shared.tiles import TileStore
 from domainfm.shared.tiles.ingest import STAGING
 from domainfm.shared.tiles.schema import INDEX_COLUMNS
+from domainfm.studies.pathology.phantom import read_truth, truth_class_fractions, truth_tissue_grid, write_phantom_slide
 
 TILE = 64  # small tiles keep the grid large (and the 5 % tolerance meaningful) on small slides
 

@@ -7,9 +7,9 @@ import pytest
 
 from domainfm.domains.radiology.data import PairingError, ingest_studies, pair
 from domainfm.domains.radiology.images import read_dicom
-from domainfm.domains.radiology.phantom import write_dicom
 from domainfm.domains.radiology.reports import Report, read_reports, split_sentences
 from domainfm.shared.tiles.store import TileStore
+from domainfm.studies.radiology.phantom import write_dicom
 
 
 def chest(size: int = 32) -> np.ndarray:

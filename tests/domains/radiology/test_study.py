@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from domainfm.domains.radiology.workflow import run_study
+from domainfm.studies.radiology.workflow import run_study
 
 
 @pytest.mark.slow

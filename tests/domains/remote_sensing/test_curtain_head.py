@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.domains.remote_sensing.curtain import CURTAIN_SHAPE
 from domainfm.domains.remote_sensing.downstream import CurtainHead, DownstreamModel
-from domainfm.domains.remote_sensing.phantom import CURTAIN_SHAPE
 from domainfm.shared.backbones import create_backbone
 
 

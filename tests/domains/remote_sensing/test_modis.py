@@ -8,7 +8,7 @@ import scipy.constants as const
 
 from domainfm.domains.remote_sensing.bands import TERRA_EMISSIVE, brightness_temperature
 from domainfm.domains.remote_sensing.modis import L1BError, read_l1b
-from domainfm.domains.remote_sensing.phantom import FILL, SATURATED, write_granule
+from domainfm.studies.remote_sensing.phantom import FILL, SATURATED, write_granule
 
 pyhdf_sd = pytest.importorskip("pyhdf.SD")
 

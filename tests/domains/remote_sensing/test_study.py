@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from domainfm.domains.remote_sensing.workflow import run_study
+from domainfm.studies.remote_sensing.workflow import run_study
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from domainfm.domains.segmentation.data import ingest_pairs
-from domainfm.domains.segmentation.phantom import write_phantom
+from domainfm.studies.segmentation.phantom import write_phantom
 
 
 @pytest.fixture(scope="session")

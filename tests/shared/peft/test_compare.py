@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from domainfm.cli import main
-from domainfm.shared.peft.compare import label_subset
-from domainfm.shared.peft.phantom import build_phantom_store
+from domainfm.studies.shared.peft.compare import label_subset
+from domainfm.studies.shared.peft.phantom import build_phantom_store
 
 
 def test_label_fraction_is_stratified_and_seeded(tmp_path: Path):

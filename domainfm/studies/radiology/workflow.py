@@ -16,12 +16,12 @@ import numpy as np
 
 from domainfm.domains.radiology.data import ingest_studies
 from domainfm.domains.radiology.evaluate import probe, retrieval
-from domainfm.domains.radiology.phantom import write_phantom, write_retrieval_set
 from domainfm.domains.radiology.pretrain import load_convirt, pretrain
 from domainfm.shared.config import settings_unchanged
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
 from domainfm.shared.tiles.store import TileStore
+from domainfm.studies.radiology.phantom import write_phantom, write_retrieval_set
 
 FRACTIONS = (0.01, 0.1, 1.0)
 

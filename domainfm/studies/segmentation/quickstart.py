@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from domainfm.domains.segmentation.workflow import compare_on_phantom
 from domainfm.shared.report import SectionResult
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
+from domainfm.studies.segmentation.workflow import compare_on_phantom
 
 
 def run(out_dir: Path, device: torch.device, seed: int) -> SectionResult:

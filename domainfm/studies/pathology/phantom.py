@@ -2,9 +2,9 @@
 
 No PyPI package ships a whole-slide image, so tests, the quickstart, the tutorial and the tiling benchmark
 write their own (this module writes the file; :mod:`.phantom_tissue` draws the textures and the region
-map, :mod:`.truth` reads the ground truth back; their public names are re-exported here): a tiled,
-JPEG-compressed, pyramidal TIFF laid out as an Aperio ScanScope writes it, which OpenSlide opens as vendor
-``aperio`` with ``openslide.mpp-x``/``mpp-y`` and ``openslide.objective-power``.
+map, :mod:`domainfm.domains.pathology.region_labels` reads the ground truth back; their public names are
+re-exported here): a tiled, JPEG-compressed, pyramidal TIFF laid out as an Aperio ScanScope writes it, which
+OpenSlide opens as vendor ``aperio`` with ``openslide.mpp-x``/``mpp-y`` and ``openslide.objective-power``.
 
 Layout (what OpenSlide's aperio driver expects): the first IFD is level 0, tiled, its ImageDescription
 starting with ``Aperio Image Library`` and carrying ``|AppMag = ..|MPP = ..`` key-value pairs; the second
@@ -59,7 +59,13 @@ from typing import Any
 
 import numpy as np
 
-from domainfm.domains.pathology.phantom_tissue import (
+from domainfm.domains.pathology.region_labels import (
+    CLASS_NAMES,
+    TRUTH_SUFFIX,
+    read_truth,
+    truth_class_fractions,
+)
+from domainfm.studies.pathology.phantom_tissue import (
     PERIOD,
     class_textures,
     draw_regions,
@@ -68,13 +74,7 @@ from domainfm.domains.pathology.phantom_tissue import (
     rgb,
     slide_stain,
 )
-from domainfm.domains.pathology.truth import (
-    CLASS_NAMES,
-    TRUTH_SUFFIX,
-    read_truth,
-    truth_class_fractions,
-    truth_tissue_grid,
-)
+from domainfm.studies.pathology.truth import truth_tissue_grid
 
 __all__ = [
     "CLASS_NAMES",

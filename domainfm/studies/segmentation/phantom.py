@@ -21,19 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from domainfm.domains.segmentation.shapes import lesion_mask
+
 SITES = ("site_a", "site_b")
-
-
-def lesion_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A lobulated star-shaped region (bool ``[size, size]``)."""
-    cy, cx = rng.uniform(0.3, 0.7, 2) * size
-    radius = rng.uniform(0.12, 0.24) * size
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
-    angle = np.arctan2(yy - cy, xx - cx)
-    boundary = np.ones_like(angle)
-    for k in range(2, 6):
-        boundary += rng.uniform(0, 0.12) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
-    return np.hypot(yy - cy, xx - cx) < radius * boundary
 
 
 def _smooth(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:

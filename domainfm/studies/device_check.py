@@ -113,11 +113,11 @@ def convirt_check(
     """ConVIRT training on phantom radiographs and reports (see the module docstring)."""
     from domainfm.domains.radiology.convirt import convirt_loss
     from domainfm.domains.radiology.data import ingest_studies
-    from domainfm.domains.radiology.phantom import write_phantom
     from domainfm.domains.radiology.pretrain import build_model, store_sentences
     from domainfm.domains.radiology.text import SentenceTokenizer, text_options, train_tokenizer
     from domainfm.shared.tiles.store import TileStore
     from domainfm.shared.tiles.stream import TileStream
+    from domainfm.studies.radiology.phantom import write_phantom
 
     write_phantom(folder / "phantom", n=images, size=size, seed=0)
     store_path = folder / "radiology.zarr"
@@ -157,11 +157,11 @@ def simmim_check(
 ) -> dict[str, Any]:
     """SimMIM training on phantom MODIS chips (see the module docstring)."""
     from domainfm.domains.remote_sensing.data import ingest_chips
-    from domainfm.domains.remote_sensing.phantom import write_granule
     from domainfm.domains.remote_sensing.simmim import MaskGenerator, SimMIM
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.tiles.store import TileStore
     from domainfm.shared.tiles.stream import TileStream
+    from domainfm.studies.remote_sensing.phantom import write_granule
 
     paths = [write_granule(folder / f"granule_{i}.hdf", (chip * 4, chip * 4), seed=i) for i in range(granules)]
     store_path = folder / "chips.zarr"
@@ -191,7 +191,7 @@ def run_device_check(
     peak_tflops: float | None,
 ) -> dict[str, Any]:
     """Every check on ``device``; ``tiny`` swaps in test backbones and small data (CPU runs)."""
-    from domainfm.shared.tiles.bench import run_stream_benchmark
+    from domainfm.studies.shared.tiles.bench import run_stream_benchmark
 
     peak = peak_tflops or device_peak_tflops(device)
     results: dict[str, Any] = {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from domainfm.domains.pathology.workflow import run_study
 from domainfm.shared.report import SectionResult
+from domainfm.studies.pathology.workflow import run_study
 
 
 def run(out_dir: Path, device: torch.device, seed: int) -> SectionResult:

@@ -23,8 +23,8 @@ from domainfm.shared.report import SectionResult
 def _trained_classifier(work: Path, device: torch.device, seed: int) -> tuple[Path, Path, Path]:
     """Phantom slides -> 64 px tiles at 1 mpp with truth labels -> DVPT tile classifier; (checkpoint, store, slide)."""
     from domainfm.domains.pathology.heads import train_tile_classifier
-    from domainfm.domains.pathology.phantom import write_phantom_slide
     from domainfm.domains.pathology.tiling import TilingParams, tile_slides
+    from domainfm.studies.pathology.phantom import write_phantom_slide
 
     slides = [work / f"slide_{i}.svs" for i in range(2)]
     for i, slide in enumerate(slides):

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 
 from domainfm.shared.report import SectionResult
-from domainfm.shared.tiles.bench import decode_limit, tissue_tiles
 from domainfm.shared.tiles.ingest import ingest
 from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 from domainfm.shared.tiles.summary import contact_sheet
 from domainfm.shared.tiles.verify import verify_store
+from domainfm.studies.shared.tiles.bench import decode_limit, tissue_tiles
 
 
 def run(out_dir: Path, device: torch.device, seed: int) -> SectionResult:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from domainfm.shared.peft.compare import run_grid
-from domainfm.shared.peft.phantom import build_phantom_store
 from domainfm.shared.report import SectionResult
+from domainfm.studies.shared.peft.compare import run_grid
+from domainfm.studies.shared.peft.phantom import build_phantom_store
 
 METHODS = ["linear", "bitfit", "lora", "dvpt", "full"]
 

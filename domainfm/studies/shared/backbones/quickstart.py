@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from domainfm.shared.backbones.bench import TINY_BACKBONES, measure_backbones
 from domainfm.shared.backbones.checkpoint import save_backbone
 from domainfm.shared.backbones.wrapper import Backbone, create_backbone, load_backbone
 from domainfm.shared.report import SectionResult
+from domainfm.studies.shared.backbones.bench import TINY_BACKBONES, measure_backbones
 
 CHANNELS = (1, 3, 14)
 

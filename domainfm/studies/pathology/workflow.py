@@ -17,13 +17,13 @@ from typing import Any
 
 from domainfm.domains.pathology.embed import embed_store, read_embeddings
 from domainfm.domains.pathology.heads import linear_probe
-from domainfm.domains.pathology.phantom import write_phantom_slide
 from domainfm.domains.pathology.pretrain import pretrain
 from domainfm.domains.pathology.slide_heads import run_mil
 from domainfm.domains.pathology.tiling import TilingParams, tile_slides
 from domainfm.shared.config import settings_unchanged
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
+from domainfm.studies.pathology.phantom import write_phantom_slide
 
 TINY_OBJECTIVE = {
     "out_dim": 256,

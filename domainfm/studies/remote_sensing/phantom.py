@@ -11,8 +11,9 @@ The scene: ocean and land with band-dependent reflectance and surface temperatur
 with a top and base height (km). Visible and short-wave bands brighten under clouds, the 1.375 um cirrus
 band only under high clouds, and emissive bands see the cloud top's temperature (6.5 K/km lapse rate)
 through the cloud's emissivity. The heights are written beside the granule (``FILE.truth.npz``), so
-the vertical cloud curtain of any chip has ground truth (:func:`curtain`), as CloudSat/CALIPSO give it for
-SatVision-TOA's 3D-cloud task (arXiv 2411.17000).
+the vertical cloud curtain of any chip has ground truth
+(:func:`~domainfm.domains.remote_sensing.curtain.curtain`), as CloudSat/CALIPSO give it for SatVision-TOA's
+3D-cloud task (arXiv 2411.17000).
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ SDS_BANDS = {
     ],
     SDS_1KM_EMISSIVE: [str(b) for b in TERRA_EMISSIVE],
 }
-CURTAIN_SHAPE = (91, 40)  # along-track samples x height bins
-CURTAIN_TOP_KM = 20.0
 REFLECTANCE_SCALE = 5e-5  # DN 32767 -> reflectance 1.64
 FILL, SATURATED = 65535, 65533
 
@@ -177,17 +176,3 @@ def write_granule(path: Path, shape: tuple[int, int] = (256, 256), seed: int = 0
     )
     partial.replace(path)
     return path
-
-
-def curtain(top_km: np.ndarray, base_km: np.ndarray, shape: tuple[int, int] = CURTAIN_SHAPE) -> np.ndarray:
-    """The binary cloud curtain (along-track x height bins) under a chip's central column.
-
-    The chip's central column is the satellite track (as CloudSat's under the MODIS swath): ``shape[0]``
-    samples along it, ``shape[1]`` height bins from 0 to 20 km; a bin is cloudy where a cloud spans it.
-    """
-    rows = np.linspace(0, top_km.shape[0] - 1, shape[0]).round().astype(int)
-    column = top_km.shape[1] // 2
-    tops, bases = top_km[rows, column], base_km[rows, column]
-    heights = (np.arange(shape[1]) + 0.5) * CURTAIN_TOP_KM / shape[1]
-    inside = (heights[None, :] <= tops[:, None]) & (heights[None, :] >= bases[:, None])
-    return np.nan_to_num(inside).astype(np.uint8)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from domainfm.domains.remote_sensing.workflow import run_study
 from domainfm.shared.report import SectionResult
+from domainfm.studies.remote_sensing.workflow import run_study
 
 
 def reconstruction_figure(study: Path, path: Path, n: int = 4) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from domainfm.domains.radiology.workflow import run_study
 from domainfm.shared.report import SectionResult
+from domainfm.studies.radiology.workflow import run_study
 
 
 def retrieval_figure(study: Path, path: Path, per_query: int = 5) -> Path:

@@ -66,9 +66,9 @@ def run_tiling_benchmark(
     """Runs (a), (b) and (c) on a phantom slide in ``folder``; returns the JSON fields (medians over rounds)."""
     import statistics
 
-    from domainfm.domains.pathology.phantom import write_phantom_slide
     from domainfm.domains.pathology.slides import open_slide
     from domainfm.domains.pathology.tiling import TilingParams, plan_slide, tile_slides
+    from domainfm.studies.pathology.phantom import write_phantom_slide
 
     start = time.perf_counter()
     slide = write_phantom_slide(folder / "bench.svs", size, seed=0, mpp=0.5)

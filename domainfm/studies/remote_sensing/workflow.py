@@ -15,11 +15,11 @@ from typing import Any
 
 from domainfm.domains.remote_sensing.data import ingest_chips
 from domainfm.domains.remote_sensing.downstream import train_task
-from domainfm.domains.remote_sensing.phantom import write_granule
 from domainfm.domains.remote_sensing.pretrain import heldout_loss, pretrain
 from domainfm.shared.config import settings_unchanged
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
+from domainfm.studies.remote_sensing.phantom import write_granule
 
 
 def run_study(

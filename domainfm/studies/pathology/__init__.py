@@ -1,0 +1,1 @@
+"""Pathology studies: phantom slides and their ground truth, the PLUTO phantom study, tiling benchmark."""

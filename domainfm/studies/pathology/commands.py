@@ -1,0 +1,73 @@
+"""``domainfm pathology phantom`` and ``domainfm pathology study``: the phantom slide and the phantom study.
+
+Verbs of the domain's CLI group (``domainfm/domains/pathology/cli.py`` names them); the library's own
+verbs are in :mod:`domainfm.domains.pathology.commands`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def phantom(
+    out: Path, size: int = 4096, seed: int = 0, mpp: float | None = 0.25, tumor: bool = True, no_mpp: bool = False
+) -> int:
+    """Write a phantom Aperio SVS (pyramid, JPEG, mpp, objective power) with tissue classes (+ FILE.truth.npz).
+
+    Args:
+        out: The slide file (``.svs``).
+        size: Level-0 width and height in pixels.
+        seed: Random seed.
+        mpp: Level-0 microns per pixel.
+        tumor: Include tumour tissue (the slide label of the MIL phantom).
+        no_mpp: Leave the resolution out of the file (a slide without mpp).
+    """
+    from domainfm.studies.pathology.phantom import write_phantom_slide
+
+    slide = write_phantom_slide(Path(out), size, seed, None if no_mpp else mpp, tumor, progress=True)
+    print(f"wrote {slide.path} ({slide.size[0]}x{slide.size[1]}, levels {slide.downsamples}) and {slide.truth_path}")
+    return 0
+
+
+def study(
+    out: Path,
+    slides: int = 12,
+    slide_size: int = 1536,
+    test_slides: int = 4,
+    tile_size: int = 64,
+    mpp: list[float] | None = None,
+    backbone: str = "test_vit",
+    pretrain_epochs: int = 40,
+    objective: dict[str, Any] | None = None,
+    mil_epochs: int = 40,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """The phantom study: PLUTO pretraining, linear probe vs a random-initialised encoder, and slide MIL.
+
+    Args:
+        out: Output folder.
+        slides: Phantom slides (every other one with tumour).
+        slide_size: Their side in pixels at 0.5 mpp.
+        test_slides: Held-out slides (the last ones).
+        tile_size: Tile side in pixels.
+        mpp: Tile resolutions (default 0.5 and 1.0).
+        backbone: ViT backbone.
+        pretrain_epochs: Pretraining epochs.
+        objective: PLUTO objective options (tiny defaults for the test backbones).
+        mil_epochs: ABMIL epochs.
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+    from domainfm.shared.config import save_resolved_config
+    from domainfm.studies.pathology.workflow import run_study
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_resolved_config(Path(out))
+    run_study(
+        Path(out), slides, slide_size, test_slides, tile_size, tuple(mpp or [0.5, 1.0]), backbone, pretrain_epochs,
+        objective, mil_epochs, seed, device,
+    )  # fmt: skip
+    print((Path(out) / "results.md").read_text())
+    return 0

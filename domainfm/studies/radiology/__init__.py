@@ -1,0 +1,1 @@
+"""Radiology studies: phantom radiographs with reports, the ConVIRT phantom study, quickstart section."""

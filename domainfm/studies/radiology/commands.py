@@ -1,0 +1,89 @@
+"""``domainfm radiology phantom`` and ``domainfm radiology study``: phantom radiographs and the phantom study.
+
+Verbs of the domain's CLI group (``domainfm/domains/radiology/cli.py`` names them); the library's own
+verbs are in :mod:`domainfm.domains.radiology.commands`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def phantom(
+    out: Path,
+    n: int = 400,
+    size: int = 128,
+    seed: int = 0,
+    dicom_fraction: float = 0.5,
+    retrieval_per_category: int = 20,
+) -> int:
+    """Write phantom chest radiographs (DICOM and PNG) with reports and labels, plus a retrieval benchmark.
+
+    Args:
+        out: Output folder (``images/``, ``reports.csv``, ``labels.csv``, ``retrieval/``).
+        n: Studies.
+        size: Image side in pixels.
+        seed: Random seed.
+        dicom_fraction: Fraction of images written as DICOM (a third of those MONOCHROME1).
+        retrieval_per_category: Candidate images per category in ``retrieval/`` (5 image and 5 text queries each).
+    """
+    from domainfm.studies.radiology.phantom import write_phantom, write_retrieval_set
+
+    written = write_phantom(Path(out), n, size, seed, dicom_fraction)
+    files = write_retrieval_set(Path(out) / "retrieval", retrieval_per_category, 5, size, seed + 1)
+    print(f"{n} studies in {written['images']}; prevalence {written['prevalence']}; retrieval set {files['candidate']}")
+    return 0
+
+
+def study(
+    out: Path,
+    n: int = 400,
+    size: int = 64,
+    backbone: str = "test_resnet",
+    text: dict[str, Any] | None = None,
+    epochs: int = 60,
+    batch_size: int = 32,
+    lr: float = 3e-4,
+    hflip: float = 0.0,
+    augment_strength: float = 0.5,
+    seed: int = 0,
+    device: str = "auto",
+) -> int:
+    """The phantom study: pretrain ConVIRT, then retrieval and probes at 1/10/100 % labels against random init.
+
+    Args:
+        out: Output folder (phantom, store, checkpoint, results.json, results.md).
+        n: Phantom studies.
+        size: Stored image side.
+        backbone: Image tower.
+        text: Text-tower options.
+        epochs: Pretraining epochs.
+        batch_size: Pretraining batch.
+        lr: Adam learning rate.
+        hflip: Horizontal-flip probability (0: the phantom reports name sides).
+        augment_strength: Scale of the paper's augmentation ranges.
+        seed: Random seed.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+    from domainfm.shared.config import save_resolved_config
+    from domainfm.studies.radiology.workflow import run_study
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_resolved_config(Path(out))
+    run_study(
+        Path(out),
+        n,
+        size,
+        backbone,
+        text,
+        epochs,
+        batch_size,
+        lr,
+        hflip,
+        seed,
+        device,
+        augment_strength=augment_strength,
+    )
+    print((Path(out) / "results.md").read_text())
+    return 0

@@ -1,0 +1,1 @@
+"""Backbone benchmark and quickstart section."""

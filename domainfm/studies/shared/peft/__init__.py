@@ -1,0 +1,1 @@
+"""The PEFT comparison: phantom texture task, method x label-fraction grid, ``peft compare``, quickstart."""

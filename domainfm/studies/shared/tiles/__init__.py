@@ -1,0 +1,1 @@
+"""Tile-stream benchmark and quickstart section."""
