@@ -93,7 +93,7 @@ class _Clock:
 
 
 def test_bench_backbones_prints_ratios(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    from domainfm.shared.backbones import bench
+    from domainfm.studies.shared.backbones import bench
 
     clock = _Clock()
     # seconds per call of each model: one warmup round, then three timed rounds with one outlier each, so

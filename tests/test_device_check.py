@@ -26,7 +26,7 @@ def test_step_flops_counts_forward_and_backward_of_a_linear_layer():
 def test_time_training_reports_the_timed_wait_samples_and_utilisation(monkeypatch: pytest.MonkeyPatch):
     """A clock that moves only while the stream hands out a batch (known waits) or a step computes (known
     time): the data-wait fraction, samples/s and FLOP utilisation are then known exactly."""
-    from domainfm import device_check
+    from domainfm.studies import device_check
 
     unit = 1e-8  # virtual seconds: small, so that the tiny layer's FLOP rate is a readable TFLOP/s
     clock = {"now": 0.0, "next": 0}

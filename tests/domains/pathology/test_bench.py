@@ -29,7 +29,8 @@ def test_bench_tiling_reports_the_timed_rates_and_ratios(
 ):
     from PIL import Image
 
-    from domainfm.domains.pathology import bench, tiling
+    from domainfm.domains.pathology import tiling
+    from domainfm.studies.pathology import bench
 
     clock = _Clock()
     state = {"in_tiler": False, "public": 0, "native": 0, "tiler": 0, "naive": 0}

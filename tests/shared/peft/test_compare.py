@@ -28,7 +28,7 @@ def _pairs_in_order(scores: torch.Tensor, positive: torch.Tensor) -> float:
 
 
 def test_evaluate_scores_by_hand():
-    from domainfm.shared.peft.compare import _evaluate
+    from domainfm.studies.shared.peft.compare import _evaluate
 
     # the backbone and head pass the logits through; predicted 0 0 0 0 1 | 1 2 | 2 2, true 0 x5, 1 x2, 2 x2
     logits = torch.tensor(
@@ -56,7 +56,7 @@ def test_evaluate_scores_by_hand():
 def test_compare_writes_tables_and_reattachable_adapters(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ):
-    from domainfm.shared.peft import compare
+    from domainfm.studies.shared.peft import compare
 
     real_evaluate, recomputed = compare._evaluate, []
 

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from domainfm.shared.peft.phantom import build_phantom_store
 from domainfm.shared.tasks.finetune import finetune, predict
+from domainfm.studies.shared.peft.phantom import build_phantom_store
 
 
 class _Pooled(nn.Module):

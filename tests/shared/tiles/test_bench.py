@@ -30,9 +30,10 @@ def test_stream_benchmark_reports_the_timed_rates_and_ratios(
     capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     # the modules themselves: the package re-exports functions under some of the same names
-    bench, store, stream, ingest_module = (
-        importlib.import_module(f"domainfm.shared.tiles.{name}") for name in ("bench", "store", "stream", "ingest")
+    store, stream, ingest_module = (
+        importlib.import_module(f"domainfm.shared.tiles.{name}") for name in ("store", "stream", "ingest")
     )
+    bench = importlib.import_module("domainfm.studies.shared.tiles.bench")
 
     clock = _Clock()
     calls = {"decode_limit": 0, "stream": 0, "stream_normalized": 0, "png": 0}
