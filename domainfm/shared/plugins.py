@@ -1,7 +1,7 @@
 """Domains register themselves: what shared code needs to know of a domain, looked up by name.
 
 ``shared`` never names a domain. Each domain package declares one :class:`DomainPlugin` and lists it
-under the ``domainfm.domains`` entry-point group in ``pyproject.toml`` (the composition point, as pytest
+under the ``domainfm.plugins`` entry-point group in ``pyproject.toml`` (the composition point, as pytest
 and napari find their plugins); shared code loads the group on first lookup. The plugin modules hold only
 names and module strings, so loading them imports no domain dependency; a domain's heavy modules are
 imported when one of its models or inputs is used. A test, a notebook or another package adds a domain
@@ -18,7 +18,7 @@ from typing import Any
 
 from domainfm.shared.registry import Registry, RegistryError
 
-ENTRY_POINT_GROUP = "domainfm.domains"
+ENTRY_POINT_GROUP = "domainfm.plugins"
 
 
 @dataclass(frozen=True)

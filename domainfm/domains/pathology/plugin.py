@@ -1,4 +1,4 @@
-"""The pathology domain as shared code sees it (registered through the ``domainfm.domains`` entry point).
+"""The pathology domain as shared code sees it (registered through the ``domainfm.plugins`` entry point).
 
 Whole-slide images are explained tile by tile (:mod:`.slide_inputs`); bundle metadata names the DICOM
 modality SM (slide microscopy). Names only: nothing heavy is imported here.

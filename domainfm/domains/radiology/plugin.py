@@ -1,4 +1,4 @@
-"""The radiology domain as shared code sees it (registered through the ``domainfm.domains`` entry point).
+"""The radiology domain as shared code sees it (registered through the ``domainfm.plugins`` entry point).
 
 Bundle metadata names the DICOM modality DX (digital radiography). Names only: nothing heavy is imported.
 """

@@ -1,4 +1,4 @@
-"""The remote-sensing domain as shared code sees it (registered through the ``domainfm.domains`` entry point).
+"""The remote-sensing domain as shared code sees it (registered through the ``domainfm.plugins`` entry point).
 
 Names only: nothing heavy is imported here.
 """
