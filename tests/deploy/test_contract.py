@@ -169,3 +169,29 @@ def test_remote_sensing_whole_granules_are_read_as_ingest_chips_them(deployables
         np.testing.assert_array_equal(raw[0, :, y : y + chip, x : x + chip].numpy(), np.asarray(tiles.tiles[int(i)]))
     pred = predict(deployable, raw)
     assert pred.shape == (1, 1, *raw.shape[-2:]) and raw.shape[-1] > chip  # a window slid over the whole granule
+
+
+def test_every_checkpoint_carries_its_transform_record_and_the_record_rules(deployables, tmp_path: Path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    for kind, (checkpoint, _) in deployables.items():
+        with safe_open(str(checkpoint), "pt") as handle:
+            metadata = handle.metadata()
+        (key,) = [k for k in metadata if k.startswith("domainfm_")]
+        record = json.loads(metadata[key])["transform"]
+        assert record == load_deployable(checkpoint).card.transform, kind
+    # The record is data: edit it in a copy of the file and the deployed network follows it.
+    checkpoint, _ = deployables["segmentation.gms"]
+    with safe_open(str(checkpoint), "pt") as handle:
+        metadata = handle.metadata()
+    meta = json.loads(metadata["domainfm_segmentation"])
+    meta["transform"]["geometry"] = "exact"
+    edited = tmp_path / "edited.safetensors"
+    save_file(load_file(str(checkpoint)), str(edited), {**metadata, "domainfm_segmentation": json.dumps(meta)})
+    deployable = load_deployable(edited)
+    assert deployable.card.geometry == "exact"
+    with pytest.raises(ValueError, match="takes exactly 32x32 inputs"):
+        predict(deployable, torch.zeros(1, 3, 40, 24))

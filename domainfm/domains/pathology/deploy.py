@@ -22,7 +22,9 @@ RGB = ["red", "green", "blue"]
 
 
 def input_transform(meta: dict[str, Any]) -> InputTransform:
-    """The tile classifier's input transform from its checkpoint metadata."""
+    """The tile classifier's input transform: the record its checkpoint carries (older ones: from its metadata)."""
+    if meta.get("transform"):
+        return InputTransform.from_dict(meta["transform"])
     size = int(meta["tile_px"])
     norm = meta["normalization"]
     return InputTransform(

@@ -88,10 +88,11 @@ class TileClassifier(nn.Module):
 
 
 def save_tile_classifier(model: TileClassifier, meta: dict[str, Any], path: Path) -> Path:
-    """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
+    """Weights, rebuild metadata and the input transform record in one safetensors file, written atomically."""
+    from domainfm.domains.pathology.deploy import input_transform
     from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
-    return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
+    return save_model_checkpoint(model, path, CLASSIFIER_KEY, {**meta, "transform": input_transform(meta).to_dict()})
 
 
 def build_tile_classifier(meta: dict[str, Any]) -> TileClassifier:

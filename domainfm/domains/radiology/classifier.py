@@ -44,10 +44,11 @@ def build_classifier(meta: dict[str, Any]) -> RadiographClassifier:
 
 
 def save_classifier(model: RadiographClassifier, meta: dict[str, Any], path: Path) -> Path:
-    """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
+    """Weights, rebuild metadata and the input transform record in one safetensors file, written atomically."""
+    from domainfm.domains.radiology.deploy import input_transform
     from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
-    return save_model_checkpoint(model, path, CLASSIFIER_KEY, meta)
+    return save_model_checkpoint(model, path, CLASSIFIER_KEY, {**meta, "transform": input_transform(meta).to_dict()})
 
 
 def load_classifier(path: Path) -> tuple[RadiographClassifier, dict[str, Any]]:

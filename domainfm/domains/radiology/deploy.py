@@ -34,7 +34,12 @@ INPUT_READERS = dict.fromkeys((*DICOM_SUFFIXES, *RASTER_SUFFIXES), read_radiogra
 
 
 def input_transform(meta: dict[str, Any]) -> InputTransform:
-    """The classifier's input transform: the ingest geometry plus the training normalisation."""
+    """The classifier's input transform: the record its checkpoint carries.
+
+    Checkpoints written before records were saved: the ingest geometry plus the training normalisation.
+    """
+    if meta.get("transform"):
+        return InputTransform.from_dict(meta["transform"])
     norm = meta["normalization"]
     return display_transform(int(meta["image_size"]), mean=float(norm["mean"]), std=float(norm["std"]))
 

@@ -69,8 +69,11 @@ def input_transform(meta: dict[str, Any]) -> InputTransform:
     """The task model's input transform: chips in the store's units, standardised as in training.
 
     Cloud masks lie on the chip's pixel grid, so larger inputs (a whole granule's bands) are predicted
-    window by window, as the chips were cut; curtains and scene labels take exactly one chip.
+    window by window, as the chips were cut; curtains and scene labels take exactly one chip. The record the
+    checkpoint carries wins (checkpoints written before it: from the metadata).
     """
+    if meta.get("transform"):
+        return InputTransform.from_dict(meta["transform"])
     size = int(meta["image_size"])
     names = [b["name"] for b in meta["bands"]]
     standardisation = meta["input_transform"] or {}

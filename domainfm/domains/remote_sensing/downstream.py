@@ -128,10 +128,11 @@ def build_task_model(meta: dict[str, Any]) -> DownstreamModel:
 
 
 def save_task_model(model: DownstreamModel, meta: dict[str, Any], path: Path) -> Path:
-    """Weights and rebuild metadata in one safetensors file, written atomically (shared PEFT tensors once)."""
+    """Weights, rebuild metadata and the input transform record in one safetensors file, written atomically."""
+    from domainfm.domains.remote_sensing.deploy import input_transform
     from domainfm.shared.tasks.checkpoint import save_model_checkpoint
 
-    return save_model_checkpoint(model, path, TASK_KEY, meta)
+    return save_model_checkpoint(model, path, TASK_KEY, {**meta, "transform": input_transform(meta).to_dict()})
 
 
 def load_task_model(path: Path) -> tuple[DownstreamModel, dict[str, Any]]:

@@ -17,14 +17,22 @@ from torch import nn
 from domainfm.domains.segmentation.data import image_transform, read_input_image
 from domainfm.domains.segmentation.models import build_segmenter, load_segmenter
 from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
+from domainfm.shared.model import InputTransform
 
 KINDS = {"gms": "segmentation.gms", "unet": "segmentation.unet"}
 # Pictures are read as `segmentation ingest` reads them (greyscale replicated, 16-bit rescaled).
 INPUT_READERS = dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"), read_input_image)
 
 
+def input_transform(meta: dict[str, Any]) -> InputTransform:
+    """The segmenter's input transform: the record its checkpoint carries (older ones: from its image size)."""
+    if meta.get("transform"):
+        return InputTransform.from_dict(meta["transform"])
+    return image_transform(int(meta["image_size"]))
+
+
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    return contract_network(image_transform(int(meta["image_size"])), model, output_grid="input")
+    return contract_network(input_transform(meta), model, output_grid="input")
 
 
 def network(kind: str, build: dict[str, Any]) -> nn.Module:
@@ -37,7 +45,7 @@ def network(kind: str, build: dict[str, Any]) -> nn.Module:
 def card(meta: dict[str, Any], source: Path) -> ModelCard:
     """The card of a segmenter with checkpoint metadata ``meta``."""
     return ModelCard.for_transform(
-        image_transform(int(meta["image_size"])),
+        input_transform(meta),
         kind=KINDS[meta["kind"]],
         task="segmentation",
         out_channels=1,

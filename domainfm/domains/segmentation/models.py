@@ -125,6 +125,10 @@ def describe(model: nn.Module) -> dict[str, Any]:
 def save_segmenter(model: nn.Module, path: str | Path, **extra: Any) -> Path:
     """Writes ``model`` (weights + the metadata that rebuilds it + ``extra``) to one safetensors file."""
     meta = {**describe(model), "trainable_parameters": trainable_parameters(model), **extra}
+    if "image_size" in meta:  # the input transform record (data/image_transform) a deployed segmenter runs
+        from domainfm.domains.segmentation.data import image_transform
+
+        meta["transform"] = image_transform(int(meta["image_size"])).to_dict()
     return save_checkpoint(path, model.state_dict(), {METADATA_KEY: meta})
 
 
