@@ -64,8 +64,11 @@ def _radiology(root: Path) -> tuple[Path, list[Path]]:
     with Image.open(sorted((phantom / "images").rglob("*.png"))[0]) as picture:
         picture.crop((0, 0, 90, 128)).save(raw / "raw_tall.png")
         picture.crop((5, 20, 128, 90)).save(raw / "raw_wide.png")
+    # and a raw DICOM (display transform, then letterbox), which the bundle reads through domainfm's readers
+    dicom = raw / "scan.dcm"
+    dicom.write_bytes(sorted((phantom / "images").rglob("*.dcm"))[0].read_bytes())
     inputs = _write_pictures(_test_tiles(store), root / "inputs")
-    return out / "classifier.safetensors", [*inputs, raw / "raw_tall.png", raw / "raw_wide.png"]
+    return out / "classifier.safetensors", [*inputs, raw / "raw_tall.png", raw / "raw_wide.png", dicom]
 
 
 def _remote_sensing(root: Path) -> tuple[dict[str, Path], list[Path]]:

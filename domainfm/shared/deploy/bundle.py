@@ -60,8 +60,16 @@ class BundleError(DomainfmError, ValueError):
 
 
 def input_suffixes(card: ModelCard) -> list[str]:
-    """File suffixes a bundle of ``card`` reads: pictures for 1- and 3-channel models, ``.npy`` otherwise."""
-    return list(PICTURES) if card.in_channels in (1, 3) else [".npy"]
+    """File suffixes a bundle of ``card`` reads, sorted: what ``read_input`` reads for it.
+
+    The domain's own readers, pictures for 1- and 3-channel models, and ``.npy`` arrays.
+    """
+    from domainfm.shared.deploy.registry import domain_module
+
+    suffixes = set(getattr(domain_module(card.kind), "INPUT_READERS", {})) | {".npy"}
+    if card.in_channels in (1, 3):
+        suffixes |= set(PICTURES)
+    return sorted(suffixes)
 
 
 def _version(distribution: str) -> str | None:
@@ -219,26 +227,13 @@ def bundle_metadata(card: ModelCard, out_shape: Sequence[int], dtype: torch.dtyp
 
 
 def _preprocessing(card: ModelCard) -> dict[str, Any]:
-    if input_suffixes(card) == [".npy"]:
-        load = {"_target_": "LoadImaged", "keys": "image", "reader": "NumpyReader", "channel_dim": 0}
-    else:
-        mode = "RGB" if card.in_channels == 3 else "L"
-        load = {
-            "_target_": "LoadImaged",
-            "keys": "image",
-            "reader": "PILReader",
-            # PIL's default reverse_indexing=True returns [W, H]; the network wants [H, W] as the file shows.
-            "reverse_indexing": False,
-            "converter": f"$lambda image: image.convert('{mode}')",
-        }
-    return {
-        "_target_": "Compose",
-        "transforms": [
-            load,
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
-        ],
+    # domainfm's own reading (read_input): the bundle takes every file `predict` takes, read the same way.
+    reader = {
+        "_target_": "domainfm.shared.deploy.bundle_runtime.ReadInputd",
+        "keys": "image",
+        "card": config_safe(card.to_dict(), "the model card"),
     }
+    return {"_target_": "Compose", "transforms": [reader]}
 
 
 def inference_config(card: ModelCard, out_shape: Sequence[int]) -> dict[str, Any]:

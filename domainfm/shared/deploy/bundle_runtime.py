@@ -62,6 +62,38 @@ class SaveNpyd:
         return data
 
 
+class ReadInputd:
+    """Reads ``data[key]`` (a file path) exactly as ``domainfm.shared.deploy.read_input`` does for ``card``.
+
+    So a bundle takes every input ``predict`` and ``explain`` take, through the same readers: the model's
+    domain's (a DICOM through its display transform, a whole satellite granule's bands, a 16-bit picture by
+    ingest's percentiles), pictures, ``.npy`` arrays and GeoTIFFs. The value becomes a MONAI ``MetaTensor``
+    ``[C, H, W]`` (float32) whose ``filename_or_obj`` names the file, for the savers.
+
+    Args:
+        keys: The key(s) holding file paths (``"image"``).
+        card: The model card (``ModelCard.to_dict()``), as the bundle's ``metadata.json`` carries it.
+    """
+
+    def __init__(self, keys: str | Sequence[str], card: Mapping[str, Any]) -> None:
+        from domainfm.shared.deploy.card import ModelCard
+
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.card = ModelCard.from_dict(dict(card))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """A copy of ``data`` with each key's file read."""
+        from monai.data import MetaTensor
+
+        from domainfm.shared.deploy.inputs import read_input
+
+        out = dict(data)
+        for key in self.keys:
+            path = str(data[key])
+            out[key] = MetaTensor(read_input(path, self.card)[0], meta={"filename_or_obj": path})
+        return out
+
+
 def datalist(folder: str | Path, suffixes: Sequence[str]) -> list[dict[str, str]]:
     """``[{"image": path}]`` for the files in ``folder`` with one of ``suffixes``, sorted; an error when none.
 

@@ -69,11 +69,11 @@ def readme_text(
         if sliding
         else ""
     )
-    if suffixes == [".npy"]:
-        reading = "Arrays `[channels, height, width]` of float values (no pickles), read with MONAI's NumpyReader."
-    else:
-        mode = "RGB" if card.in_channels == 3 else "grey (PIL mode L)"
-        reading = f"Pictures read with MONAI's PILReader as {mode}, rows = height (`reverse_indexing=False`)."
+    reading = (
+        f"Files ending in {', '.join(suffixes)}, read by domainfm's own `read_input` (the reader `predict` uses: "
+        "the model's domain's readers, e.g. a DICOM's display transform or a granule's calibrated bands; "
+        "pictures as RGB or grey; `.npy` arrays `[channels, height, width]` without pickles)."
+    )
     return f"""# domainfm {card.kind}
 
 {meta["description"]}
