@@ -120,7 +120,7 @@ def data_parallel_only(strategy: str | Any, command: str) -> None:
     if "fsdp" in name or "deepspeed" in name:
         raise DomainfmError(
             f"{command} runs with one device or DDP (--strategy ddp); sharded strategies ({strategy}) are set up "
-            "for the giant SwinV2's SimMIM pretraining only (docs/distributed.md)"
+            "only for SimMIM pretraining of the giant SwinV2, whose command docs/distributed.md names"
         )
 
 
