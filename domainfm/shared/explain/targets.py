@@ -18,6 +18,7 @@ import torch
 
 from domainfm.shared.deploy.card import Deployable, ModelCard
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.model import TransformError, check_input
 
 
 class ExplainError(DomainfmError, ValueError):
@@ -25,18 +26,11 @@ class ExplainError(DomainfmError, ValueError):
 
 
 def check_image(card: ModelCard, image: torch.Tensor) -> None:
-    """Refuses inputs the network cannot take (wrong rank, channels or size), naming what it takes."""
-    if image.ndim != 4 or image.shape[1] != card.in_channels:
-        raise ExplainError(
-            f"{card.kind} takes inputs [B, {card.in_channels}, H, W] ({', '.join(card.channel_names)}), "
-            f"got {list(image.shape)}"
-        )
-    fixed = card.geometry in ("exact", "window") and not card.sliding_window
-    if fixed and list(image.shape[-2:]) != list(card.spatial_shape):
-        raise ExplainError(
-            f"{card.kind} takes exactly {card.spatial_shape[0]}x{card.spatial_shape[1]} inputs, got "
-            f"{image.shape[-2]}x{image.shape[-1]}: tile or crop the input at the model's resolution first"
-        )
+    """Refuses inputs the network cannot take (the model contract's :func:`check_input`), naming the model."""
+    try:
+        check_input(card.input_transform, image, maps=card.sliding_window)
+    except TransformError as error:
+        raise ExplainError(f"{card.kind}: {error}") from error
 
 
 def network_scores(deployable: Deployable, images: torch.Tensor) -> torch.Tensor:

@@ -200,6 +200,32 @@ def standardise(
     return (tiles * scale - mean) / std
 
 
+def check_input(transform: InputTransform, images: torch.Tensor, maps: bool = False) -> None:
+    """Refuses inputs a model with ``transform`` cannot take, naming what it takes.
+
+    Wrong rank or channel count; another size under ``exact``; another size under ``window`` unless the
+    outputs are ``maps`` on the input's grid (then a window slides).
+    """
+    if images.ndim != 4 or images.shape[1] != transform.in_channels:
+        raise TransformError(
+            f"the model takes inputs [B, {transform.in_channels}, H, W] ({', '.join(transform.channels)}), "
+            f"got {list(images.shape)}"
+        )
+    if list(images.shape[-2:]) == transform.size:
+        return
+    h, w = transform.size
+    if transform.geometry == "exact":
+        raise TransformError(
+            f"the model takes exactly {h}x{w} inputs, got {images.shape[-2]}x{images.shape[-1]}: "
+            f"tile or crop the input at the model's resolution first"
+        )
+    if transform.geometry == "window" and not maps:
+        raise TransformError(
+            f"the model takes {h}x{w} inputs (its outputs have no pixel grid to slide a window over), got "
+            f"{images.shape[-2]}x{images.shape[-1]}"
+        )
+
+
 class TransformModule(nn.Module):
     """:class:`InputTransform` as a module; its constants are not part of the state dict."""
 
@@ -211,19 +237,8 @@ class TransformModule(nn.Module):
         self.register_buffer("std", torch.tensor(transform.std, dtype=torch.float32).view(shape), persistent=False)
 
     def check(self, images: torch.Tensor) -> None:
-        """Refuse inputs of the wrong rank, channel count or (``exact``) size, naming what is taken."""
-        record = self.record
-        if images.ndim != 4 or images.shape[1] != record.in_channels:
-            raise TransformError(
-                f"the model takes inputs [B, {record.in_channels}, H, W] ({', '.join(record.channels)}), "
-                f"got {list(images.shape)}"
-            )
-        if record.geometry == "exact" and list(images.shape[-2:]) != record.size:
-            h, w = record.size
-            raise TransformError(
-                f"the model takes exactly {h}x{w} inputs, got {images.shape[-2]}x{images.shape[-1]}: "
-                f"tile or crop the input at the model's resolution first"
-            )
+        """Refuse inputs of the wrong rank, channel count or (``exact``) size (:func:`check_input`)."""
+        check_input(self.record, images)
 
     def geometry(self, images: torch.Tensor) -> torch.Tensor:
         """Raw values on the model's grid (resampled ones quantised as the store holds them), not standardised."""
@@ -287,16 +302,10 @@ class ContractModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Scores of raw ``[B, C, H, W]`` inputs (see the class docstring)."""
         record = self.record
-        self.transform.check(images)
-        if record.geometry == "window" and self.output_grid == "input" and list(images.shape[-2:]) != record.size:
+        check_input(record, images, maps=self.output_grid == "input")
+        if record.geometry == "window" and list(images.shape[-2:]) != record.size:
             from monai.inferers import sliding_window_inference
 
             images = images if images.is_floating_point() else images.float()
             return sliding_window_inference(images, record.size, predictor=self._direct, **SLIDING_WINDOW)
-        if record.geometry == "window" and list(images.shape[-2:]) != record.size:
-            h, w = record.size
-            raise TransformError(
-                f"the model takes {h}x{w} inputs (its outputs have no pixel grid to slide a window over), got "
-                f"{images.shape[-2]}x{images.shape[-1]}"
-            )
         return self._direct(images)
