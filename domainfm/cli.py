@@ -66,6 +66,14 @@ GROUPS: dict[str, Group] = {
         "PEFT: DVPT and its baselines; parameter counts and method x label-fraction comparisons",
         commands={"count": "domainfm.shared.peft.cli:count", "compare": "domainfm.studies.shared.peft.cli:compare"},
     ),
+    "models": Group(
+        "foundation models users hold (SatVision-TOA, UNI, Virchow, RAD-DINO, ...): list, show, convert",
+        commands={
+            "list": "domainfm.shared.foundation.cli:list_models",
+            "show": "domainfm.shared.foundation.cli:show",
+            "convert": "domainfm.shared.foundation.cli:convert",
+        },
+    ),
     "export": Group(
         "MONAI bundles of downstream models (radiology, pathology, remote sensing, segmentation)",
         commands={"bundle": "domainfm.shared.deploy.cli:bundle"},

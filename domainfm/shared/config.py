@@ -147,11 +147,14 @@ def command_parser(function: Callable[..., Any], prog: str | None = None) -> Arg
 
     Positional-only parameters (before ``/``) become positional arguments (``list[...]`` ones take one or
     more values); keyword parameters become ``--options``, required when they have no default; top-level
-    ``bool`` parameters become flags (``--json``, ``--no_json``, or ``--json false``).
+    ``bool`` parameters become flags (``--json``, ``--no_json``, or ``--json false``). A command whose own
+    parameter is called ``config`` (``models convert``: the publisher's architecture config) takes
+    ``--config`` for it and has no YAML options file.
     """
     _loaded_files.clear()  # error messages name files of this parse only
     parser = ArgumentParser(prog=prog, description=(function.__doc__ or "").split("\n\n")[0], exit_on_error=False)
-    parser.add_argument("--config", action=ConfigFileAction, help="YAML file with any of the options below.")
+    if "config" not in inspect.signature(function).parameters:
+        parser.add_argument("--config", action=ConfigFileAction, help="YAML file with any of the options below.")
     helps = {p.arg_name: p.description for p in docstring_parser.parse(function.__doc__ or "").params}
     hints = typing.get_type_hints(function)
     handled: set[str] = set()

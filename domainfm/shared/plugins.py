@@ -34,6 +34,8 @@ class DomainPlugin:
         modality: DICOM modality code written into MONAI bundle metadata (``n/a`` when none applies).
         large_inputs: ``"module:attribute"`` of a :class:`~domainfm.shared.explain.slides.LargeInputs`
             that tiles inputs too large for one forward pass (whole-slide images) for explanations.
+        foundation_models: ``"module:attribute"`` of a sequence of
+            :class:`~domainfm.shared.foundation.catalogue.FoundationModel` the domain's verbs take.
     """
 
     name: str
@@ -42,6 +44,7 @@ class DomainPlugin:
     producers: tuple[str, ...] = ()
     modality: str = "n/a"
     large_inputs: str | None = None
+    foundation_models: str | None = None
 
 
 DOMAINS: Registry[DomainPlugin] = Registry("domain")

@@ -13,4 +13,5 @@ PLUGIN = DomainPlugin(
     producers=("pathology train",),
     modality="SM",
     large_inputs="domainfm.domains.pathology.slide_inputs:SLIDES",
+    foundation_models="domainfm.domains.pathology.foundation:FOUNDATION_MODELS",
 )

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 StateDict = dict[str, torch.Tensor]
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_ema", "teacher", "student")
 METADATA_KEY = "domainfm_backbone"
+EXTRA_PREFIX = "extra."  # tensors a converted checkpoint keeps beside the backbone (not backbone weights)
 
 
 class CheckpointError(DomainfmError, RuntimeError):
@@ -66,7 +67,10 @@ def read_state_dict(path: str | Path) -> StateDict:
     if path.suffix == ".safetensors":
         from domainfm.shared.tasks.checkpoint import read_checkpoint
 
-        return read_checkpoint(path)[0]
+        tensors, metadata = read_checkpoint(path)
+        if METADATA_KEY in metadata:  # a converted foundation checkpoint keeps decoders etc. beside it
+            tensors = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+        return tensors
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:

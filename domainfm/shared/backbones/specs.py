@@ -110,6 +110,18 @@ for _spec in (
         {"in_chans": 14, "window_size": 8, "extra_norm_period": 6, "drop_path_rate": 0.1},
         giant=True,
     ),
+    # Published foundation encoders (``domainfm models list``): full-size architectures, loaded from
+    # converted checkpoints (``domainfm models convert``), whose metadata may override the widths.
+    BackboneSpec(
+        "uni",
+        "vit_large_patch16_224",
+        "vit",
+        224,
+        "UNI ViT-L/16 (pathology, Mahmood lab): LayerScale 1e-5, class-token pooling",
+        "UNI, Chen et al. 2024 (Nature Medicine, doi:10.1038/s41591-024-02857-3); " + _VIT,
+        {**_DYNAMIC, "init_values": 1e-5},
+        giant=True,
+    ),
     # Tiny random-initialised variants of each family, for CPU tests and the quickstart.
     BackboneSpec(
         "test_vit",

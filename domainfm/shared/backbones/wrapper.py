@@ -26,16 +26,32 @@ class Backbone(nn.Module):
         embed_dim: Width of the pooled embedding returned by :meth:`forward`.
         feature_format: ``"tokens"`` (ViT: ``[B, prefix + N, D]``) or ``"nchw"`` (Swin, ResNet).
         num_prefix_tokens: Class/register tokens ahead of the patch tokens (0 for ``"nchw"``).
+        pooling: ``model`` (the architecture's own: class token or average) or ``cls_mean`` (class token
+            concatenated with the mean patch token, registers excluded: Virchow's published embedding;
+            ``embed_dim`` is then twice the token width).
     """
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, in_chans: int, img_size: int | None, **kwargs: Any):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        model: nn.Module,
+        in_chans: int,
+        img_size: int | None,
+        pooling: str = "model",
+        **kwargs: Any,
+    ):
         super().__init__()
         self.spec = spec
         self.model = model
         self.in_chans = in_chans
         self.img_size = img_size
-        self.embed_dim: int = int(model.num_features)
         self.feature_format = spec.feature_format
+        if pooling not in ("model", "cls_mean"):
+            raise ValueError(f"pooling {pooling!r} is not 'model' or 'cls_mean'")
+        if pooling == "cls_mean" and self.feature_format != "tokens":
+            raise ValueError(f"pooling 'cls_mean' needs a token backbone (ViT), not {spec.family}")
+        self.pooling = pooling
+        self.embed_dim: int = int(model.num_features) * (2 if pooling == "cls_mean" else 1)
         self.num_prefix_tokens: int = (
             int(getattr(model, "num_prefix_tokens", 0)) if self.feature_format == "tokens" else 0
         )
@@ -49,10 +65,19 @@ class Backbone(nn.Module):
     @property
     def build_args(self) -> dict[str, Any]:
         """Arguments that rebuild this backbone with :func:`create_backbone` (saved with checkpoints)."""
-        return {"name": self.name, "in_chans": self.in_chans, "img_size": self.img_size, **self._extra_kwargs}
+        pooling = {} if self.pooling == "model" else {"pooling": self.pooling}
+        return {
+            "name": self.name,
+            "in_chans": self.in_chans,
+            "img_size": self.img_size,
+            **pooling,
+            **self._extra_kwargs,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled embedding ``[B, embed_dim]`` (class token or average pool, as the architecture pools)."""
+        if self.pooling == "cls_mean":
+            return self.forward_head(self.model.forward_features(x))
         return self.model(x)
 
     @property
@@ -129,6 +154,8 @@ class Backbone(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Pools the output of :meth:`forward_features` into ``[B, embed_dim]``."""
+        if self.pooling == "cls_mean":
+            return torch.cat([features[:, 0], features[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
         if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
             features = features.permute(0, 2, 3, 1)
         return self.model.forward_head(features, pre_logits=True)
@@ -195,17 +222,20 @@ def create_backbone(
         in_chans: Input channels; a checkpoint with another count is adapted (see ``channels``).
         img_size: Input size; the spec's default when ``None``. Ignored by CNNs.
         checkpoint: A local ``.safetensors``/``.pth``/``.ckpt`` file; nothing is downloaded.
-        **kwargs: Passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``patch_size``).
+        **kwargs: Passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``patch_size``), except
+            ``pooling`` (see :class:`Backbone`).
     """
     import timm
 
     spec = get_backbone_spec(name)
     img_size = img_size or spec.img_size
+    pooling = kwargs.pop("pooling", "model")
     timm_kwargs = {**spec.timm_kwargs, **kwargs, "in_chans": in_chans, "num_classes": 0, "pretrained": False}
     if img_size is not None and spec.family != "resnet":
         timm_kwargs["img_size"] = img_size
     model = timm.create_model(spec.timm_name, **timm_kwargs)
-    backbone = Backbone(spec, model, in_chans, img_size if spec.family != "resnet" else None, **kwargs)
+    image_size = img_size if spec.family != "resnet" else None
+    backbone = Backbone(spec, model, in_chans, image_size, pooling=pooling, **kwargs)
     if checkpoint is not None:
         load_backbone_state(backbone, checkpoint)
     return backbone

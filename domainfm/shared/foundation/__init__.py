@@ -1,0 +1,1 @@
+"""Foundation models users already hold: a catalogue, layout converters and ``domainfm models``."""
