@@ -228,5 +228,7 @@ def read_extras(path: str | Path) -> dict[str, torch.Tensor]:
 
     with safe_open(str(path), framework="pt") as handle:
         return {
-            key[len(EXTRA_PREFIX) :]: handle.get_tensor(key) for key in handle.keys() if key.startswith(EXTRA_PREFIX)
+            key[len(EXTRA_PREFIX) :]: handle.get_tensor(key)
+            for key in handle.keys()  # noqa: SIM118 (safe_open is not iterable)
+            if key.startswith(EXTRA_PREFIX)
         }
