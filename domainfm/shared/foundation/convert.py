@@ -17,7 +17,6 @@ pooling, the source file, the tensors deliberately dropped and the extras kept b
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,11 @@ import torch
 
 from domainfm.shared.backbones.checkpoint import EXTRA_PREFIX, METADATA_KEY
 from domainfm.shared.foundation.catalogue import FoundationModel, foundation_model
-from domainfm.shared.foundation.layouts import LAYOUTS, Layout, SourceWeights, TargetModel
+from domainfm.shared.foundation.layouts import SourceWeights, TargetModel, get_layout
 from domainfm.shared.foundation.sources import ConversionError, read_config
 from domainfm.shared.model.transform import InputTransform
 
 FOUNDATION_KEY = "domainfm_foundation"
-# Modules that register further layouts (imported before a layout is looked up).
-LAYOUT_MODULES: tuple[str, ...] = ()
 
 
 @dataclass
@@ -49,13 +46,6 @@ class ConversionReport:
     notes: list[str] = field(default_factory=list)
 
 
-def layout(name: str) -> Layout:
-    """The registered layout ``name`` (every layout module imported first)."""
-    for module in LAYOUT_MODULES:
-        importlib.import_module(module)
-    return LAYOUTS.get(name)
-
-
 def convert_checkpoint(
     name: str,
     source: str | Path,
@@ -70,7 +60,7 @@ def convert_checkpoint(
         raise ConversionError(f"--out {out}: converted checkpoints are .safetensors files")
     if out.resolve() == source.resolve():
         raise ConversionError(f"--out {out} is the source file; write the conversion to a new file")
-    converter = layout(entry.layout)
+    converter = get_layout(entry.layout)
     arch = dict(converter.read_arch(source, read_config(config)))
     build_args, record, notes = _build_args(entry, arch)
     target = _target(build_args)

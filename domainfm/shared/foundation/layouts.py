@@ -7,13 +7,14 @@ backbone, kept beside it as an extra (a SimMIM decoder and mask token, a CLIP pr
 with a reason (a classifier head, buffers the architecture recomputes). :func:`domainfm.shared.foundation.
 convert.convert_checkpoint` then checks the result against the model strictly, so nothing is ignored.
 
-Layouts here: ``timm`` (timm's own keys, UNI / Virchow / H-optimus / GigaPath files). Further layouts
-(Hugging Face ViT and DINOv2, DINOv2's GitHub layout, open_clip, SatVision-TOA's DeepSpeed file) register
-themselves with :func:`register_layout`.
+Each layout lives in a module of :mod:`domainfm.shared.foundation.formats` and registers itself with
+:func:`register_layout`; :func:`get_layout` imports them all before the lookup.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,6 @@ from typing import Any
 
 import torch
 
-from domainfm.shared.foundation.sources import TensorSource
 from domainfm.shared.registry import Registry
 
 
@@ -82,35 +82,10 @@ def strip_prefix(keys: list[str], model_keys: set[str]) -> str:
     return best
 
 
-def _timm_arch(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    return dict(config.get("model_args", config))
+def get_layout(name: str) -> Layout:
+    """The registered layout ``name`` (every module of ``foundation.formats`` imported first)."""
+    from domainfm.shared.foundation import formats
 
-
-def _convert_timm(path: Path, config: dict[str, Any], target: TargetModel) -> SourceWeights:
-    source = TensorSource(path, unwrap=tuple(config.get("unwrap", ())))
-    prefix = strip_prefix(list(source), set(target.shapes))
-    weights = SourceWeights()
-    for key in source:
-        name = key[len(prefix) :] if key.startswith(prefix) else key
-        if name in target.shapes:
-            weights.backbone[name] = _lazy(source, key)
-        elif name.split(".", 1)[0] in ("head", "fc", "classifier", "head_dist"):
-            weights.dropped[key] = "classifier head (domainfm builds the encoder without one)"
-        else:
-            weights.backbone[name] = _lazy(source, key)  # left for the strict check to name
-    return weights
-
-
-def _lazy(source: TensorSource, key: str) -> Callable[[], torch.Tensor]:
-    return lambda: source[key]
-
-
-register_layout(
-    Layout(
-        "timm",
-        "a timm state dict (.safetensors/.bin/.pth) under timm's own keys; --config: timm model_args "
-        "(the pretrained_cfg/config.json a timm hub folder ships) when the width differs from the catalogue's",
-        _timm_arch,
-        _convert_timm,
-    )
-)
+    for module in pkgutil.iter_modules(formats.__path__):
+        importlib.import_module(f"{formats.__name__}.{module.name}")
+    return LAYOUTS.get(name)

@@ -1,0 +1,1 @@
+"""One module per checkpoint layout; each registers itself (see ``foundation.layouts``)."""
