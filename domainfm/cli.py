@@ -84,6 +84,7 @@ GROUPS: dict[str, Group] = {
             "backbones": "domainfm.studies.shared.backbones.bench:bench_backbones",
             "stream": "domainfm.studies.shared.tiles.bench:bench_stream",
             "tiling": "domainfm.studies.pathology.bench:bench_tiling",
+            "convert": "domainfm.studies.shared.foundation.bench:bench_convert",
             "gpu": "domainfm.studies.device_check:bench_gpu",
         },
     ),

@@ -122,9 +122,38 @@ def _stem_key(model: torch.nn.Module) -> str | None:
     return f"{first_conv}.weight" if isinstance(first_conv, str) else None
 
 
+def _load_exact_safetensors(model: torch.nn.Module, path: Path) -> bool:
+    """Copies a domainfm-written file whose keys and shapes are exactly the model's, one tensor at a time.
+
+    A converted multi-GB foundation checkpoint then never sits in memory beside the model (reading the
+    whole file first would hold two copies). Returns ``False`` (nothing loaded) for any other file.
+    """
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    from domainfm.shared.tasks.checkpoint import checkpoint_metadata
+
+    if METADATA_KEY not in checkpoint_metadata(path):
+        return False
+    model_state = model.state_dict()
+    with safe_open(str(path), framework="pt") as handle:
+        keys = {key for key in handle.keys() if not key.startswith(EXTRA_PREFIX)}  # noqa: SIM118
+        if keys != set(model_state) or any(
+            tuple(handle.get_slice(key).get_shape()) != tuple(model_state[key].shape) for key in keys
+        ):
+            return False
+        with torch.no_grad():
+            for key in keys:
+                model_state[key].copy_(handle.get_tensor(key))
+    return True
+
+
 def load_backbone_state(backbone: Backbone, path: str | Path) -> None:
     """Loads a local checkpoint into ``backbone`` (see the module docstring for the rules)."""
     model = backbone.model
+    if _load_exact_safetensors(model, Path(path)):
+        return
     model_state = model.state_dict()
     state = strip_to_model_keys(read_state_dict(path), set(model_state))
     heads = _classifier_keys(model)
