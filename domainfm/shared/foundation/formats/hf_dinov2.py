@@ -79,6 +79,8 @@ def _dinov2_arch(path: Path, config: dict[str, Any]) -> dict[str, Any]:
         "in_chans": int(config.get("num_channels", 3)),
         "qkv_bias": bool(config.get("qkv_bias", True)),
         "init_values": float(config.get("layerscale_value", 1.0)),
+        "reg_tokens": 0,  # Dinov2Model has none; its class token's position is in the position embedding
+        "no_embed_class": False,
     }
     # SwiGLUPacked's fc1 packs both halves: its mlp_ratio is twice the (rounded) hidden width over the width.
     arch["mlp_ratio"] = mlp_ratio_for(2 * swiglu_hidden(width, ratio), width) if config.get("use_swiglu_ffn") else ratio
