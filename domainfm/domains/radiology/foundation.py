@@ -73,9 +73,10 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         source="Hugging Face microsoft/rad-dino (open): the folder (model.safetensors + config.json), a "
         "transformers Dinov2Model",
         verbs=VERBS,
-        notes="Embedding: class token of last_hidden_state (768; pooler_output is the same). Mean/std from the "
-        "brief's reading of preprocessor_config.json (0.5307/0.2583), not re-read offline. Patch tokens "
-        "(37x37 at 518) are the features for segmentation. mask_token is kept beside the backbone.",
+        notes="Embedding: class token of last_hidden_state (768; pooler_output is the same). Mean/std as "
+        "published in preprocessor_config.json (0.5307/0.2583; not re-checked against the file offline). "
+        "Patch tokens (37x37 at 518) are the features for segmentation. mask_token is kept beside the backbone. "
+        "A 1-channel model: load_backbone(FILE, in_chans=1) (exact, the three means/stds being equal).",
     ),
     FoundationModel(
         name="biomedclip",

@@ -250,3 +250,14 @@ def test_a_file_in_another_layout_names_the_file_and_the_fix(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
     with pytest.raises(ConversionError, match=r"pytorch_model\.bin has no 'embeddings\.cls_token'"):
         convert_checkpoint("phikon", tmp_path, tmp_path / "out.safetensors")
+
+
+def test_rad_dino_on_one_grey_channel_equals_the_grey_copied_into_rgb(tmp_path):
+    """RAD-DINO's mean/std are equal over RGB, so folding the filters (in_chans=1) is exact (module docstring)."""
+    _hf_dinov2(tmp_path / "rad_dino", mlp_ratio=2)
+    out = tmp_path / "rad_dino.safetensors"
+    rgb = _convert("rad_dino", tmp_path / "rad_dino", out)
+    grey = load_backbone(out, in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert (grey(x) - rgb(x.expand(-1, 3, -1, -1))).abs().max().item() < TOL
