@@ -69,9 +69,10 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         domain="radiology",
         paper="Perez-Garcia et al., Exploring scalable medical image encoders beyond text supervision, Nature "
         "Machine Intelligence 2025 (arXiv 2401.10815)",
-        licence="MSRLA (research only)",
+        licence="MIT (research use only, per the model card)",
         source="Hugging Face microsoft/rad-dino (open): the folder (model.safetensors + config.json), a "
-        "transformers Dinov2Model",
+        "transformers Dinov2Model; the checkpoint it also releases for the original DINOv2 code converts with "
+        "--layout dinov2_github",
         verbs=VERBS,
         notes="Embedding: class token of last_hidden_state (768; pooler_output is the same). Mean/std as "
         "published in preprocessor_config.json (0.5307/0.2583; not re-checked against the file offline). "
