@@ -11,4 +11,5 @@ PLUGIN = DomainPlugin(
     checkpoint_keys=("domainfm_radiology_classifier",),
     producers=("radiology train",),
     modality="DX",
+    foundation_models="domainfm.domains.radiology.foundation:FOUNDATION_MODELS",
 )

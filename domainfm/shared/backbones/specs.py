@@ -4,7 +4,12 @@ Every entry names a timm architecture plus the keyword arguments that make it ou
 tiny widths for tests, the SatVision-TOA giant shape). Nothing here builds a model; ``create_backbone``
 does. Papers: ViT (Dosovitskiy et al., arXiv 2010.11929), FlexiViT (Beyer et al., arXiv 2212.08013),
 Swin (Liu et al., arXiv 2103.14030), SwinV2 (Liu et al., arXiv 2111.09883), ResNet (He et al.,
-arXiv 1512.03385), SatVision-TOA (arXiv 2411.17000).
+arXiv 1512.03385), SatVision-TOA (arXiv 2411.17000), DINOv2 (Oquab et al., arXiv 2304.07193).
+
+Published encoders rebuilt from converted checkpoints (``domainfm models``) keep the publisher's timm
+arguments here. Arguments that are classes in timm (a SwiGLU MLP, a LayerNorm with another eps) are
+module-level functions below, so this module imports no model code and checkpoint metadata never has to
+hold them: it stores the spec's name plus JSON overrides (widths, depth, size).
 """
 
 from __future__ import annotations
@@ -57,6 +62,20 @@ class BackboneSpec:
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
+def swiglu_packed(**kwargs: Any) -> Any:
+    """The ``SwiGLUPacked`` MLP of timm (fc1 packs gate and value; DINOv2's SwiGLU FFN), imported when built."""
+    from timm.layers import SwiGLUPacked
+
+    return SwiGLUPacked(**kwargs)
+
+
+def layer_norm_eps12(normalized_shape: int, **kwargs: Any) -> Any:
+    """``nn.LayerNorm`` with eps 1e-12 (Hugging Face ``ViTModel``'s default; timm uses 1e-6)."""
+    from torch import nn
+
+    return nn.LayerNorm(normalized_shape, eps=1e-12, **kwargs)
+
+
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     """Adds a spec to the registry; its name must be new."""
     return BACKBONES.add(spec.name, spec)
@@ -84,6 +103,22 @@ _RESNET = "ResNet, He et al. 2016 (arXiv 1512.03385)"
 # ViTs accept any input size (position embeddings interpolated on the fly): X-rays, tiles and chips differ.
 _DYNAMIC = {"dynamic_img_size": True}
 _TINY_SWIN = {"embed_dim": 32, "depths": (1, 1), "num_heads": (2, 4), "window_size": 4}
+_DINOV2 = "DINOv2, Oquab et al. 2023 (arXiv 2304.07193)"
+# UNI2-h's published timm kwargs (MahmoodLab/UNI2-h model card) over timm's vit_giant_patch14_224.
+_UNI2_H = {
+    "patch_size": 14,
+    "embed_dim": 1536,
+    "depth": 24,
+    "num_heads": 24,
+    "init_values": 1e-5,
+    "mlp_ratio": 2.66667 * 2,
+    "no_embed_class": True,
+    "mlp_layer": swiglu_packed,
+    "act_layer": "silu",
+    "reg_tokens": 8,
+}
+# Virchow's published timm kwargs (paige-ai/Virchow config.json + the mlp/act layers its card passes).
+_VIRCHOW = {"init_values": 1e-5, "mlp_ratio": 5.3375, "mlp_layer": swiglu_packed, "act_layer": "silu"}
 
 for _spec in (
     BackboneSpec("vit_small_patch16_224", "vit_small_patch16_224", "vit", 224, "ViT-S/16, 22 M", _VIT, _DYNAMIC),
@@ -117,9 +152,109 @@ for _spec in (
         "vit_large_patch16_224",
         "vit",
         224,
-        "UNI ViT-L/16 (pathology, Mahmood lab): LayerScale 1e-5, class-token pooling",
+        "UNI ViT-L/16 (histology, Mahmood lab): LayerScale 1e-5, class-token pooling",
         "UNI, Chen et al. 2024 (Nature Medicine, doi:10.1038/s41591-024-02857-3); " + _VIT,
         {**_DYNAMIC, "init_values": 1e-5},
+        giant=True,
+    ),
+    BackboneSpec(
+        "uni2_h",
+        "vit_giant_patch14_224",
+        "vit",
+        224,
+        "UNI2-h ViT-H/14 (Mahmood lab): 1536 wide, depth 24, SwiGLU, 8 registers, LayerScale 1e-5",
+        "UNI, Chen et al. 2024 (Nature Medicine, doi:10.1038/s41591-024-02857-3); " + _VIT,
+        {**_DYNAMIC, **_UNI2_H},
+        giant=True,
+    ),
+    BackboneSpec(
+        "virchow",
+        "vit_huge_patch14_224",
+        "vit",
+        224,
+        "Virchow ViT-H/14 (Paige): SwiGLU + SiLU, mlp_ratio 5.3375, LayerScale 1e-5; embedding class + mean token",
+        "Virchow, Vorontsov et al. 2024 (arXiv 2309.07778); " + _VIT,
+        {**_DYNAMIC, **_VIRCHOW},
+        giant=True,
+    ),
+    BackboneSpec(
+        "virchow2",
+        "vit_huge_patch14_224",
+        "vit",
+        224,
+        "Virchow2 ViT-H/14 (Paige): Virchow's blocks with 4 registers; embedding class + mean patch token",
+        "Virchow2, Zimmermann et al. 2024 (arXiv 2408.00738); " + _VIT,
+        {**_DYNAMIC, **_VIRCHOW, "reg_tokens": 4},
+        giant=True,
+    ),
+    BackboneSpec(
+        "h_optimus_0",
+        "vit_giant_patch14_reg4_dinov2",
+        "vit",
+        224,
+        "H-optimus-0 ViT-g/14 (Bioptimus): DINOv2 giant, SwiGLU, 4 registers, LayerScale 1e-5, fixed 224 input",
+        "H-optimus-0, Saillard et al. 2024 (Bioptimus, github.com/bioptimus/releases); " + _DINOV2,
+        {"init_values": 1e-5, "dynamic_img_size": False},
+        giant=True,
+    ),
+    BackboneSpec(
+        "h_optimus_1",
+        "vit_giant_patch14_reg4_dinov2",
+        "vit",
+        224,
+        "H-optimus-1 ViT-g/14 (Bioptimus): H-optimus-0's architecture, retrained on more slides",
+        "H-optimus-1, Bioptimus 2025 (github.com/bioptimus/releases); " + _DINOV2,
+        {"init_values": 1e-5, "dynamic_img_size": False},
+        giant=True,
+    ),
+    BackboneSpec(
+        "prov_gigapath",
+        "vit_giant_patch14_dinov2",
+        "vit",
+        224,
+        "Prov-GigaPath tile encoder ViT-g (Providence/Microsoft): DINOv2 giant blocks, SwiGLU, patch 16 at 224",
+        "Prov-GigaPath, Xu et al. 2024 (Nature, doi:10.1038/s41586-024-07441-w); " + _DINOV2,
+        {**_DYNAMIC, "init_values": 1e-5, "patch_size": 16, "mlp_ratio": 5.33334},
+        giant=True,
+    ),
+    BackboneSpec(
+        "phikon",
+        "vit_base_patch16_224",
+        "vit",
+        224,
+        "Phikon ViT-B/16 (Owkin, iBOT): Hugging Face ViTModel, LayerNorm eps 1e-12",
+        "Phikon, Filiot et al. 2023 (medRxiv, doi:10.1101/2023.07.21.23292757); " + _VIT,
+        {**_DYNAMIC, "norm_layer": layer_norm_eps12},
+        giant=True,
+    ),
+    BackboneSpec(
+        "phikon_v2",
+        "vit_large_patch16_224",
+        "vit",
+        224,
+        "Phikon-v2 ViT-L/16 (Owkin, DINOv2): Hugging Face Dinov2Model, LayerScale",
+        "Phikon-v2, Filiot et al. 2024 (arXiv 2409.09173); " + _DINOV2,
+        {**_DYNAMIC, "init_values": 1e-5},
+        giant=True,
+    ),
+    BackboneSpec(
+        "rad_dino",
+        "vit_base_patch14_dinov2",
+        "vit",
+        518,
+        "RAD-DINO ViT-B/14 (Microsoft, DINOv2 on chest X-rays) at 518: LayerScale, one class token, no registers",
+        "RAD-DINO, Perez-Garcia et al. 2024 (arXiv 2401.10815); " + _DINOV2,
+        dict(_DYNAMIC),
+        giant=True,
+    ),
+    BackboneSpec(
+        "biomedclip",
+        "vit_base_patch16_224",
+        "vit",
+        224,
+        "BiomedCLIP image tower ViT-B/16 (Microsoft, open_clip timm trunk); class-token pooling",
+        "BiomedCLIP, Zhang et al. 2023 (arXiv 2303.00915); " + _VIT,
+        dict(_DYNAMIC),
         giant=True,
     ),
     # Tiny random-initialised variants of each family, for CPU tests and the quickstart.

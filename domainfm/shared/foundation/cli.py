@@ -71,7 +71,7 @@ def show(name: str, /) -> int:
     return 0
 
 
-def convert(name: str, /, input: Path, out: Path, config: Path | None = None) -> int:
+def convert(name: str, /, input: Path, out: Path, config: Path | None = None, layout: str | None = None) -> int:
     """Convert a publisher's checkpoint into a domainfm checkpoint carrying architecture and preprocessing.
 
     Args:
@@ -80,10 +80,12 @@ def convert(name: str, /, input: Path, out: Path, config: Path | None = None) ->
         out: The converted ``.safetensors`` file to write (written atomically).
         config: The architecture config the publisher ships (Hugging Face ``config.json``, timm
             ``config.json``, pytorch-caney YAML) when it is not beside ``input``.
+        layout: Read ``input`` in another layout than the catalogue's (``timm``, ``hf_vit``, ``hf_dinov2``,
+            ``dinov2_github``, ``open_clip``), e.g. a model's original DINOv2-code checkpoint.
     """
     from domainfm.shared.foundation.convert import convert_checkpoint
 
-    report = convert_checkpoint(name, input, out, config, progress=True)
+    report = convert_checkpoint(name, input, out, config, progress=True, layout=layout)
     print(f"wrote {report.out}: {report.model}, {report.tensors} backbone tensors")
     print(f"  rebuild      {', '.join(f'{k}={v}' for k, v in report.build_args.items())}")
     print(f"  input        {report.transform.describe()}")

@@ -52,9 +52,16 @@ def convert_checkpoint(
     out: str | Path,
     config: str | Path | None = None,
     progress: bool = False,
+    layout: str | None = None,
 ) -> ConversionReport:
-    """Converts ``source`` (the publisher's file or folder) for catalogue model ``name`` into ``out``."""
+    """Converts ``source`` (the publisher's file or folder) for catalogue model ``name`` into ``out``.
+
+    ``layout`` reads the file in another layout than the catalogue's (e.g. ``dinov2_github`` for a model's
+    original DINOv2-code checkpoint instead of its timm release); the result is checked as strictly.
+    """
     entry = foundation_model(name)
+    if layout is not None and layout != entry.layout:
+        entry = replace(entry, layout=layout)
     source, out = Path(source), Path(out)
     if out.suffix != ".safetensors":
         raise ConversionError(f"--out {out}: converted checkpoints are .safetensors files")
