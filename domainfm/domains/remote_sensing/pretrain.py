@@ -374,8 +374,8 @@ def _continued_model(path: Path, store: TileStore, size: int) -> tuple[SimMIM, I
     if record is None:
         raise DomainfmError(
             f"--init {path} is not a converted foundation checkpoint; convert the release first: "
-            "`domainfm models convert satvision_toa_giant --input mp_rank_00_model_states.pt --config CONFIG.yaml "
-            "--out satvision.safetensors`"
+            "`domainfm models convert satvision_toa_giant --input mp_rank_00_model_states.pt --config "
+            "RELEASE_CONFIG.yaml --out satvision.safetensors`"
         )
     transform = continued_transform(record, store.spec.channels, size, path)
     model = SimMIM(load_backbone(path, in_chans=len(store.spec.channels), img_size=size), size)

@@ -65,7 +65,7 @@ def _caney_arch(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     if not swin:
         raise ConversionError(
             f"config {where} has no MODEL.SWINV2 section; give the pytorch-caney YAML the weights were trained "
-            "with (e.g. mim_pretrain_swinv2_satvision_giant_128_window08_50ep.yaml)"
+            "with (e.g. mim_pretrain_swinv2_satvision_giant_128_onecycle_100ep.yaml)"
         )
     if swin.get("APE"):
         raise ConversionError(f"config {where}: MODEL.SWINV2.APE (absolute position embedding) is not supported")
