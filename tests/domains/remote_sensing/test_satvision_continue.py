@@ -130,3 +130,14 @@ def test_other_bands_or_a_foreign_decoder_are_refused_by_name(release, tmp_path)
         pretrain(release["store"], tmp_path / "b", epochs=1, device="cpu", progress=False, init=converted)
     with pytest.raises(DomainfmError, match="not a converted foundation checkpoint"):
         pretrain(release["store"], tmp_path / "c", epochs=1, device="cpu", progress=False, init=release["store"])
+
+
+def test_fsdp_wraps_the_blocks_with_and_without_the_extra_norm():
+    from timm.models.swin_transformer_v2 import SwinTransformerV2Block
+
+    from domainfm.domains.remote_sensing.pretrain import _strategy
+    from domainfm.shared.backbones import create_backbone
+
+    backbone = create_backbone("test_swinv2", in_chans=14, img_size=32, depths=(2, 2), extra_norm_period=2)
+    strategy = _strategy("fsdp", None, backbone)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {SwinTransformerV2Block, PeriodicNormBlock}
