@@ -70,6 +70,7 @@ def pretrain(
     num_nodes: int = 1,
     precision: str | None = None,
     fsdp: dict[str, Any] | None = None,
+    init: Path | None = None,
 ) -> int:
     """SimMIM pretraining of a SwinV2 encoder on a chip store; writes OUT/simmim.safetensors.
 
@@ -96,6 +97,9 @@ def pretrain(
         precision: Lightning precision, e.g. ``bf16-mixed`` (SatVision's); 32-bit when unset.
         fsdp: With ``--strategy fsdp``: activation_checkpointing (default true), sharding_strategy
             (FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD), cpu_offload, state_dict_type (full or sharded).
+        init: Continue a converted SimMIM release (``domainfm models convert satvision_toa_giant``): encoder,
+            mask token, decoder and band scaling come from it; ``backbone`` is ignored. The checkpoint keeps
+            the scaling record for ``remote-sensing train --checkpoint``.
     """
     from domainfm.domains.remote_sensing.pretrain import pretrain as run
     from domainfm.shared.config import save_resolved_config
@@ -107,7 +111,7 @@ def pretrain(
     result = run(
         Path(store), Path(out), backbone, mask_patch, mask_ratio, epochs, batch_size, lr, weight_decay,
         warmup_epochs, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
-        precision=precision, fsdp=fsdp,
+        precision=precision, fsdp=fsdp, init=Path(init) if init else None,
     )  # fmt: skip
     if is_launch_zero():
         print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")

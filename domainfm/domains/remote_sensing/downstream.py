@@ -168,6 +168,20 @@ def _positive_weight(store: TileStore, target: str, ids: np.ndarray, task: str) 
     return torch.as_tensor(np.clip(weight, 1.0, 20.0), dtype=torch.float32)
 
 
+def _pretrained_record(
+    meta: dict[str, Any], channels: list[dict[str, Any]], task: str, size: int
+) -> dict[str, Any] | None:
+    """The input transform a SimMIM checkpoint carries (continued from a release), on this task's grid.
+
+    ``None`` when the checkpoint carries none or the store's bands differ from its bands (the encoder is then
+    remapped to them and the store's own scaling applies, as for any checkpoint).
+    """
+    record = meta.get("transform")
+    if not record or [c["name"] for c in channels] != list(record["channels"]):
+        return None
+    return {**record, "size": [size, size], "geometry": "window" if task == "segment" else "exact"}
+
+
 def train_task(
     store_path: Any,
     task: str = "curtain",
@@ -199,9 +213,11 @@ def train_task(
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     size = store.spec.tile_shape[-1]
+    record = None
     if checkpoint is not None:
         encoder, meta = load_encoder(checkpoint, store.spec.channels)
         transform = meta["input_transform"]
+        record = _pretrained_record(meta, store.spec.channels, task, size)
     else:
         encoder = create_backbone(backbone, in_chans=store.spec.tile_shape[0], img_size=size)
         transform = input_transform(store)
@@ -240,6 +256,8 @@ def train_task(
             "label_names": list(store.spec.label_names) if task == "multilabel" else [target_name],
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
         }
+        if record is not None:
+            meta["transform"] = record
         saved = {"model": str(save_task_model(model.cpu(), meta, Path(out) / f"{task}.safetensors"))}
     return {
         **saved,

@@ -10,4 +10,5 @@ PLUGIN = DomainPlugin(
     deploy="domainfm.domains.remote_sensing.deploy",
     checkpoint_keys=("domainfm_remote_sensing_task",),
     producers=("remote-sensing train --out DIR",),
+    foundation_models="domainfm.domains.remote_sensing.foundation:FOUNDATION_MODELS",
 )

@@ -6,6 +6,14 @@ Recipe after SatVision-TOA (arXiv 2411.17000; ``shared/methods/satvision.md`` se
 and no flips. MODIS stores are already in SatVision's [0, 1] scaling; other stores are standardised
 with their statistics.
 
+Continuing a published model (``init``): a file from ``domainfm models convert satvision_toa_giant``
+(SatVision-TOA's release) gives the encoder, the SimMIM mask token and the reconstruction head (a 1 x 1
+convolution to ``stride^2 x bands`` and PixelShuffle, as pytorch-caney's decoder), and its input
+transform replaces the store's statistics: the release's band scaling, composed with the store's own
+(a MODIS store already holds SatVision's [0, 1] values, so the composition is the identity there). The
+checkpoint then carries that record (``transform``) and the encoder's build arguments, so downstream
+tasks rebuild the same encoder and preprocess as it was pretrained.
+
 A checkpoint stores the encoder, the reconstruction head and the band table (name, quantity, wavelength).
 :func:`load_encoder` puts the encoder onto another band set by name: bands present in the checkpoint keep
 their patch-embedding filters exactly; a new band gets the mean filter of the checkpoint's bands of the
@@ -46,7 +54,7 @@ from domainfm.shared.engine.training import (
     trainer_device,
 )
 from domainfm.shared.errors import DomainfmError
-from domainfm.shared.model import standardise
+from domainfm.shared.model import InputTransform, standardise
 from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
@@ -130,17 +138,110 @@ def remap_patch_embedding(weight: torch.Tensor, source: list[dict], target: list
     return torch.stack(out, dim=1)
 
 
+def encoder_args(meta: dict[str, Any]) -> dict[str, Any]:
+    """``create_backbone`` arguments of a checkpoint's encoder, without channels and size (older files: the name)."""
+    args = dict(meta.get("encoder") or {"name": meta["backbone"]})
+    args.pop("in_chans", None)
+    args.pop("img_size", None)
+    return args
+
+
+def build_encoder(meta: dict[str, Any], in_chans: int) -> nn.Module:
+    """A random-initialised encoder of a checkpoint's architecture for ``in_chans`` bands."""
+    args = encoder_args(meta)
+    return create_backbone(args.pop("name"), in_chans=in_chans, img_size=meta["image_size"], **args)
+
+
 def load_encoder(path: Path, target_bands: list[dict[str, Any]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The pretrained SwinV2 encoder for ``target_bands`` (the checkpoint's own bands when ``None``)."""
     state, meta = read_simmim(Path(path))
     bands = target_bands or meta["bands"]
-    backbone = create_backbone(meta["backbone"], in_chans=len(bands), img_size=meta["image_size"])
+    backbone = build_encoder(meta, len(bands))
     encoder = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     encoder[PATCH_EMBED] = remap_patch_embedding(encoder[PATCH_EMBED], meta["bands"], bands)
     result = backbone.load_state_dict(encoder, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise DomainfmError(f"{path}: encoder keys do not fit: {result.missing_keys[:5]} {result.unexpected_keys[:5]}")
     return backbone, meta
+
+
+def continued_transform(
+    record: InputTransform, channels: list[dict[str, Any]], size: int, source: Path
+) -> InputTransform:
+    """``record`` (on physical band values) re-expressed on a store's chips, bands matched by name and order.
+
+    A store channel with a ``scaling`` ``[low, high]`` holds ``(x - low) / (high - low)`` of the physical
+    value ``x`` (MODIS stores, SatVision's scaling), so the record's ``(x * scale - mean) / std`` becomes
+    ``(chip - mean') / std'`` with ``mean' = (mean - low * scale) / ((high - low) * scale)`` and
+    ``std' = std / ((high - low) * scale)``: the identity when both scalings are SatVision's. Other
+    channels hold physical values and keep the record's numbers.
+    """
+    names = [str(c["name"]) for c in channels]
+    if names != list(record.channels):
+        raise DomainfmError(
+            f"the store's bands {names} are not {source}'s {list(record.channels)} in its order; the encoder's "
+            "patch embedding and the SimMIM decoder are per band: ingest the store with exactly these bands "
+            "(`domainfm remote-sensing ingest ... --bands " + " ".join(record.channels) + "`)"
+        )
+    mean, std, units = [], [], []
+    for channel, m, sd in zip(channels, record.mean, record.std, strict=True):
+        if "scaling" in channel:
+            low, high = (float(v) for v in channel["scaling"])
+            width = (high - low) * record.scale
+            mean.append((m - low * record.scale) / width)
+            std.append(sd / width)
+            units.append("scaled")
+        else:
+            mean.append(m / record.scale)
+            std.append(sd / record.scale)
+            units.append("physical")
+    details = {
+        **record.details,
+        "chip_units": "the store's: (x - low) / (high - low) per band (SatVision's scaling)"
+        if set(units) == {"scaled"}
+        else f"the store's, per band: {dict(zip(names, units, strict=True))}",
+        "from": str(source),
+    }
+    return InputTransform(
+        channels=names, size=[size, size], geometry="exact", scale=1.0, mean=mean, std=std,
+        input_range=record.input_range, details=details,
+    )  # fmt: skip
+
+
+def _as_standardisation(record: InputTransform) -> dict[str, list[float]] | None:
+    """What :func:`prepare` takes: ``None`` when the record leaves the chips as they are."""
+    if all(m == 0.0 for m in record.mean) and all(s == 1.0 for s in record.std):
+        return None
+    return {"mean": list(record.mean), "std": list(record.std)}
+
+
+def init_from_converted(model: SimMIM, path: Path) -> None:
+    """The mask token and the reconstruction head of a converted release (``extra.`` tensors) into ``model``."""
+    from domainfm.shared.foundation.convert import read_extras
+
+    extras = read_extras(path)
+    missing = sorted({"mask_token", "decoder.0.weight", "decoder.0.bias"} - set(extras))
+    if missing:
+        raise DomainfmError(
+            f"{path} keeps no SimMIM {', '.join(missing)} beside its encoder; continue pretraining from a "
+            "converted SimMIM release (`domainfm models convert satvision_toa_giant ...`)"
+        )
+    token = extras["mask_token"].reshape(-1)
+    conv = model.head[0]
+    expected = {"mask_token": tuple(model.mask_token.shape), "decoder.0.weight": tuple(conv.weight.shape),
+                "decoder.0.bias": tuple(conv.bias.shape)}  # fmt: skip
+    found = {"mask_token": tuple(token.shape), "decoder.0.weight": tuple(extras["decoder.0.weight"].shape),
+             "decoder.0.bias": tuple(extras["decoder.0.bias"].shape)}  # fmt: skip
+    if found != expected:
+        raise DomainfmError(
+            f"{path}: the released SimMIM decoder does not fit this model (found {found}, the model needs "
+            f"{expected}); domainfm's head is a 1x1 conv to stride^2 x bands + PixelShuffle(stride), as "
+            "pytorch-caney's, so the bands or the encoder width differ from the release's"
+        )
+    with torch.no_grad():
+        model.mask_token.copy_(token)
+        conv.weight.copy_(extras["decoder.0.weight"])
+        conv.bias.copy_(extras["decoder.0.bias"])
 
 
 FSDP_OPTIONS = {"activation_checkpointing": True, "sharding_strategy": "FULL_SHARD", "cpu_offload": False,
@@ -181,6 +282,7 @@ def pretrain(
     precision: str | None = None,
     fsdp: dict[str, Any] | None = None,
     callbacks: list | None = None,
+    init: Path | None = None,
 ) -> dict[str, Any]:
     """SimMIM on the store's train split; writes ``simmim.safetensors`` and ``history.json``.
 
@@ -205,13 +307,22 @@ def pretrain(
         fsdp: FSDP options (with ``strategy: fsdp``): activation_checkpointing, sharding_strategy,
             cpu_offload, state_dict_type (defaults in ``FSDP_OPTIONS``).
         callbacks: Extra Lightning callbacks.
+        init: A converted SimMIM release (``domainfm models convert satvision_toa_giant``) to continue:
+            encoder, mask token, decoder and input transform come from it (``backbone`` is then ignored).
     """
     store, out = TileStore(store_path), Path(out)
     if "valid" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no valid companion: ingest it with `domainfm remote-sensing ingest`")
     channels, size = store.spec.tile_shape[0], store.spec.tile_shape[-1]
     torch.manual_seed(seed)
-    model = SimMIM(create_backbone(backbone, in_chans=channels, img_size=size), size)
+    record = None
+    if init is None:
+        model = SimMIM(create_backbone(backbone, in_chans=channels, img_size=size), size)
+        transform = input_transform(store)
+    else:
+        model, record = _continued_model(Path(init), store, size)
+        backbone = model.backbone.name
+        transform = _as_standardisation(record)
     trainer, resume = resumable_trainer(
         out, epochs, resolve_device(device), progress, callbacks, devices=devices,
         strategy=_strategy(strategy, fsdp, model.backbone), num_nodes=num_nodes, precision=precision,
@@ -220,7 +331,6 @@ def pretrain(
     if strategy != "fsdp":  # FSDP moves each unit to the device as it shards it
         model.to(torch_device)
     masks = MaskGenerator(size, mask_patch, model.patch_size, mask_ratio)
-    transform = input_transform(store)
 
     def step(batch: dict) -> torch.Tensor:
         generators = tile_generators(batch["tile_id"], seed, trainer.current_epoch)
@@ -242,7 +352,10 @@ def pretrain(
         "input_transform": transform,
         "epochs": epochs,
         "trained_on": str(store.path),
+        "encoder": model.backbone.build_args,
     }
+    if record is not None:
+        meta.update(transform=record.to_dict(), init=str(init))
     history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
     checkpoint = out / "simmim.safetensors"
     if trainer.is_global_zero:
@@ -252,13 +365,31 @@ def pretrain(
     return {"checkpoint": checkpoint, **history}
 
 
+def _continued_model(path: Path, store: TileStore, size: int) -> tuple[SimMIM, InputTransform]:
+    """SimMIM from a converted release, and its input transform on the store's chips."""
+    from domainfm.shared.backbones import load_backbone
+    from domainfm.shared.foundation.convert import foundation_transform
+
+    record = foundation_transform(path)
+    if record is None:
+        raise DomainfmError(
+            f"--init {path} is not a converted foundation checkpoint; convert the release first: "
+            "`domainfm models convert satvision_toa_giant --input mp_rank_00_model_states.pt --config "
+            "RELEASE_CONFIG.yaml --out satvision.safetensors`"
+        )
+    transform = continued_transform(record, store.spec.channels, size, path)
+    model = SimMIM(load_backbone(path, in_chans=len(store.spec.channels), img_size=size), size)
+    init_from_converted(model, path)
+    return model, transform
+
+
 @torch.no_grad()
 def heldout_loss(checkpoint: Path, store_path: Path, split: str = "test", seed: int = 0) -> dict[str, float]:
     """Masked L1 of the checkpoint on ``split`` against predicting each band's train mean, same masks."""
     state, meta = read_simmim(Path(checkpoint))
     store = TileStore(store_path)
     size = meta["image_size"]
-    model = SimMIM(create_backbone(meta["backbone"], in_chans=len(meta["bands"]), img_size=size), size)
+    model = SimMIM(build_encoder(meta, len(meta["bands"])), size)
     model.load_state_dict(state)
     model.eval()
     masks = MaskGenerator(size, meta["mask_patch"], model.patch_size, meta["mask_ratio"])

@@ -14,7 +14,7 @@ SatVision-TOA setting (arXiv 2411.17000; ``shared/methods/satvision.md`` section
   summed over the processes, :func:`~domainfm.shared.engine.distributed.global_masked_mean`), not a mean
   of per-process means, since the number of valid pixels differs from chip to chip.
 
-Works on both timm SwinV2 families (``swinv2_*``: NHWC tokens; ``swinv2_cr_*``, the giant's: NCHW).
+Works on both timm SwinV2 families (``swinv2_*``, the SatVision-TOA giant's: NHWC tokens; ``swinv2_cr_*``: NCHW).
 """
 
 from __future__ import annotations

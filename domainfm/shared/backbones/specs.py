@@ -135,14 +135,26 @@ for _spec in (
     BackboneSpec("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", "swin", 224, "Swin-T, 28 M", _SWIN),
     BackboneSpec("swinv2_tiny_window8_256", "swinv2_tiny_window8_256", "swinv2", 256, "SwinV2-T, 28 M", _SWINV2),
     BackboneSpec("resnet50", "resnet50", "resnet", None, "ResNet-50 (ConVIRT's image encoder), 24 M", _RESNET),
+    # SatVision-TOA giant as pytorch-caney builds it: Microsoft's SwinV2 (timm's plain ``swinv2``, whose
+    # state dict timm maps from Microsoft's) plus a LayerNorm after every 6th block of each stage
+    # (``extra_norm_period``, added by domainfm: ``backbones.periodic_norm``).
     BackboneSpec(
         "satvision_toa_giant",
-        "swinv2_cr_giant_224",
+        "swinv2_base_window8_256",
         "swinv2",
         128,
-        "SatVision-TOA giant SwinV2 (~3 B): 14 MODIS bands, patch 4, window 8, depths 2-2-42-2",
+        "SatVision-TOA giant SwinV2 (~2.6 B): 14 MODIS bands, patch 4, window 8, embed 512, depths 2-2-42-2, "
+        "extra norm every 6 blocks",
         "SatVision-TOA, NASA GSFC 2024 (arXiv 2411.17000); " + _SWINV2,
-        {"in_chans": 14, "window_size": 8, "extra_norm_period": 6, "drop_path_rate": 0.1},
+        {
+            "in_chans": 14,
+            "embed_dim": 512,
+            "depths": (2, 2, 42, 2),
+            "num_heads": (16, 32, 64, 128),
+            "window_size": 8,
+            "extra_norm_period": 6,
+            "drop_path_rate": 0.1,
+        },
         giant=True,
     ),
     # Published foundation encoders (``domainfm models list``): full-size architectures, loaded from

@@ -223,7 +223,9 @@ def create_backbone(
         img_size: Input size; the spec's default when ``None``. Ignored by CNNs.
         checkpoint: A local ``.safetensors``/``.pth``/``.ckpt`` file; nothing is downloaded.
         **kwargs: Passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``patch_size``), except
-            ``pooling`` (see :class:`Backbone`).
+            ``pooling`` (see :class:`Backbone`) and, on timm's plain SwinV2 (``swinv2_*``),
+            ``extra_norm_period``: an extra LayerNorm after every N-th block of each stage
+            (:mod:`~domainfm.shared.backbones.periodic_norm`; ``swinv2_cr_*`` builds its own).
     """
     import timm
 
@@ -233,12 +235,29 @@ def create_backbone(
     timm_kwargs = {**spec.timm_kwargs, **kwargs, "in_chans": in_chans, "num_classes": 0, "pretrained": False}
     if img_size is not None and spec.family != "resnet":
         timm_kwargs["img_size"] = img_size
+    periodic = _periodic_norm_period(spec, timm_kwargs)
     model = timm.create_model(spec.timm_name, **timm_kwargs)
+    if periodic:
+        from domainfm.shared.backbones.periodic_norm import add_periodic_norms
+
+        add_periodic_norms(model, periodic)
     image_size = img_size if spec.family != "resnet" else None
     backbone = Backbone(spec, model, in_chans, image_size, pooling=pooling, **kwargs)
     if checkpoint is not None:
         load_backbone_state(backbone, checkpoint)
     return backbone
+
+
+def _periodic_norm_period(spec: BackboneSpec, timm_kwargs: dict[str, Any]) -> int:
+    """Pops ``extra_norm_period`` where domainfm adds the norms (timm's plain SwinV2), else leaves it to timm."""
+    if spec.timm_name.startswith("swinv2_cr"):
+        return 0  # timm's SwinV2-CR takes extra_norm_period itself
+    period = timm_kwargs.pop("extra_norm_period", None)
+    if not period:
+        return 0
+    if not spec.timm_name.startswith("swinv2_"):
+        raise ValueError(f"extra_norm_period applies to SwinV2 backbones; {spec.name} is {spec.timm_name}")
+    return int(period)
 
 
 def load_backbone(path: str | Path, **overrides: Any) -> Backbone:
