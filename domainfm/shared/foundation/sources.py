@@ -106,8 +106,14 @@ def _load_pickled(path: Path, unwrap: tuple[str, ...]) -> dict[str, torch.Tensor
         raise ConversionError(f"{path} cannot be read: {str(error).splitlines()[0]}") from error
     except (pickle.UnpicklingError, EOFError, ValueError) as error:
         raise ConversionError(
-            f"{path} cannot be loaded safely (weights_only=True): {str(error).splitlines()[0]}. "
-            "Only tensor files are read; convert others to safetensors with the tool that wrote them."
+            f"{path} cannot be loaded safely (weights_only=True): {_reason(error)}. Only tensors "
+            "(and plain containers) are unpickled, never code. If the file comes from a publisher you trust and "
+            "holds other objects beside its weights (a training config, optimiser state), keep the weights "
+            "alone: python -c \"import torch; s = torch.load('IN', weights_only=False); torch.save({'"
+            + (unwrap[0] if unwrap else "state_dict")
+            + "': s['"
+            + (unwrap[0] if unwrap else "state_dict")
+            + "']}, 'OUT')\" and convert OUT."
         ) from error
     for key in unwrap:
         if not isinstance(obj, Mapping) or key not in obj:
@@ -125,6 +131,13 @@ def _load_pickled(path: Path, unwrap: tuple[str, ...]) -> dict[str, torch.Tensor
             f"{path} mixes tensors with other entries ({', '.join(others[:8])}); this layout expects a state dict"
         )
     return tensors
+
+
+def _reason(error: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused (its first line is generic)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported global" in line or "Unsupported operand" in line]
+    return (named or lines or [type(error).__name__])[0].rstrip(".")
 
 
 def read_config(path: str | Path | None) -> dict[str, Any]:

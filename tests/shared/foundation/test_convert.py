@@ -97,8 +97,11 @@ def test_a_tensor_that_does_not_fit_fails_by_name(tmp_path, edit):
 def test_a_pickle_that_is_not_tensors_is_refused(tmp_path):
     source = tmp_path / "model.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, source)  # a whole module: needs unsafe unpickling
-    with pytest.raises(ConversionError, match="weights_only=True"):
+    with pytest.raises(ConversionError, match="weights_only=True") as error:
         convert_checkpoint("uni", source, tmp_path / "out.safetensors")
+    assert "torch.nn.modules.linear.Linear" in str(error.value)  # names what was refused
+    assert "torch.save({'state_dict'" in str(error.value)  # and how to keep the weights alone
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_streaming_writer_is_read_back_by_safetensors(tmp_path):
