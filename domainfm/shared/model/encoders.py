@@ -123,7 +123,9 @@ def foundation_encoder(path: str | Path) -> tuple[Backbone, InputTransform, dict
 
     meta = read_foundation_metadata(path)
     if meta is None:
-        raise TransformError(f"{path} is not a converted foundation checkpoint; convert it with `domainfm models convert`")
+        raise TransformError(
+            f"{path} is not a converted foundation checkpoint; convert it with `domainfm models convert`"
+        )
     record = InputTransform.from_dict(meta["transform"])
     backbone = load_backbone(path)
     if backbone.in_chans != record.model_channels:
