@@ -230,9 +230,7 @@ def evaluate(
         if candidates is None or (image_queries is None and text_queries is None):
             raise DomainfmError("retrieval needs --candidates and --image_queries and/or --text_queries CSVs")
         result: Any = retrieval(
-            model,
-            tokenizer,
-            meta,  # type: ignore[arg-type] candidates, image_queries, text_queries, tuple(k), device, image_root
+            model, tokenizer, meta, candidates, image_queries, text_queries, tuple(k), device, image_root
         )
         text = (
             "\n".join(
