@@ -139,7 +139,9 @@ def embed(
     Args:
         store: A store from ``pathology tile``.
         out: Embedding store folder (zarr).
-        checkpoint: An encoder from ``pathology pretrain``; a random-initialised ``backbone`` when unset.
+        checkpoint: An encoder from ``pathology pretrain``, or a converted foundation checkpoint
+            (``domainfm models convert``, e.g. uni: tiles run through its own transform record); a
+            random-initialised ``backbone`` when unset.
         backbone: Backbone for the random-initialised baseline.
         batch_size: Tiles per forward pass.
         seed: Seed of the random initialisation.
@@ -193,7 +195,8 @@ def train(
     Args:
         store: A labelled tile store (``pathology tile --truth_labels`` on phantom slides).
         out: Output folder.
-        checkpoint: An encoder from ``pathology pretrain``; random-initialised ``backbone`` when unset.
+        checkpoint: An encoder from ``pathology pretrain``, or a converted foundation checkpoint
+            (``domainfm models convert``, e.g. uni); random-initialised ``backbone`` when unset.
         backbone: Backbone when training from scratch.
         peft: A shared PEFT method: linear (frozen encoder), full, bitfit, lora, dvpt, ...
         peft_options: The method's options.

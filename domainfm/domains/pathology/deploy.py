@@ -2,7 +2,10 @@
 
 The network runs the classifier's input transform (a tile of exactly the training size at the training
 mpp, rounded to uint8 as the store holds it, standardised with the statistics the classifier was trained
-with: the PLUTO encoder's, or the store's), then the PEFT-adapted encoder and its linear head
+with: the PLUTO encoder's, or the store's; a converted foundation encoder's own record instead: any tile
+size, resized to the model's input, scaled and standardised with the publisher's statistics), then the
+PEFT-adapted encoder (rebuilt from its stored ``create_backbone`` arguments: pooling and timm overrides
+included) and its linear head
 (``heads.TileClassifier``); ``pred`` is the softmax over the tissue classes.
 """
 
@@ -18,25 +21,14 @@ from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
 from domainfm.shared.model import InputTransform
 
 KIND = "pathology.tile_classifier"
-RGB = ["red", "green", "blue"]
 
 
 def input_transform(meta: dict[str, Any]) -> InputTransform:
     """The tile classifier's input transform: the record its checkpoint carries (older ones: from its metadata)."""
-    if meta.get("transform"):
-        return InputTransform.from_dict(meta["transform"])
-    size = int(meta["tile_px"])
-    norm = meta["normalization"]
-    return InputTransform(
-        channels=RGB,
-        size=[size, size],
-        geometry="exact",
-        mean=norm["mean"],
-        std=norm["std"],
-        quantise="uint8",
-        input_range=[0.0, 255.0],
-        details={"mpps": meta.get("mpps"), "units": "RGB 0..255; mean/std in the same units"},
-    )
+    from domainfm.domains.pathology.pretrain import tile_transform
+    from domainfm.shared.model.encoders import record_or
+
+    return record_or(meta, lambda: tile_transform(meta["normalization"], int(meta["tile_px"]), meta.get("mpps")))
 
 
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:

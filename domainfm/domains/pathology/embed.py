@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import zarr
 
-from domainfm.domains.pathology.pretrain import load_encoder, normalise, store_normalization
+from domainfm.domains.pathology.pretrain import load_encoder, store_normalization, store_transform, tile_transform
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.model.encoders import tile_input
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -38,8 +39,21 @@ def _encoder(checkpoint: Path | None, backbone: str, store: TileStore, seed: int
     from domainfm.shared.backbones import create_backbone
 
     torch.manual_seed(seed)
-    encoder = create_backbone(backbone, in_chans=3, img_size=store.spec.tile_shape[-1])
-    return encoder, {"checkpoint": None, "random_init_seed": seed, "normalization": store_normalization(store)}
+    tile_px = store.spec.tile_shape[-1]
+    encoder = create_backbone(backbone, in_chans=3, img_size=tile_px)
+    normalization = store_normalization(store)
+    record = tile_transform(normalization, tile_px, store.spec.value_scaling.get("mpps"))
+    return encoder, {
+        "checkpoint": None,
+        "random_init_seed": seed,
+        "normalization": normalization,
+        "transform": record.to_dict(),
+    }
+
+
+def prepare_tiles(tiles: torch.Tensor, prepare: Any) -> torch.Tensor:
+    """One batch of store tiles as the encoder's input (``prepare`` from :func:`tile_input` of its record)."""
+    return prepare(tiles)
 
 
 def _slides(store: TileStore) -> list[dict[str, Any]]:
@@ -56,12 +70,17 @@ def embed_store(
     device: str = "auto",
     overwrite: bool = False,
 ) -> Path:
-    """Embeds every tile of the store with the encoder of ``checkpoint`` (random-initialised when ``None``)."""
+    """Embeds every tile of the store with the encoder of ``checkpoint`` (random-initialised when ``None``).
+
+    ``checkpoint`` is a ``pathology pretrain`` encoder or a converted foundation checkpoint; tiles go
+    through the encoder's transform record (:func:`~domainfm.shared.model.encoders.tile_input`).
+    """
     store, out = TileStore(store_path), Path(out)
     if out.exists() and not overwrite:
         raise DomainfmError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     torch_device = resolve_device(device)
     encoder, meta = _encoder(checkpoint, backbone, store, seed)
+    prepare = tile_input(store_transform(meta, store, checkpoint or store.path))
     encoder = encoder.to(torch_device).eval()
     attrs = {
         "version": EMBEDDING_VERSION,
@@ -81,7 +100,7 @@ def embed_store(
     for batch in TileStream(store, batch_size, indices=ids, shuffle=False, device=torch_device, normalize=False):
         rows = batch["tile_id"].cpu().numpy()
         with torch.no_grad():
-            features = encoder(normalise(batch["tiles"], meta["normalization"])).float().cpu().numpy()
+            features = encoder(prepare_tiles(batch["tiles"], prepare)).float().cpu().numpy()
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         if hi - lo != len(rows):
             raise RuntimeError(f"tile stream gave rows {lo}..{hi} out of order")  # an ordered stream never does

@@ -5,7 +5,8 @@
   scored on the test split by accuracy, balanced accuracy and macro one-vs-rest AUROC.
 * **Tile classifier** trained end to end with any method of the shared PEFT module (``linear`` = frozen
   encoder, ``full``, ``lora``, ``dvpt``, ...); saved as ``tile_classifier.safetensors`` with what rebuilds
-  it (encoder build arguments, PEFT method and options, classes, input normalisation).
+  it (encoder build arguments, PEFT method and options, classes, and the input transform record, started
+  from the encoder's: a PLUTO encoder's, a converted foundation checkpoint's, or the store's statistics).
 * **Slide-level MIL** (gated-attention ABMIL, :mod:`.mil`) on embedding stores: one bag per slide.
 """
 
@@ -112,6 +113,11 @@ def load_tile_classifier(path: Path) -> tuple[TileClassifier, dict[str, Any]]:
     return load_model_checkpoint(path, CLASSIFIER_KEY, "domainfm pathology train", build_tile_classifier)
 
 
+def _init_name(encoder_meta: dict[str, Any]) -> str:
+    """``pluto``, or the converted foundation model's catalogue name."""
+    return str((encoder_meta.get("foundation") or {}).get("model") or "pluto")
+
+
 def train_tile_classifier(
     store_path: Path,
     out: Path,
@@ -127,10 +133,15 @@ def train_tile_classifier(
     device: str = "auto",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Trains a tile classifier on the store's labelled train tiles with ``peft``; test scores; saves it."""
-    from domainfm.domains.pathology.pretrain import load_encoder, normalise, store_normalization
+    """Trains a tile classifier on the store's labelled train tiles with ``peft``; test scores; saves it.
+
+    ``checkpoint`` is a ``pathology pretrain`` encoder or a converted foundation checkpoint; the tiles go
+    through its transform record, and the classifier's record starts from it.
+    """
+    from domainfm.domains.pathology.pretrain import load_encoder, store_normalization, store_transform, tile_transform
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
+    from domainfm.shared.model.encoders import downstream_transform, tile_input
     from domainfm.shared.peft.methods import apply_peft, count_parameters
     from domainfm.shared.tasks.finetune import finetune, predict
     from domainfm.shared.tiles.store import TileStore
@@ -142,12 +153,18 @@ def train_tile_classifier(
         raise DomainfmError(f"{store.path}: tiles carry no labels (tile phantom slides with --truth_labels)")
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
+    tile_px, mpps = store.spec.tile_shape[-1], store.spec.value_scaling.get("mpps")
     if checkpoint is not None:
         encoder, encoder_meta = load_encoder(Path(checkpoint))
-        normalization = encoder_meta["normalization"]
     else:
-        encoder = create_backbone(backbone, in_chans=3, img_size=store.spec.tile_shape[-1])
+        encoder = create_backbone(backbone, in_chans=3, img_size=tile_px)
         normalization = store_normalization(store)
+        encoder_meta = {
+            "normalization": normalization,
+            "transform": tile_transform(normalization, tile_px, mpps).to_dict(),
+        }
+    record = store_transform(encoder_meta, store, checkpoint or store.path)
+    prepare = tile_input(record)
     build_args = encoder.build_args
     encoder = apply_peft(encoder, peft, **(peft_options or {}))
     model = TileClassifier(encoder, len(names)).to(torch_device)
@@ -159,9 +176,6 @@ def train_tile_classifier(
     def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, target[batch["tile_id"].cpu()].to(torch_device))
 
-    def prepare(tiles: torch.Tensor) -> torch.Tensor:
-        return normalise(tiles, normalization)
-
     finetune(model, store, train, loss, prepare, epochs, batch_size, lr, seed, torch_device, progress)
     test = np.flatnonzero((store.index["split"] == SPLITS["test"]) & (labels >= 0))
     probabilities = predict(model, store, test, prepare, torch_device, lambda logits: torch.softmax(logits, 1))
@@ -170,16 +184,17 @@ def train_tile_classifier(
         "peft": peft,
         "peft_options": peft_options or {},
         "label_names": names,
-        "normalization": normalization,
-        "tile_px": store.spec.tile_shape[-1],
-        "mpps": store.spec.value_scaling.get("mpps"),
+        "normalization": encoder_meta.get("normalization"),  # older readers; None for a converted encoder
+        "transform": downstream_transform(record, details={"mpps": mpps, "tile_px": tile_px}).to_dict(),
+        "tile_px": tile_px,
+        "mpps": mpps,
         "checkpoint": str(checkpoint) if checkpoint else None,
     }
     saved = save_tile_classifier(model.cpu(), meta, Path(out) / "tile_classifier.safetensors")
     scores = classification_scores(probabilities, target[test], len(names)) if len(test) else {}
     return {
         "classifier": str(saved),
-        "init": "pluto" if checkpoint else "random",
+        "init": _init_name(encoder_meta) if checkpoint else "random",
         "peft": peft,
         "train_tiles": len(train),
         "test_tiles": len(test),

@@ -8,7 +8,12 @@ into one store and the stream shuffles across them), as PLUTO samples 0.25-2 mpp
 Recipe: AdamW (0.9, 0.999) with weight decay on matrices only, linear warm-up then cosine decay, teacher
 momentum on DINO's cosine schedule from ``teacher_momentum`` to 1. The teacher backbone is what is saved
 (DINO's evaluation convention) as ``encoder.safetensors``: a shared-registry backbone checkpoint
-(``load_backbone`` rebuilds it) whose metadata also holds the input normalisation and the tile geometry.
+(``load_backbone`` rebuilds it) whose metadata also holds the input normalisation and the tile geometry:
+``transform``, the encoder's :class:`~domainfm.shared.model.InputTransform` record (RGB 0..255 tiles of
+exactly the store's tile size, ``(x - mean) / std`` with the store's statistics in the same 0..255 units),
+which downstream verbs apply, and ``normalization`` (the same mean/std, for older readers).
+:func:`load_encoder` also opens a converted foundation checkpoint (``domainfm models convert``, e.g.
+``uni``): its backbone and its own record.
 A killed run resumes from ``OUT/resume/last.ckpt`` when rerun with the same command.
 
 Several processes (Lightning DDP) each read their part of the store; the objective's batch statistics are
@@ -38,13 +43,15 @@ from domainfm.shared.engine.training import (
     trainer_device,
 )
 from domainfm.shared.errors import DomainfmError
-from domainfm.shared.model import standardise
+from domainfm.shared.model import InputTransform, standardise
+from domainfm.shared.model.encoders import fit_store, foundation_encoder, is_foundation_checkpoint, record_or
 from domainfm.shared.tasks.checkpoint import read_checkpoint_metadata, save_checkpoint
 from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
 ENCODER_KEY = "domainfm_pathology_encoder"
+RGB = ["red", "green", "blue"]
 
 
 def save_encoder(backbone: Backbone, meta: dict[str, Any], path: Path) -> Path:
@@ -54,9 +61,42 @@ def save_encoder(backbone: Backbone, meta: dict[str, Any], path: Path) -> Path:
 
 
 def load_encoder(path: Path) -> tuple[Backbone, dict[str, Any]]:
-    """The saved encoder and its metadata (normalisation, tile size, training record)."""
-    meta = read_checkpoint_metadata(path, ENCODER_KEY, "domainfm pathology pretrain")
+    """The saved encoder and its metadata (transform record, normalisation, tile size, training record).
+
+    A converted foundation checkpoint gives ``load_backbone(path)`` and ``{"transform": its record,
+    "foundation": its model name, title and pooling}``.
+    """
+    if is_foundation_checkpoint(path):
+        backbone, record, foundation = foundation_encoder(path)
+        keep = ("model", "title", "pooling", "source")
+        return backbone, {"transform": record.to_dict(), "foundation": {k: foundation.get(k) for k in keep}}
+    meta = read_checkpoint_metadata(path, ENCODER_KEY, "domainfm pathology pretrain or domainfm models convert")
     return load_backbone(path), meta
+
+
+def tile_transform(normalization: dict[str, list[float]], tile_px: int, mpps: list[float] | None) -> InputTransform:
+    """A PLUTO encoder's record: RGB 0..255 tiles of exactly ``tile_px`` at ``mpps``, standardised (scale 1)."""
+    return InputTransform(
+        channels=RGB,
+        size=[int(tile_px), int(tile_px)],
+        geometry="exact",
+        mean=normalization["mean"],
+        std=normalization["std"],
+        quantise="uint8",
+        input_range=[0.0, 255.0],
+        details={"mpps": mpps, "units": "RGB 0..255; mean/std in the same units"},
+    )
+
+
+def encoder_transform(meta: dict[str, Any]) -> InputTransform:
+    """The record of an encoder with metadata ``meta`` (older PLUTO checkpoints: from their normalisation)."""
+    return record_or(meta, lambda: tile_transform(meta["normalization"], meta["tile_px"], meta.get("mpps")))
+
+
+def store_transform(meta: dict[str, Any], store: TileStore, source: Path | str) -> InputTransform:
+    """The encoder's record as it runs on ``store``'s tiles (channels and size checked; ``source`` is named)."""
+    channels, tile_px = store.spec.tile_shape[0], store.spec.tile_shape[-1]
+    return fit_store(encoder_transform(meta), channels, tile_px, source)
 
 
 def store_normalization(store: TileStore) -> dict[str, list[float]]:
@@ -160,6 +200,7 @@ def pretrain(
     model.update_teacher(momentum_schedule(int(trainer.global_step), total_steps, teacher_momentum))
     meta = {
         "objective": asdict(config),
+        "transform": tile_transform(normalization, tile_px, store.spec.value_scaling.get("mpps")).to_dict(),
         "normalization": normalization,
         "tile_px": tile_px,
         "mpps": store.spec.value_scaling.get("mpps"),

@@ -73,7 +73,7 @@ class SlideInputs:
             raise ExplainError(f"{card.details.get('source')}: the checkpoint records no training mpp; pass mpp=")
         params = tiling.TilingParams(
             mpps=(mpp,),
-            tile_px=int(card.spatial_shape[0]),
+            tile_px=int(card.build.get("tile_px") or card.spatial_shape[0]),  # the store's tile (the model may resize)
             tissue=tissue.TissueParams(min_tissue=min_tissue),
             batch=batch,
         )

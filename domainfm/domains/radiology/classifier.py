@@ -4,6 +4,8 @@ ConVIRT (Zhang et al., MLHC 2022, arXiv 2010.00747) evaluates its image encoder 
 fine-tuning on CheXpert-style multi-label findings (``evaluate.probe``); this module trains that
 classifier once more on the store's labelled train images and keeps it, so that it can be exported as a
 MONAI bundle and explained. Loss: binary cross-entropy per label; score: macro AUROC on the test split.
+The image tower is a ConVIRT checkpoint's or a converted foundation checkpoint's; images are standardised
+by its transform record, and the classifier's record starts from it (letterboxed as radiographs are).
 """
 
 from __future__ import annotations
@@ -74,9 +76,16 @@ def train_classifier(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Trains a classifier on ``label_fraction`` of the labelled train images; test macro AUROC; saves it."""
-    from domainfm.domains.radiology.pretrain import load_convirt, normalise
+    from domainfm.domains.radiology.images import display_transform
+    from domainfm.domains.radiology.pretrain import (
+        foundation_image_encoder,
+        load_convirt,
+        radiograph_transform,
+        store_normalization,
+    )
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.engine import resolve_device
+    from domainfm.shared.model.encoders import downstream_transform, fit_store, is_foundation_checkpoint, tile_input
     from domainfm.shared.peft.methods import apply_peft, count_parameters
     from domainfm.shared.tasks.finetune import finetune, predict
     from domainfm.shared.tasks.metrics import multilabel_macro_auroc
@@ -90,13 +99,18 @@ def train_classifier(
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     size = store.spec.tile_shape[-1]
-    if checkpoint is not None:
-        convirt, _, convirt_meta = load_convirt(Path(checkpoint))
-        tower, normalization = convirt.image_tower, convirt_meta["normalization"]
+    if is_foundation_checkpoint(checkpoint):
+        tower, encoder_meta = foundation_image_encoder(Path(checkpoint))  # type: ignore[arg-type]
+    elif checkpoint is not None:
+        convirt, _, encoder_meta = load_convirt(Path(checkpoint))
+        tower = convirt.image_tower
     else:
         tower = create_backbone(backbone, in_chans=1, img_size=size)
-        stats = store.stats
-        normalization = {"mean": float(stats["mean"][0]) / 255, "std": max(float(stats["std"][0]) / 255, 1e-6)}
+        encoder_meta = {"normalization": store_normalization(store), "image_size": size}
+    normalization = encoder_meta.get("normalization")  # kept for older readers; None for a foundation tower
+    record = fit_store(radiograph_transform(encoder_meta), store.spec.tile_shape[0], size, checkpoint or store.path)
+    prepare = tile_input(record)
+    transform = downstream_transform(record, geometry="letterbox", details=display_transform(size).details)
     build_args = tower.build_args
     tower = apply_peft(tower, peft, **(peft_options or {}))
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.float32))
@@ -105,9 +119,6 @@ def train_classifier(
 
     def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels[batch["tile_id"].cpu()].to(torch_device))
-
-    def prepare(tiles: torch.Tensor) -> torch.Tensor:
-        return normalise(tiles, normalization)
 
     finetune(model, store, train, loss, prepare, epochs, batch_size, lr, seed, torch_device, progress)
     test = np.flatnonzero(store.index["split"] == SPLITS["test"])
@@ -118,6 +129,7 @@ def train_classifier(
         "peft_options": peft_options or {},
         "label_names": list(store.spec.label_names),
         "normalization": normalization,
+        "transform": transform.to_dict(),
         "image_size": size,
         "checkpoint": str(checkpoint) if checkpoint else None,
     }

@@ -86,7 +86,9 @@ def pretrain(
         store: A radiology tile store (train split).
         out: Output folder.
         backbone: Image tower from the shared registry (the paper: resnet50).
-        image_checkpoint: Local weights for the image tower (e.g. ImageNet ResNet-50); random when unset.
+        image_checkpoint: Local weights for the image tower (e.g. ImageNet ResNet-50); random when unset. A
+            converted foundation checkpoint (``domainfm models convert``) replaces ``backbone`` by its own
+            architecture, and its transform record (grey replicated to its channels, its mean/std) is used.
         text: Text tower: local_model (a local HF folder, e.g. ClinicalBERT), or hidden, layers, heads,
             intermediate, vocab_size for the default small BERT; max_length, pooling, frozen_layers.
         projection_dim: Output size of both projection heads (the paper: 512).
@@ -144,7 +146,8 @@ def train(
     Args:
         store: A radiology store ingested with --labels.
         out: Output folder.
-        checkpoint: A ConVIRT checkpoint (`radiology pretrain`); a random image tower when unset.
+        checkpoint: A ConVIRT checkpoint (`radiology pretrain`) or a converted foundation checkpoint
+            (`domainfm models convert`); a random image tower when unset.
         backbone: Image tower when no checkpoint is given.
         peft: A shared PEFT method: full, linear (frozen tower), bitfit, lora, dvpt, ...
         peft_options: The method's options.
@@ -189,7 +192,8 @@ def evaluate(
 
     Args:
         task: ``retrieval`` (CheXpert 8x200 layout CSVs), ``probe`` (linear), ``knn`` or ``finetune`` (full).
-        checkpoint: A checkpoint from ``radiology pretrain``.
+        checkpoint: A checkpoint from ``radiology pretrain``; for probe/knn/finetune also a converted
+            foundation checkpoint (``domainfm models convert``), evaluated directly against its random init.
         store: For probe/knn: a store ingested with --labels (train split trains, test split scores).
         candidates: For retrieval: candidate CSV (Path + one 0/1 column per category).
         image_queries: For retrieval: image query CSV (Variable, Path).
@@ -206,12 +210,22 @@ def evaluate(
     import json as json_module
 
     from domainfm.domains.radiology.evaluate import probe, retrieval
-    from domainfm.domains.radiology.pretrain import load_convirt
+    from domainfm.domains.radiology.pretrain import foundation_image_encoder, load_convirt
     from domainfm.shared.errors import DomainfmError
+    from domainfm.shared.model.encoders import is_foundation_checkpoint
     from domainfm.shared.report import markdown_table
     from domainfm.shared.tiles.store import TileStore
 
-    model, tokenizer, meta = load_convirt(Path(checkpoint))
+    if is_foundation_checkpoint(checkpoint):
+        if task == "retrieval":
+            raise DomainfmError(
+                f"{checkpoint} is a converted image encoder without a text tower: retrieval needs a ConVIRT "
+                "checkpoint (start one from it with `radiology pretrain --image_checkpoint`)"
+            )
+        model, meta = foundation_image_encoder(Path(checkpoint))
+        tokenizer = None
+    else:
+        model, tokenizer, meta = load_convirt(Path(checkpoint))
     if task == "retrieval":
         if candidates is None or (image_queries is None and text_queries is None):
             raise DomainfmError("retrieval needs --candidates and --image_queries and/or --text_queries CSVs")

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from domainfm.domains.radiology.classifier import build_classifier, load_classifier
-from domainfm.domains.radiology.images import DICOM_SUFFIXES, RASTER_SUFFIXES, display_transform, raw_radiograph
+from domainfm.domains.radiology.images import DICOM_SUFFIXES, RASTER_SUFFIXES, raw_radiograph
 from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
 from domainfm.shared.model import InputTransform
 
@@ -38,10 +38,9 @@ def input_transform(meta: dict[str, Any]) -> InputTransform:
 
     Checkpoints written before records were saved: the ingest geometry plus the training normalisation.
     """
-    if meta.get("transform"):
-        return InputTransform.from_dict(meta["transform"])
-    norm = meta["normalization"]
-    return display_transform(int(meta["image_size"]), mean=float(norm["mean"]), std=float(norm["std"]))
+    from domainfm.domains.radiology.pretrain import radiograph_transform
+
+    return radiograph_transform(meta)
 
 
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:

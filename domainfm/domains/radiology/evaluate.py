@@ -13,7 +13,9 @@ Protocols of Zhang et al. (MLHC 2022, arXiv 2010.00747), ``shared/methods/convir
 * **Full fine-tune**: the image tower and a linear head trained together (Adam 1e-4, BCE) on the fraction.
 
 Each probe also runs on a random-initialised image tower of the same architecture: the baseline ConVIRT
-has to beat.
+has to beat. Images are standardised by the tower's transform record (the ConVIRT checkpoint's, or a
+converted foundation checkpoint's fitted to the one-channel store: grey replicated to its channels), and a
+converted foundation checkpoint is probed directly (rows named by its catalogue name).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from torch import nn
 
 from domainfm.domains.radiology.convirt import ConVIRT
 from domainfm.domains.radiology.images import ingest_tile
-from domainfm.domains.radiology.pretrain import normalise
+from domainfm.domains.radiology.pretrain import radiograph_transform
 from domainfm.domains.radiology.text import SentenceTokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
+from domainfm.shared.model import InputTransform
+from domainfm.shared.model.encoders import fit_store, tile_input
 from domainfm.shared.tasks.metrics import multilabel_macro_auroc
 from domainfm.shared.tasks.probes import fit_logistic_probe, knn_scores
 from domainfm.shared.tasks.subsets import label_fraction
@@ -64,10 +68,11 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def embed_files(model: ConVIRT, paths: list[str], meta: dict[str, Any], device: torch.device) -> torch.Tensor:
     """Projected, normalised embeddings of radiograph files (read and letterboxed as at ingest)."""
     size = meta["image_size"]
+    prepare = tile_input(fit_store(radiograph_transform(meta), 1, size, meta.get("checkpoint") or "the checkpoint"))
     out = []
     for start in range(0, len(paths), 32):
         tiles = np.stack([ingest_tile(Path(p), size) for p in paths[start : start + 32]])
-        images = normalise(torch.from_numpy(tiles).to(device), meta["normalization"])
+        images = prepare(torch.from_numpy(tiles).to(device))
         out.append(model.embed_images(images).cpu())
     return torch.cat(out)
 
@@ -145,12 +150,13 @@ def retrieval(
 
 @torch.no_grad()
 def tower_features(
-    tower: nn.Module, store: TileStore, ids: np.ndarray, normalization: dict[str, float], device: torch.device
+    tower: nn.Module, store: TileStore, ids: np.ndarray, record: InputTransform, device: torch.device
 ) -> torch.Tensor:
-    """Pooled image-tower features of the given tiles (store order of ``ids``)."""
+    """Pooled image-tower features of the given tiles (store order of ``ids``), standardised by ``record``."""
     tower = tower.to(device).eval()
+    prepare = tile_input(record)
     stream = TileStream(store, 64, indices=ids, shuffle=False, device=device, normalize=False)
-    return torch.cat([tower(normalise(b["tiles"], normalization)).float().cpu() for b in stream])
+    return torch.cat([tower(prepare(b["tiles"])).float().cpu() for b in stream])
 
 
 def finetune_scores(
@@ -158,7 +164,7 @@ def finetune_scores(
     store: TileStore,
     subset: np.ndarray,
     test: np.ndarray,
-    normalization: dict[str, float],
+    record: InputTransform,
     epochs: int,
     seed: int,
     device: torch.device,
@@ -175,16 +181,22 @@ def finetune_scores(
     def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels[batch["tile_id"].cpu()].to(device))
 
-    def prepare(tiles: torch.Tensor) -> torch.Tensor:
-        return normalise(tiles, normalization)
-
+    prepare = tile_input(record)
     adam = lambda parameters: torch.optim.Adam(parameters, lr=1e-4)  # noqa: E731
     finetune(network, store, subset, loss, prepare, epochs, 32, 1e-4, seed, device, optimizer=adam)
     return predict(network, store, test, prepare, device, torch.sigmoid)
 
 
+def random_tower(meta: dict[str, Any]) -> nn.Module:
+    """A random-initialised image tower of the architecture ``meta`` describes (the probes' baseline)."""
+    if meta.get("image_tower"):
+        args = dict(meta["image_tower"])
+        return create_backbone(args.pop("name"), **args)
+    return create_backbone(meta["backbone"], in_chans=1, img_size=meta["image_size"])
+
+
 def probe(
-    model: ConVIRT,
+    model: ConVIRT | nn.Module,
     meta: dict[str, Any],
     store: TileStore,
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0),
@@ -194,20 +206,26 @@ def probe(
     device: str = "auto",
     finetune_epochs: int = 10,
 ) -> list[dict[str, Any]]:
-    """Test-split macro AUROC of a linear probe, kNN or full fine-tune, ConVIRT vs random init, per fraction."""
+    """Test-split macro AUROC of a linear probe, kNN or full fine-tune, ConVIRT vs random init, per fraction.
+
+    ``model`` is a ConVIRT model (its image tower is probed) or an image tower itself, e.g. a converted
+    foundation checkpoint from :func:`.pretrain.foundation_image_encoder` (rows named by ``meta["init"]``).
+    """
     if "labels" not in store.spec.companions:
         raise ValueError(f"{store.path} has no labels: ingest it with --labels LABELS.csv")
     torch_device = resolve_device(device)
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.int64))
     test = np.flatnonzero(store.index["split"] == SPLITS["test"])
+    channels, size = store.spec.tile_shape[0], store.spec.tile_shape[-1]
+    record = fit_store(radiograph_transform(meta), channels, size, meta.get("checkpoint") or "the checkpoint")
     torch.manual_seed(seed)
-    random_tower = create_backbone(meta["backbone"], in_chans=1, img_size=meta["image_size"])
-    towers = {"convirt": model.image_tower, "random": random_tower}
+    tower = model.image_tower if isinstance(model, ConVIRT) else model
+    towers = {str(meta.get("init", "convirt")): tower, "random": random_tower(meta)}
     train_all = np.flatnonzero(store.index["split"] == SPLITS["train"])
     rows = []
     for init, tower in towers.items():
-        features_train = tower_features(tower, store, train_all, meta["normalization"], torch_device)
-        features_test = tower_features(tower, store, test, meta["normalization"], torch_device)
+        features_train = tower_features(tower, store, train_all, record, torch_device)
+        features_test = tower_features(tower, store, test, record, torch_device)
         position = {tile: i for i, tile in enumerate(train_all)}
         for fraction in fractions:
             subset = label_fraction(train_all, fraction, seed)
@@ -216,8 +234,7 @@ def probe(
             if method == "knn":
                 scores = knn_scores(x, y, features_test, k)
             elif method == "finetune":
-                norm = meta["normalization"]
-                scores = finetune_scores(tower, store, subset, test, norm, finetune_epochs, seed, torch_device)
+                scores = finetune_scores(tower, store, subset, test, record, finetune_epochs, seed, torch_device)
             else:
                 scores = fit_logistic_probe(x, y)(features_test)
             auroc = multilabel_macro_auroc(scores, labels[test])

@@ -7,7 +7,17 @@ paper's plateau schedule and early stopping on a val loss are not used: training
 
 A checkpoint is one safetensors file whose metadata rebuilds the model: image backbone name and size,
 text-tower options, the trained tokenizer's JSON (or the local Hugging Face folder's path), projection
-size and the normalisation the images were trained with.
+size and the normalisation the images were trained with: ``transform``, the image tower's
+:class:`~domainfm.shared.model.InputTransform` record (:func:`.images.display_transform` of the store's
+statistics: letterbox, uint8, scale 1/255, ``(x - mean) / std``), which downstream verbs apply, and
+``normalization`` (the same mean/std in [0, 1] units, for older readers).
+
+The image tower may start from a converted foundation checkpoint (``--image_checkpoint FILE`` of
+``domainfm models convert``): the tower is then the file's backbone (its architecture, pooling and
+channels; ``image_tower`` in the metadata rebuilds it) and the record is the file's own, fitted to the
+one-channel store (:func:`~domainfm.shared.model.encoders.fit_store`: a grey radiograph is replicated to
+every channel of an RGB encoder and standardised with the encoder's per-channel mean/std), letterboxed to
+the encoder's input size as radiographs are.
 """
 
 from __future__ import annotations
@@ -23,13 +33,21 @@ import numpy as np
 import torch
 
 from domainfm.domains.radiology.convirt import ConVIRT, augment_images, convirt_loss
+from domainfm.domains.radiology.images import display_transform
 from domainfm.domains.radiology.text import SentenceTokenizer, create_text_tower, text_options, train_tokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.engine.distributed import tile_generators
 from domainfm.shared.engine.training import data_parallel_only, fit, resumable_trainer, step_task, trainer_device
 from domainfm.shared.errors import DomainfmError
-from domainfm.shared.model import standardise
+from domainfm.shared.model import InputTransform, TransformModule, standardise
+from domainfm.shared.model.encoders import (
+    downstream_transform,
+    fit_store,
+    foundation_encoder,
+    is_foundation_checkpoint,
+    record_or,
+)
 from domainfm.shared.tasks.checkpoint import load_weights, read_checkpoint_metadata, save_checkpoint
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
@@ -52,13 +70,52 @@ def store_sentences(store: TileStore, split: str = "train") -> list[str]:
 def build_model(meta: dict[str, Any], tokenizer: SentenceTokenizer, image_checkpoint: Path | None = None) -> ConVIRT:
     """A ConVIRT model of the shape ``meta`` describes (random towers unless weights are given)."""
     text = {k: v for k, v in meta["text"].items() if k != "vocab_size"}
-    image = create_backbone(meta["backbone"], in_chans=1, img_size=meta["image_size"], checkpoint=image_checkpoint)
+    if meta.get("image_tower"):  # started from a converted foundation checkpoint: its own architecture
+        args = dict(meta["image_tower"])
+        image = create_backbone(args.pop("name"), checkpoint=image_checkpoint, **args)
+    else:
+        image = create_backbone(meta["backbone"], in_chans=1, img_size=meta["image_size"], checkpoint=image_checkpoint)
     return ConVIRT(image, create_text_tower(tokenizer.vocab_size, **text), meta["projection_dim"])
+
+
+def store_normalization(store: TileStore) -> dict[str, float]:
+    """Mean and std of the store's grey values in [0, 1] units (from the statistics computed at ingest)."""
+    stats = store.stats
+    return {"mean": float(stats["mean"][0]) / 255, "std": max(float(stats["std"][0]) / 255, 1e-6)}
 
 
 def normalise(tiles: torch.Tensor, normalization: dict[str, float]) -> torch.Tensor:
     """uint8 tiles -> [0, 1] -> ``(x - mean) / std`` (the contract's standardisation, as ``display_transform``)."""
     return standardise(tiles, [normalization["mean"]], [normalization["std"]], scale=1 / 255)
+
+
+def radiograph_transform(meta: dict[str, Any]) -> InputTransform:
+    """The image tower's record of a ConVIRT checkpoint's ``meta`` (older ones: from their normalisation)."""
+
+    def derive() -> InputTransform:
+        norm = meta["normalization"]
+        return display_transform(int(meta["image_size"]), mean=float(norm["mean"]), std=float(norm["std"]))
+
+    return record_or(meta, derive)
+
+
+def foundation_image_encoder(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A converted foundation checkpoint as a radiograph image tower, and metadata like a ConVIRT checkpoint's.
+
+    The metadata holds ``transform`` (the file's record, not yet fitted to a store), ``image_tower`` (its
+    ``create_backbone`` arguments), ``backbone``, ``image_size`` (the encoder's input size), ``init`` (the
+    catalogue name) and ``checkpoint``.
+    """
+    backbone, record, foundation = foundation_encoder(path)
+    meta = {
+        "transform": record.to_dict(),
+        "image_tower": backbone.build_args,
+        "backbone": backbone.name,
+        "image_size": record.size[0],
+        "init": str(foundation.get("model") or "foundation"),
+        "checkpoint": str(path),
+    }
+    return backbone, meta
 
 
 def save_convirt(model: ConVIRT, meta: dict[str, Any], path: Path) -> Path:
@@ -177,20 +234,28 @@ def pretrain(
     options = text_options(text)
     resumed = (resume / "last.ckpt").exists()
     text_tokenizer = _tokenizer(store, out, options, tokenizer, resumed, trainer.is_global_zero)
-    stats = store.stats
-    normalization = {"mean": float(stats["mean"][0]) / 255, "std": max(float(stats["std"][0]) / 255, 1e-6)}
+    size = store.spec.tile_shape[-1]
+    image: dict[str, Any] = {"backbone": backbone, "normalization": store_normalization(store)}
+    record = display_transform(size, image["normalization"]["mean"], image["normalization"]["std"])
+    if is_foundation_checkpoint(image_checkpoint):
+        tower, tower_meta = foundation_image_encoder(Path(image_checkpoint))  # type: ignore[arg-type]
+        fitted = fit_store(radiograph_transform(tower_meta), store.spec.tile_shape[0], size, image_checkpoint)
+        record = downstream_transform(fitted, geometry="letterbox", details=record.details)
+        image = {"backbone": tower.name, "image_tower": tower_meta["image_tower"], "normalization": None}
+        image["foundation"] = tower_meta["init"]
     meta = {
         "kind": "convirt",
-        "backbone": backbone,
-        "image_size": store.spec.tile_shape[-1],
+        **image,
+        "image_size": size,
+        "transform": record.to_dict(),
         "text": options,
         "tokenizer": text_tokenizer.to_json(),
         "projection_dim": projection_dim,
-        "normalization": normalization,
         "tau": tau,
         "lam": lam,
     }
     model = build_model(meta, text_tokenizer, image_checkpoint).to(torch_device)
+    transform = TransformModule(record).to(torch_device)
     shared = {"tokenizer": text_tokenizer}
 
     def step(batch: dict) -> torch.Tensor:
@@ -201,8 +266,10 @@ def pretrain(
             sentences[i][int(torch.randint(len(sentences[i]), (), generator=g))]
             for i, g in zip(keep, generators, strict=True)
         ]
-        images = augment_images(batch["tiles"][keep].float() / 255, hflip, generators, augment_strength)
-        images = (images - normalization["mean"]) / normalization["std"]
+        tiles = transform.geometry(batch["tiles"][keep])  # raw values on the tower's grid (a no-op at store size)
+        images = augment_images(tiles / 255, hflip, generators, augment_strength)  # augmented in [0, 1]
+        # the record's channel mapping and (x * scale - mean) / std, of x = images * 255 (raw units)
+        images = standardise(transform.channels(images), transform.mean, transform.std, record.scale * 255)
         tokens = {k: v.to(torch_device) for k, v in shared["tokenizer"](chosen).items()}
         v, u = model(images, **tokens)
         return convirt_loss(v, u, tau, lam)

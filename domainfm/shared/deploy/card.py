@@ -105,7 +105,7 @@ class ModelCard:
         return cls(
             in_channels=transform.in_channels,
             spatial_shape=list(transform.size),
-            channel_names=list(transform.channels),
+            channel_names=transform.raw_channels,
             input_range=transform.input_range,
             transform=transform.to_dict(),
             **fields_,

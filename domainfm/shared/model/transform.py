@@ -21,7 +21,10 @@ x 255, a chip's band values):
    still reach the raw input). An input already on the model's grid is taken as it is: a store tile or a
    picture holds integers already, and rounding it would make the function explained by integrated
    gradients piecewise constant along its path (completeness fails);
-3. **standardise**: ``(x * scale - mean) / std`` per channel.
+3. **channels**: when the record names ``input_channels`` (one ``grey`` channel) and the model takes
+   several ``channels`` (an RGB foundation encoder run on radiographs), the grey values are replicated to
+   every model channel; mean/std stay per model channel;
+4. **standardise**: ``(x * scale - mean) / std`` per channel.
 
 Bilinear resizing is ``torch.nn.functional.interpolate(..., antialias=True)`` (PIL's filter), in float32.
 """
@@ -64,6 +67,9 @@ class InputTransform:
         input_range: The raw value range, e.g. ``[0, 255]`` (``None``: physical units, unbounded).
         fill: Raw value of letterbox padding (black air for radiographs).
         details: What a reader wants beside the maths: mpp, bands and their scaling, the display transform.
+        input_channels: The raw input's channels when they differ from ``channels`` (the model's): only one
+            channel (``["grey"]``), replicated to every model channel before standardising; ``None``: the
+            input holds ``channels``. Omitted from :meth:`to_dict` when ``None`` (older records read as is).
     """
 
     channels: list[str]
@@ -76,6 +82,7 @@ class InputTransform:
     input_range: list[float] | None = None
     fill: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    input_channels: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.channels)
@@ -91,19 +98,39 @@ class InputTransform:
             problems.append(f"{len(self.mean)} means and {len(self.std)} stds for {n} channels")
         if not all(np.isfinite(s) and s > 0 for s in self.std) or not np.isfinite(self.scale) or self.scale == 0:
             problems.append(f"std {self.std} and scale {self.scale} must be finite and non-zero (std > 0)")
+        if self.input_channels is not None:
+            self.input_channels = [str(c) for c in self.input_channels]
+            if len(self.input_channels) != 1 or n < 2:
+                problems.append(
+                    f"input_channels {self.input_channels} for model channels {self.channels}: only one input "
+                    "channel replicated to several model channels is defined"
+                )
         if self.quantise is not None and self.quantise not in QUANTISE_RANGES:
             problems.append(f"quantise {self.quantise!r} is not one of {sorted(QUANTISE_RANGES)} or null")
         if problems:
             raise TransformError("invalid input transform: " + "; ".join(problems))
 
     @property
+    def raw_channels(self) -> list[str]:
+        """The channels a raw input holds (``input_channels`` when set, else ``channels``)."""
+        return list(self.input_channels or self.channels)
+
+    @property
     def in_channels(self) -> int:
-        """Number of input channels."""
+        """Number of input channels (of the raw input)."""
+        return len(self.raw_channels)
+
+    @property
+    def model_channels(self) -> int:
+        """Number of channels the network sees (after replicating a grey input)."""
         return len(self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (what checkpoints and bundle cards store)."""
-        return asdict(self)
+        data = asdict(self)
+        if data["input_channels"] is None:
+            del data["input_channels"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputTransform:
@@ -128,7 +155,8 @@ class InputTransform:
             "window": f"{h}x{w} px or larger (predicted window by window)",
         }[self.geometry]
         stored = f", rounded to {self.quantise}" if self.quantise else ""
-        return f"{self.in_channels} channel(s) ({', '.join(self.channels)}), {shape}{stored}, standardised"
+        mapped = f", replicated to {', '.join(self.channels)}" if self.input_channels else ""
+        return f"{self.in_channels} channel(s) ({', '.join(self.raw_channels)}){mapped}, {shape}{stored}, standardised"
 
 
 def letterbox_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
@@ -208,7 +236,7 @@ def check_input(transform: InputTransform, images: torch.Tensor, maps: bool = Fa
     """
     if images.ndim != 4 or images.shape[1] != transform.in_channels:
         raise TransformError(
-            f"the model takes inputs [B, {transform.in_channels}, H, W] ({', '.join(transform.channels)}), "
+            f"the model takes inputs [B, {transform.in_channels}, H, W] ({', '.join(transform.raw_channels)}), "
             f"got {list(images.shape)}"
         )
     if list(images.shape[-2:]) == transform.size:
@@ -232,7 +260,7 @@ class TransformModule(nn.Module):
     def __init__(self, transform: InputTransform) -> None:
         super().__init__()
         self.record = transform
-        shape = (1, transform.in_channels, 1, 1)
+        shape = (1, transform.model_channels, 1, 1)
         self.register_buffer("mean", torch.tensor(transform.mean, dtype=torch.float32).view(shape), persistent=False)
         self.register_buffer("std", torch.tensor(transform.std, dtype=torch.float32).view(shape), persistent=False)
 
@@ -249,9 +277,15 @@ class TransformModule(nn.Module):
             return images
         return _quantise(apply_geometry(images, record.size, record.geometry, record.fill), record.quantise)
 
+    def channels(self, images: torch.Tensor) -> torch.Tensor:
+        """A one-channel (grey) input replicated to the model's channels when the record says so."""
+        if self.record.input_channels is None or images.shape[1] == self.record.model_channels:
+            return images
+        return images.expand(-1, self.record.model_channels, -1, -1)
+
     def standardise(self, images: torch.Tensor) -> torch.Tensor:
-        """``(x * scale - mean) / std`` of values already on the model's grid (store tiles)."""
-        return standardise(images, self.mean, self.std, self.record.scale)
+        """``(x * scale - mean) / std`` of values already on the model's grid (store tiles), channels mapped."""
+        return standardise(self.channels(images), self.mean, self.std, self.record.scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw ``[B, C, H, W]`` -> the network's input tensor."""

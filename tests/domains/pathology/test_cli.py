@@ -52,7 +52,7 @@ def test_embeddings_resume_and_match_the_encoder(workspace: Path, monkeypatch: p
     store, out = workspace / "tiles.zarr", workspace / "emb.zarr"
     checkpoint = workspace / "pluto" / "encoder.safetensors"
     calls = {"n": 0}
-    original = embed_module.normalise
+    original = embed_module.prepare_tiles
 
     def failing(tiles, normalization):
         calls["n"] += 1
@@ -60,7 +60,7 @@ def test_embeddings_resume_and_match_the_encoder(workspace: Path, monkeypatch: p
             raise KeyboardInterrupt  # a run stopped after two batches
         return original(tiles, normalization)
 
-    monkeypatch.setattr(embed_module, "normalise", failing)
+    monkeypatch.setattr(embed_module, "prepare_tiles", failing)
     with pytest.raises(KeyboardInterrupt):
         main(["pathology", "embed", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(out),
               "--batch_size", "16", "--device", "cpu"])  # fmt: skip
@@ -76,7 +76,7 @@ def test_embeddings_resume_and_match_the_encoder(workspace: Path, monkeypatch: p
         resumed["n"] += 1
         return original(tiles, normalization)
 
-    monkeypatch.setattr(embed_module, "normalise", counting)
+    monkeypatch.setattr(embed_module, "prepare_tiles", counting)
     assert main(["pathology", "embed", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(out),
                  "--batch_size", "16", "--device", "cpu"]) == 0  # fmt: skip
     embeddings = read_embeddings(out)
