@@ -186,6 +186,7 @@ def evaluate(
     finetune_epochs: int = 10,
     seed: int = 0,
     device: str = "auto",
+    tokenizer: Path | None = None,
     json: bool = False,
 ) -> int:
     """Evaluate a ConVIRT checkpoint: retrieval Precision@k, or a linear/kNN probe at label fractions.
@@ -205,10 +206,13 @@ def evaluate(
         finetune_epochs: Epochs of each full fine-tune.
         seed: Seed of the label subsets and of the random-init baseline.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        tokenizer: For zero-shot retrieval with a converted CLIP checkpoint (BiomedCLIP): its tokenizer
+            (``tokenizer.json`` or the folder holding the model's tokenizer files).
         json: Print JSON.
     """
     import json as json_module
 
+    from domainfm.domains.radiology.clip import has_text_tower, load_clip
     from domainfm.domains.radiology.evaluate import probe, retrieval
     from domainfm.domains.radiology.pretrain import foundation_image_encoder, load_convirt
     from domainfm.shared.errors import DomainfmError
@@ -216,21 +220,25 @@ def evaluate(
     from domainfm.shared.report import markdown_table
     from domainfm.shared.tiles.store import TileStore
 
-    if is_foundation_checkpoint(checkpoint):
-        if task == "retrieval":
+    if is_foundation_checkpoint(checkpoint) and task == "retrieval":
+        if not has_text_tower(Path(checkpoint)):
             raise DomainfmError(
                 f"{checkpoint} is a converted image encoder without a text tower: retrieval needs a ConVIRT "
-                "checkpoint (start one from it with `radiology pretrain --image_checkpoint`)"
+                "checkpoint (start one from it with `radiology pretrain --image_checkpoint`) or a CLIP model"
             )
+        if tokenizer is None:
+            raise DomainfmError(f"zero-shot retrieval with {checkpoint} needs --tokenizer (the model's own tokenizer)")
+        model, text_tokenizer, meta = load_clip(Path(checkpoint), Path(tokenizer))
+    elif is_foundation_checkpoint(checkpoint):
         model, meta = foundation_image_encoder(Path(checkpoint))
-        tokenizer = None
+        text_tokenizer = None
     else:
-        model, tokenizer, meta = load_convirt(Path(checkpoint))
+        model, text_tokenizer, meta = load_convirt(Path(checkpoint))
     if task == "retrieval":
         if candidates is None or (image_queries is None and text_queries is None):
             raise DomainfmError("retrieval needs --candidates and --image_queries and/or --text_queries CSVs")
         result: Any = retrieval(
-            model, tokenizer, meta, candidates, image_queries, text_queries, tuple(k), device, image_root
+            model, text_tokenizer, meta, candidates, image_queries, text_queries, tuple(k), device, image_root
         )
         text = (
             "\n".join(

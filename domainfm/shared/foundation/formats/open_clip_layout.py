@@ -12,8 +12,9 @@ BiomedCLIP (Zhang et al., arXiv 2303.00915) ships ``open_clip_pytorch_model.bin`
   top-level keys, ``logit_scale``, ``logit_bias``) -> extras under ``text.`` (``logit_scale`` keeps its
   name), so zero-shot classification can use them later; nothing is dropped but a classifier head.
 
-The trunk's architecture is read from the config's ``timm_model_name`` (its width, depth, heads, patch
-and MLP ratio, read off timm's registered model built on the meta device) and ``image_size``. Other
+The trunk's architecture is read from the config's ``timm_model_name`` (its width, depth, heads, patch,
+MLP ratio and input size, read off timm's registered model built on the meta device: open_clip's
+``TimmModel`` builds the trunk at timm's default size, whatever ``image_size`` says). Other
 ``timm_pool``/``timm_proj`` settings (attention pooling, an MLP projection) are refused with the reason.
 """
 
@@ -69,7 +70,8 @@ def _open_clip_arch(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     except RuntimeError as error:  # timm: unknown model
         raise ConversionError(f"{path}: timm does not know the trunk {vision['timm_model_name']!r}: {error}") from error
     width = int(trunk.embed_dim)
-    size = vision.get("image_size", 224)
+    # open_clip's TimmModel builds the trunk at timm's own size (it does not pass image_size to timm)
+    size = trunk.patch_embed.img_size
     return {
         "embed_dim": width,
         "depth": len(trunk.blocks),
