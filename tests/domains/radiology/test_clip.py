@@ -189,7 +189,7 @@ def test_zero_shot_retrieval_ranks_as_open_clip(tmp_path: Path, monkeypatch, cap
     assert torch.allclose(similarity, text @ images.T, atol=1e-4)
 
 
-def test_retrieval_with_an_image_only_encoder_or_without_tokenizer_is_refused(tmp_path: Path, capsys):
+def test_zero_shot_retrieval_without_the_tokenizer_is_refused(tmp_path: Path, capsys):
     _release(tmp_path / "BiomedCLIP")
     out = tmp_path / "biomedclip.safetensors"
     assert (
