@@ -170,3 +170,30 @@ def test_pretrain_starts_its_image_tower_from_a_converted_encoder(
     with torch.no_grad():
         expected = tower.eval()(_grey_to_rgb_by_hand(_tiles(workspace, ids)))
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_train_fine_tunes_a_converted_encoder_and_deploys_with_its_record(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+):
+    from domainfm.domains.radiology.classifier import load_classifier
+    from domainfm.domains.radiology.deploy import deployable
+
+    converted = workspace / "vit.safetensors"
+    out = workspace / "clf_vit"
+    capsys.readouterr()
+    assert main(["radiology", "train", "--store", str(workspace / "store.zarr"), "--out", str(out), "--checkpoint",
+                 str(converted), "--peft", "lora", "--epochs", "1", "--batch_size", "8", "--device", "cpu",
+                 "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    classifier = next(out.glob("*.safetensors"))
+    model, meta = load_classifier(classifier)
+    record = InputTransform.from_dict(meta["transform"])
+    assert record.input_channels == ["grey"] and (record.mean, record.std) == (MEAN, STD)
+    # the LoRA fine-tune moved the encoder away from the converted weights (LoRA's B starts at zero)
+    lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
+    tiles = _tiles(workspace, np.arange(4))
+    with torch.no_grad():
+        deployed = deployable(classifier).network.eval()(tiles.float())
+        by_hand = model.eval()(_grey_to_rgb_by_hand(tiles))
+    torch.testing.assert_close(deployed, by_hand, rtol=1e-4, atol=1e-5)
