@@ -21,6 +21,7 @@ from domainfm.domains.remote_sensing.data import HDF_SUFFIXES
 from domainfm.domains.remote_sensing.downstream import build_task_model, load_task_model
 from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
 from domainfm.shared.model import InputTransform
+from domainfm.shared.model.encoders import record_or
 
 
 def read_granule_input(path: Path, card: ModelCard) -> np.ndarray:
@@ -72,20 +73,21 @@ def input_transform(meta: dict[str, Any]) -> InputTransform:
     window by window, as the chips were cut; curtains and scene labels take exactly one chip. The record the
     checkpoint carries wins (checkpoints written before it: from the metadata).
     """
-    if meta.get("transform"):
-        return InputTransform.from_dict(meta["transform"])
-    size = int(meta["image_size"])
-    names = [b["name"] for b in meta["bands"]]
-    standardisation = meta["input_transform"] or {}
-    return InputTransform(
-        channels=names,
-        size=[size, size],
-        geometry="window" if meta["task"] == "segment" else "exact",
-        mean=standardisation.get("mean", []),
-        std=standardisation.get("std", []),
-        input_range=[0.0, 1.0] if meta["input_transform"] is None else None,
-        details={"bands": meta["bands"], "invalid_pixels": 0.0},
-    )
+
+    def derive() -> InputTransform:
+        size = int(meta["image_size"])
+        standardisation = meta["input_transform"] or {}
+        return InputTransform(
+            channels=[b["name"] for b in meta["bands"]],
+            size=[size, size],
+            geometry="window" if meta["task"] == "segment" else "exact",
+            mean=standardisation.get("mean", []),
+            std=standardisation.get("std", []),
+            input_range=[0.0, 1.0] if meta["input_transform"] is None else None,
+            details={"bands": meta["bands"], "invalid_pixels": 0.0},
+        )
+
+    return record_or(meta, derive)
 
 
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:

@@ -18,6 +18,7 @@ from domainfm.domains.segmentation.data import image_transform, read_input_image
 from domainfm.domains.segmentation.models import build_segmenter, load_segmenter
 from domainfm.shared.deploy.card import Deployable, ModelCard, contract_network
 from domainfm.shared.model import InputTransform
+from domainfm.shared.model.encoders import record_or
 
 KINDS = {"gms": "segmentation.gms", "unet": "segmentation.unet"}
 # Pictures are read as `segmentation ingest` reads them (greyscale replicated, 16-bit rescaled).
@@ -26,9 +27,7 @@ INPUT_READERS = dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 def input_transform(meta: dict[str, Any]) -> InputTransform:
     """The segmenter's input transform: the record its checkpoint carries (older ones: from its image size)."""
-    if meta.get("transform"):
-        return InputTransform.from_dict(meta["transform"])
-    return image_transform(int(meta["image_size"]))
+    return record_or(meta, lambda: image_transform(int(meta["image_size"])))
 
 
 def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
