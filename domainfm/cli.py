@@ -4,14 +4,22 @@
 in tables of ``"module:function"`` strings, so ``--help`` imports nothing heavy and a run imports only the
 module of its command. Each command is a typed function; its options, ``--config FILE`` and validation
 come from :mod:`domainfm.shared.config`.
+
+Exit status: 0 success; 2 bad input (an unknown option, an out-of-range value, a missing, unreadable or
+damaged file, a full or read-only output disk), reported as one line ``domainfm: error: ...`` that names
+the path; 1 an unexpected error (a bug), reported as one line with the exception and the hint to rerun
+with ``DOMAINFM_DEBUG=1``, which prints the full traceback for every error, expected or not.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import inspect
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +178,14 @@ def run_command(
     command: str, function: Callable[..., Any], argv: Sequence[str], defaults: dict[str, Any] | None = None
 ) -> int:
     """Parses ``argv`` for ``function``, records the resolved config, runs it and returns an exit code."""
-    from domainfm.shared.config import RunRecord, command_parser, explain_parse_error, set_current_run
+    from domainfm.shared.config import (
+        ConfigError,
+        RunRecord,
+        check_values,
+        command_parser,
+        explain_parse_error,
+        set_current_run,
+    )
 
     parser = command_parser(function, prog=f"domainfm {command}")
     argv = normalise_option_spelling(argv, function)
@@ -181,9 +196,17 @@ def run_command(
     except SystemExit as done:  # --help and --print_config stop here
         return done.code if isinstance(done.code, int) else 0
     except argparse.ArgumentError as error:
-        print(f"domainfm {command}: error: {explain_parse_error(error)}", file=sys.stderr)
-        print(f"(`domainfm {command} --help` lists the options)", file=sys.stderr)
+        print(
+            f"domainfm {command}: error: {explain_parse_error(error)} (`domainfm {command} --help` lists the options)",
+            file=sys.stderr,
+        )
         return 2
+    try:
+        check_values(cfg.as_dict())
+    except ConfigError as error:
+        print(f"domainfm {command}: error: {explain_parse_error(error)}", file=sys.stderr)
+        return 2
+    _given_paths[:] = _paths_in(cfg.as_dict())
     set_current_run(RunRecord(command, [*command.split(), *argv], parser.dump(cfg, skip_unset=False)))
     init = parser.instantiate(cfg)
     parameters = inspect.signature(function).parameters.values()
@@ -194,10 +217,133 @@ def run_command(
     return result if isinstance(result, int) else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``domainfm`` with ``argv`` (``sys.argv[1:]`` when ``None``) and returns the exit status."""
+_given_paths: list[tuple[str, str]] = []  # (option, path) of the running command, for error messages
+
+_OUTPUT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device; free some or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "is not a folder",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EMFILE: "too many open files; lower --workers",
+    errno.ENOTEMPTY: "folder not empty",
+    errno.EEXIST: "already exists",
+}
+
+
+def _paths_in(options: dict[str, Any]) -> list[tuple[str, str]]:
+    paths = []
+    for name, value in options.items():
+        values = value if isinstance(value, list) else [value]
+        paths += [(name, str(v)) for v in values if isinstance(v, os.PathLike)]
+    return paths
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _output_option() -> str | None:
+    for name, path in _given_paths:
+        if name in ("out", "workdir"):
+            return path
+    return None
+
+
+def _store_option() -> str | None:
+    for name, path in _given_paths:
+        if name in ("store", "embeddings"):
+            return path
+    return None
+
+
+def _checkpoint_option() -> str | None:
+    for name, path in _given_paths:
+        if name in ("checkpoint", "vae", "init", "image_checkpoint"):
+            return path
+    return None
+
+
+def describe_user_error(error: BaseException) -> str | None:
+    """One line for an exception caused by the user's input or machine (disk, files), or ``None`` for a bug.
+
+    Known kinds: :class:`OSError` with a file-system errno (full or read-only disk, permissions, missing
+    files, symlink loops), Pillow's decompression-bomb guard, and zarr / codec errors while a store is
+    read (the message names the store and suggests ``domainfm tiles verify``).
+    """
+    if isinstance(error, OSError) and error.errno in _OUTPUT_ERRNOS:
+        where = error.filename or (_output_option() if error.errno in _DISK_ERRNOS else None) or "?"
+        if error.filename2:
+            where = f"{where} -> {error.filename2}"
+        return f"{where}: {_OUTPUT_ERRNOS[error.errno]}"
+    name = type(error).__name__
+    module = type(error).__module__ or ""
+    if name == "DecompressionBombError":
+        return f"an image is too large to decode safely ({error}); crop or downscale it first"
+    if module.split(".")[0] in ("zarr", "numcodecs", "blosc", "zstandard", "imagecodecs") or name in (
+        "ContainsArrayError",
+        "ContainsGroupError",
+        "ArrayNotFoundError",
+        "GroupNotFoundError",
+        "ReadOnlyError",
+    ):
+        store = _store_option() or "the tile store"
+        return (
+            f"{store}: could not be read ({name}: {' '.join(str(error).split())[:300]}); "
+            f"`domainfm tiles verify {store}` checks it"
+        )
+    if module.startswith("safetensors") or name == "SafetensorError":
+        checkpoint = _checkpoint_option() or "a checkpoint"
+        return f"{checkpoint}: not a readable safetensors file ({' '.join(str(error).split())[:300]})"
+    if isinstance(error, RuntimeError) and "Error(s) in loading state_dict" in str(error):
+        checkpoint = _checkpoint_option() or "a checkpoint"
+        detail = " ".join(str(error).split())[:300]
+        return f"{checkpoint}: its weights do not fit the model ({detail}); was it written by another command?"
+    return None
+
+
+def _report(error: BaseException) -> int:
+    """Prints one line for ``error`` (the traceback too under DOMAINFM_DEBUG=1); returns the exit status."""
     from domainfm.shared.errors import DomainfmError
 
+    if os.environ.get("DOMAINFM_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(error)
+    if isinstance(error, DomainfmError):
+        print(f"domainfm: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    message = describe_user_error(error)
+    if message is not None:
+        print(f"domainfm: error: {message}", file=sys.stderr)
+        return 2
+    text = " ".join(str(error).split())[:500]
+    print(
+        f"domainfm: internal error: {type(error).__name__}: {text} (rerun with DOMAINFM_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``domainfm`` with ``argv`` (``sys.argv[1:]`` when ``None``) and returns the exit status.
+
+    0 success, 2 bad input (one line naming the file or option), 1 an unexpected error (a bug; one line,
+    the traceback with ``DOMAINFM_DEBUG=1``), 130 interrupted.
+    """
+    _given_paths.clear()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("domainfm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        return _report(error)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         _print_top_help()
@@ -206,27 +352,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     head, rest = argv[0], argv[1:]
-    try:
-        if head in COMMANDS:
-            return run_command(head, load_object(COMMANDS[head]), rest)
-        if head in GROUPS:
-            group = GROUPS[head]
-            verbs = group.verbs()
-            if not rest or rest[0] in ("-h", "--help"):
-                _print_group_help(head, group)
-                return 0 if rest else 2
-            if rest[0] not in verbs:
-                print(
-                    f"domainfm {head}: unknown verb {rest[0]!r}; choose from {', '.join(verbs) or '(none yet)'}",
-                    file=sys.stderr,
-                )
-                return 2
-            function = load_object(verbs[rest[0]])
-            defaults = {"group": head} if "group" in inspect.signature(function).parameters else None
-            return run_command(f"{head} {rest[0]}", function, rest[1:], defaults)
-    except DomainfmError as error:
-        print(f"domainfm: error: {error}", file=sys.stderr)
-        return 2
+    if head in COMMANDS:
+        return run_command(head, load_object(COMMANDS[head]), rest)
+    if head in GROUPS:
+        group = GROUPS[head]
+        verbs = group.verbs()
+        if not rest or rest[0] in ("-h", "--help"):
+            _print_group_help(head, group)
+            return 0 if rest else 2
+        if rest[0] not in verbs:
+            print(
+                f"domainfm {head}: unknown verb {rest[0]!r}; choose from {', '.join(verbs) or '(none yet)'}",
+                file=sys.stderr,
+            )
+            return 2
+        function = load_object(verbs[rest[0]])
+        defaults = {"group": head} if "group" in inspect.signature(function).parameters else None
+        return run_command(f"{head} {rest[0]}", function, rest[1:], defaults)
     print(
         f"domainfm: unknown command {head!r}; `domainfm --help` lists the groups and commands",
         file=sys.stderr,

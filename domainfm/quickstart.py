@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from domainfm import __version__
+from domainfm.shared.config import Seed
 from domainfm.shared.optional import load_object
 from domainfm.shared.report import SectionResult, markdown_table
 
@@ -83,7 +84,7 @@ def quickstart(
     out: Path = Path("quickstart_report"),
     sections: list[str] | None = None,
     device: str = "auto",
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> int:
     """Run every domain on built-in sample data and write a report (table and pictures per domain).
 

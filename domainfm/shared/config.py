@@ -9,6 +9,12 @@ The resolved configuration of a run is kept in :func:`current_run` and written n
 :func:`save_resolved_config`; passing that file back with ``--config`` reruns the same command.
 
 Every shipped YAML starts with a header line ``# command: <group> <verb>`` naming the command it configures.
+
+Options are checked before any work starts. Commands annotate their parameters with the range types below
+(:data:`PositiveInt`, :data:`LearningRate`, :data:`Fraction`, ...), which jsonargparse enforces; every value,
+including those inside dict options, must also be a finite float or an integer of at most
+:data:`MAX_INT` (:func:`check_values`). YAML aliases (``*name``) are refused, in config files and in
+option values alike, so a few hundred bytes cannot expand into megabytes; a config file must be UTF-8 text.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import datetime as _dt
 import difflib
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -27,15 +34,93 @@ from typing import Any
 
 import docstring_parser
 import yaml
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace, set_loader
+from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, restricted_number_type
 
 from domainfm.shared.errors import DomainfmError
 
 HEADER = re.compile(r"^#\s*command:\s*(?P<command>[\w\- ]+?)\s*$")
 
+MAX_INT = 2**31 - 1
+"""The largest count, size or index an option takes: larger integers are typos, and overflow C types."""
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused unread."""
+
+PositiveInt = restricted_number_type("DomainfmCount", int, [(">=", 1), ("<=", MAX_INT)])
+"""A count or size: epochs, batch size, workers, tiles, pixels (1 .. 2**31 - 1)."""
+NonNegativeInt = restricted_number_type("DomainfmCountOrZero", int, [(">=", 0), ("<=", MAX_INT)])
+"""A count that may be zero: warm-up epochs, overlap pixels."""
+Seed = restricted_number_type("DomainfmSeed", int, [(">=", 0), ("<", 2**32)])
+"""A random seed: what numpy and torch both take (0 .. 2**32 - 1)."""
+PositiveFloat = restricted_number_type("DomainfmPositive", float, [(">", 0), ("<", math.inf)])
+"""A finite number above zero: learning rate, temperature, microns per pixel."""
+NonNegativeFloat = restricted_number_type("DomainfmNonNegative", float, [(">=", 0), ("<", math.inf)])
+"""A finite number, zero or above: weight decay, loss weights, augmentation strength."""
+Fraction = restricted_number_type("DomainfmFraction", float, [(">", 0), ("<=", 1)])
+"""A share of a set that must keep something: label fractions (0 < f <= 1)."""
+Probability = ClosedUnitInterval
+"""A probability or threshold share (0 <= p <= 1)."""
+HoldOutFraction = restricted_number_type("DomainfmHoldOut", float, [(">=", 0), ("<", 1)])
+"""The share of a set held out for validation or test (0 <= f < 1)."""
+OpenFraction = OpenUnitInterval
+"""A share strictly between nothing and all (0 < f < 1): mask ratios, EMA momenta."""
+
+LearningRate = PositiveFloat
+Epochs = PositiveInt
+BatchSize = PositiveInt
+Workers = PositiveInt
+
 
 class ConfigError(DomainfmError, ValueError):
     """A configuration file or value is invalid; the message names the file and key."""
+
+
+class YamlAliasError(yaml.YAMLError):
+    """A YAML text uses an alias (``*name``); refused, since aliases can expand a few bytes into megabytes."""
+
+
+def refuse_aliases(text: str) -> None:
+    """Raises :class:`YamlAliasError` if ``text`` uses a YAML alias (an anchor alone is harmless)."""
+    if "*" not in text:
+        return
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            mark = event.start_mark
+            raise YamlAliasError(
+                f"YAML aliases (*{event.anchor}) are not accepted (line {mark.line + 1}); write the value out"
+            )
+
+
+def _load_value(text: str) -> Any:
+    """Jsonargparse's YAML value loader, refusing aliases first."""
+    from jsonargparse._loaders_dumpers import yaml_load
+
+    refuse_aliases(text)
+    return yaml_load(text)
+
+
+PARSER_MODE = "domainfm_yaml"
+set_loader(PARSER_MODE, _load_value, exceptions=(yaml.YAMLError,))
+
+
+def check_values(data: Any, key: str = "") -> None:
+    """Raises :class:`ConfigError` for a non-finite float or an integer beyond :data:`MAX_INT` in ``data``.
+
+    Walks dicts and lists, so options such as ``--peft_options`` or ``--text`` are checked too; the
+    message names the (dotted) key.
+    """
+    if isinstance(data, bool):
+        return
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"option {key!r}: {data} is not a finite number")
+    if isinstance(data, int) and abs(data) > MAX_INT:
+        raise ConfigError(f"option {key!r}: {data} is too large (at most {MAX_INT})")
+    if isinstance(data, Mapping):
+        for name, value in data.items():
+            check_values(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            check_values(value, f"{key}[{i}]")
 
 
 def configs_root() -> Path:
@@ -83,11 +168,27 @@ def read_header(path: Path) -> tuple[str, str]:
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """Reads a YAML file that must hold a mapping (an empty file is an empty mapping)."""
+    """Reads a YAML file that must hold a mapping (an empty file is an empty mapping).
+
+    The file must be UTF-8 text of at most :data:`MAX_CONFIG_BYTES` and may not use YAML aliases.
+    """
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a config (at most 1 MiB)")
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config: {error.strerror or error}") from error
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8 at byte {error.start})") from error
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a YAML text file (it holds NUL bytes)")
+    try:
+        refuse_aliases(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from error
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -152,7 +253,12 @@ def command_parser(function: Callable[..., Any], prog: str | None = None) -> Arg
     ``--config`` for it and has no YAML options file.
     """
     _loaded_files.clear()  # error messages name files of this parse only
-    parser = ArgumentParser(prog=prog, description=(function.__doc__ or "").split("\n\n")[0], exit_on_error=False)
+    parser = ArgumentParser(
+        prog=prog,
+        description=(function.__doc__ or "").split("\n\n")[0],
+        exit_on_error=False,
+        parser_mode=PARSER_MODE,
+    )
     if "config" not in inspect.signature(function).parameters:
         parser.add_argument("--config", action=ConfigFileAction, help="YAML file with any of the options below.")
     helps = {p.arg_name: p.description for p in docstring_parser.parse(function.__doc__ or "").params}
@@ -173,9 +279,24 @@ def command_parser(function: Callable[..., Any], prog: str | None = None) -> Arg
     return parser
 
 
+_RESTRICTION = re.compile(
+    r'Parser key "(?P<key>[\w.]+)":\s*Not of type \w+: (?P<value>.*?) does not conform to restriction (?P<rule>.+)$'
+)
+
+_UNION_RESTRICTION = re.compile(
+    r'Parser key "(?P<key>[\w.]+)":.*?does not conform to restriction (?P<rule>.+?) - .*Given value: (?P<value>.*)$'
+)
+
+
 def explain_parse_error(error: BaseException) -> str:
-    """Prefixes a jsonargparse error about a key with the config file that set that key."""
-    message = str(error)
+    """One line: a jsonargparse error about a key, prefixed with the config file that set that key.
+
+    A range violation reads ``option 'lr': inf is out of range (needs v>0 and v<inf)``.
+    """
+    message = " ".join(str(error).split())
+    restricted = _RESTRICTION.search(message) or _UNION_RESTRICTION.search(message)
+    if restricted:
+        message = f"option {restricted['key']!r}: {restricted['value']} is out of range (needs {restricted['rule']})"
     match = re.search(r'(?:key|option) ["\']([\w.]+)["\']', message)
     if match:
         for path, keys in reversed(_loaded_files):
@@ -233,6 +354,7 @@ def load_config(path: str | Path, function: Callable[..., Any]) -> dict[str, Any
         cfg = parser.parse_args(["--config", str(path)])
     except argparse.ArgumentError as error:
         raise ConfigError(explain_parse_error(error)) from error
+    check_values(cfg.as_dict())
     cfg = parser.instantiate(cfg)
     kwargs = cfg.as_dict()
     kwargs.pop("config", None)

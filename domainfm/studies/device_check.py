@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from domainfm.shared.config import PositiveFloat, PositiveInt
+
 # Dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, SXM parts)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
 WARMUP_STEPS = 3
@@ -217,9 +219,9 @@ def run_device_check(
 
 def bench_gpu(
     device: str = "auto",
-    steps: int = 20,
-    stream_tiles: int = 20000,
-    peak_tflops: float | None = None,
+    steps: PositiveInt = 20,
+    stream_tiles: PositiveInt = 20000,
+    peak_tflops: PositiveFloat | None = None,
     workdir: Path | None = None,
     json: bool = False,
 ) -> int:

@@ -13,20 +13,31 @@ import json as json_module
 from pathlib import Path
 from typing import Any
 
+from domainfm.shared.config import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenFraction,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Seed,
+)
+
 
 def tile(
     slides: list[Path],
     /,
     out: Path,
-    mpp: list[float] | None = None,
-    tile_size: int = 224,
-    overlap: int = 0,
-    assume_mpp: float | None = None,
-    min_tissue: float = 0.5,
+    mpp: list[PositiveFloat] | None = None,
+    tile_size: PositiveInt = 224,
+    overlap: NonNegativeInt = 0,
+    assume_mpp: PositiveFloat | None = None,
+    min_tissue: Probability = 0.5,
     truth_labels: bool = False,
     splits: Path | None = None,
-    threads: int = 2,
-    workers: int = 2,
+    threads: PositiveInt = 2,
+    workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
     overwrite: bool = False,
@@ -74,17 +85,17 @@ def pretrain(
     out: Path,
     backbone: str = "test_vit",
     objective: dict[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 5e-4,
-    weight_decay: float = 0.04,
-    warmup_epochs: int = 1,
-    teacher_momentum: float = 0.996,
-    seed: int = 0,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 5e-4,
+    weight_decay: NonNegativeFloat = 0.04,
+    warmup_epochs: NonNegativeInt = 1,
+    teacher_momentum: OpenFraction = 0.996,
+    seed: Seed = 0,
     device: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
-    num_nodes: int = 1,
+    num_nodes: PositiveInt = 1,
 ) -> int:
     """PLUTO-style pretraining (DINO + masked tokens + MAE + Fourier) on a tile store; writes OUT/encoder.safetensors.
 
@@ -129,8 +140,8 @@ def embed(
     out: Path,
     checkpoint: Path | None = None,
     backbone: str = "test_vit",
-    batch_size: int = 64,
-    seed: int = 0,
+    batch_size: PositiveInt = 64,
+    seed: Seed = 0,
     device: str = "auto",
     overwrite: bool = False,
 ) -> int:
@@ -157,7 +168,9 @@ def embed(
     return 0
 
 
-def probe(embeddings: Path, mpp: float | None = None, labelled: float = 1.0, seed: int = 0, json: bool = False) -> int:
+def probe(
+    embeddings: Path, mpp: PositiveFloat | None = None, labelled: Fraction = 1.0, seed: Seed = 0, json: bool = False
+) -> int:
     """Linear probe of tile labels on an embedding store (train split -> test split).
 
     Args:
@@ -182,11 +195,11 @@ def train(
     backbone: str = "test_vit",
     peft: str = "linear",
     peft_options: dict[str, Any] | None = None,
-    labelled: int | None = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
+    labelled: PositiveInt | None = None,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 1e-3,
+    seed: Seed = 0,
     device: str = "auto",
     json: bool = False,
 ) -> int:
@@ -226,10 +239,10 @@ def mil(
     embeddings: Path,
     out: Path,
     labels: str = "truth",
-    mpp: float | None = None,
-    epochs: int = 50,
-    lr: float = 2e-4,
-    seed: int = 0,
+    mpp: PositiveFloat | None = None,
+    epochs: PositiveInt = 50,
+    lr: PositiveFloat = 2e-4,
+    seed: Seed = 0,
     json: bool = False,
 ) -> int:
     """Slide-level gated-attention MIL (ABMIL) on an embedding store, with attention heat-maps of test slides.

@@ -11,18 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from domainfm.shared.config import (
+    Fraction,
+    HoldOutFraction,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Seed,
+)
+
 
 def ingest(
     images: Path,
     reports: Path,
     out: Path,
-    size: int = 224,
+    size: PositiveInt = 224,
     labels: Path | None = None,
     study_from: Literal["stem", "parent"] = "stem",
     allow_unpaired: bool = False,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    workers: int = 2,
+    val_fraction: HoldOutFraction = 0.15,
+    test_fraction: HoldOutFraction = 0.15,
+    workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
     overwrite: bool = False,
@@ -62,20 +72,20 @@ def pretrain(
     backbone: str = "test_resnet",
     image_checkpoint: Path | None = None,
     text: dict[str, Any] | None = None,
-    projection_dim: int = 512,
-    tau: float = 0.1,
-    lam: float = 0.75,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-6,
-    hflip: float = 0.5,
-    augment_strength: float = 1.0,
-    seed: int = 0,
+    projection_dim: PositiveInt = 512,
+    tau: PositiveFloat = 0.1,
+    lam: Probability = 0.75,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 1e-4,
+    weight_decay: NonNegativeFloat = 1e-6,
+    hflip: Probability = 0.5,
+    augment_strength: NonNegativeFloat = 1.0,
+    seed: Seed = 0,
     device: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
-    num_nodes: int = 1,
+    num_nodes: PositiveInt = 1,
 ) -> int:
     """ConVIRT pretraining (bidirectional InfoNCE of radiographs and report sentences); writes OUT/convirt.safetensors.
 
@@ -131,11 +141,11 @@ def train(
     backbone: str = "test_resnet",
     peft: str = "full",
     peft_options: dict[str, Any] | None = None,
-    label_fraction: float = 1.0,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    seed: int = 0,
+    label_fraction: Fraction = 1.0,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 1e-4,
+    seed: Seed = 0,
     device: str = "auto",
     json: bool = False,
 ) -> int:
@@ -180,11 +190,11 @@ def evaluate(
     image_queries: Path | None = None,
     text_queries: Path | None = None,
     image_root: Path | None = None,
-    k: list[int] = [5, 10, 50],  # noqa: B006
-    fractions: list[float] = [0.01, 0.1, 1.0],  # noqa: B006
-    neighbours: int = 10,
-    finetune_epochs: int = 10,
-    seed: int = 0,
+    k: list[PositiveInt] = [5, 10, 50],  # noqa: B006
+    fractions: list[Fraction] = [0.01, 0.1, 1.0],  # noqa: B006
+    neighbours: PositiveInt = 10,
+    finetune_epochs: PositiveInt = 10,
+    seed: Seed = 0,
     device: str = "auto",
     tokenizer: Path | None = None,
     json: bool = False,

@@ -12,17 +12,27 @@ import json as json_module
 from pathlib import Path
 from typing import Any, Literal
 
+from domainfm.shared.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenFraction,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Seed,
+)
+
 
 def ingest(
     files: list[Path],
     /,
     out: Path,
-    chip: int = 128,
+    chip: PositiveInt = 128,
     bands: list[str] | None = None,
-    min_valid: float = 0.9,
+    min_valid: Probability = 0.9,
     curtains: bool = False,
     labels: Path | None = None,
-    workers: int = 2,
+    workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
     overwrite: bool = False,
@@ -56,18 +66,18 @@ def pretrain(
     store: Path,
     out: Path,
     backbone: str = "test_swinv2",
-    mask_patch: int = 8,
-    mask_ratio: float = 0.6,
-    epochs: int = 40,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup_epochs: int = 2,
-    seed: int = 0,
+    mask_patch: PositiveInt = 8,
+    mask_ratio: OpenFraction = 0.6,
+    epochs: PositiveInt = 40,
+    batch_size: PositiveInt = 16,
+    lr: PositiveFloat = 1e-3,
+    weight_decay: NonNegativeFloat = 0.05,
+    warmup_epochs: NonNegativeInt = 2,
+    seed: Seed = 0,
     device: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
-    num_nodes: int = 1,
+    num_nodes: PositiveInt = 1,
     precision: str | None = None,
     fsdp: dict[str, Any] | None = None,
     init: Path | None = None,
@@ -118,7 +128,7 @@ def pretrain(
     return 0
 
 
-def evaluate(checkpoint: Path, store: Path, split: str = "test", seed: int = 0, json: bool = False) -> int:
+def evaluate(checkpoint: Path, store: Path, split: str = "test", seed: Seed = 0, json: bool = False) -> int:
     """Masked-reconstruction L1 of a SimMIM checkpoint on a split, against the per-band mean predictor.
 
     Args:
@@ -145,11 +155,11 @@ def train(
     backbone: str = "test_swinv2",
     peft: str = "full",
     peft_options: dict[str, Any] | None = None,
-    labelled: int | None = None,
-    epochs: int = 40,
-    batch_size: int = 16,
-    lr: float = 3e-4,
-    seed: int = 0,
+    labelled: PositiveInt | None = None,
+    epochs: PositiveInt = 40,
+    batch_size: PositiveInt = 16,
+    lr: PositiveFloat = 3e-4,
+    seed: Seed = 0,
     device: str = "auto",
     out: Path | None = None,
     json: bool = False,

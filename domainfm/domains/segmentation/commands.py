@@ -11,17 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from domainfm.shared.config import (
+    HoldOutFraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Seed,
+)
+
 
 def ingest(
     images: Path,
     masks: Path,
     out: Path,
-    size: int = 224,
+    size: PositiveInt = 224,
     foreground: list[int] | None = None,
     allow_unpaired: bool = False,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    workers: int = 2,
+    val_fraction: HoldOutFraction = 0.15,
+    test_fraction: HoldOutFraction = 0.15,
+    workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
     overwrite: bool = False,
@@ -68,12 +78,12 @@ def train_vae(
     store: Path,
     out: Path,
     vae: dict[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    kl_weight: float = 1e-4,
-    shape_fraction: float = 0.5,
-    seed: int = 0,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 16,
+    lr: PositiveFloat = 1e-3,
+    kl_weight: NonNegativeFloat = 1e-4,
+    shape_fraction: Probability = 0.5,
+    seed: Seed = 0,
     device: str = "auto",
 ) -> int:
     """Train the small SD-layout VAE on a store's images (unlabelled) plus random shapes; write OUT/vae.safetensors.
@@ -117,15 +127,15 @@ def train(
     vae: Path | None = None,
     mapper: dict[str, Any] | None = None,
     unet: dict[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    warmup_epochs: int = 5,
-    seed: int = 2333,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 8,
+    lr: PositiveFloat = 2e-3,
+    warmup_epochs: NonNegativeInt = 5,
+    seed: Seed = 2333,
     device: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
-    num_nodes: int = 1,
+    num_nodes: PositiveInt = 1,
 ) -> int:
     """Train GMS (mapper in a frozen VAE's latent space) or the MONAI UNet baseline; write OUT/model.safetensors.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from domainfm.shared.config import PositiveInt
+
 STEP_OPTIONS = {"integrated_gradients": "n_steps", "gradient_shap": "n_samples"}
 
 
@@ -14,7 +16,7 @@ def explain(
     out: Path,
     method: Literal["integrated_gradients", "gradient_shap", "occlusion", "attention_rollout"] = "integrated_gradients",
     target: str | None = None,
-    steps: int | None = None,
+    steps: PositiveInt | None = None,
     baseline: Literal["mean", "zeros", "blur"] = "mean",
     device: str = "auto",
     json: bool = False,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from domainfm.shared.config import PositiveInt
+
 
 def ingest_arrays(
     sources: list[Path],
@@ -11,7 +13,7 @@ def ingest_arrays(
     out: Path,
     domain: str = "generic",
     channel_names: list[str] | None = None,
-    workers: int = 2,
+    workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
     overwrite: bool = False,
@@ -40,7 +42,7 @@ def ingest_arrays(
     return 0 if summary.ok else 1
 
 
-def inspect(store: Path, /, sheet: Path | None = None, n: int = 64, json: bool = False) -> int:
+def inspect(store: Path, /, sheet: Path | None = None, n: PositiveInt = 64, json: bool = False) -> int:
     """Counts, channels, statistics and sources of a store, and a PNG contact sheet of sample tiles.
 
     Args:

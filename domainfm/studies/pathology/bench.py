@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from domainfm.shared.config import PositiveInt
 from domainfm.shared.engine.memory import peak_memory_mb
 
 
@@ -106,11 +107,11 @@ def run_tiling_benchmark(
 
 
 def bench_tiling(
-    size: int = 20000,
-    tile_size: int = 224,
-    threads: int = 2,
-    naive_tiles: int = 1500,
-    rounds: int = 3,
+    size: PositiveInt = 20000,
+    tile_size: PositiveInt = 224,
+    threads: PositiveInt = 2,
+    naive_tiles: PositiveInt = 1500,
+    rounds: PositiveInt = 3,
     workdir: Path | None = None,
     json: bool = False,
 ) -> int:

@@ -9,9 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from domainfm.shared.config import PositiveFloat, PositiveInt, Seed
+
 
 def phantom(
-    out: Path, size: int = 4096, seed: int = 0, mpp: float | None = 0.25, tumor: bool = True, no_mpp: bool = False
+    out: Path,
+    size: PositiveInt = 4096,
+    seed: Seed = 0,
+    mpp: PositiveFloat | None = 0.25,
+    tumor: bool = True,
+    no_mpp: bool = False,
 ) -> int:
     """Write a phantom Aperio SVS (pyramid, JPEG, mpp, objective power) with tissue classes (+ FILE.truth.npz).
 
@@ -32,16 +39,16 @@ def phantom(
 
 def study(
     out: Path,
-    slides: int = 12,
-    slide_size: int = 1536,
-    test_slides: int = 4,
-    tile_size: int = 64,
-    mpp: list[float] | None = None,
+    slides: PositiveInt = 12,
+    slide_size: PositiveInt = 1536,
+    test_slides: PositiveInt = 4,
+    tile_size: PositiveInt = 64,
+    mpp: list[PositiveFloat] | None = None,
     backbone: str = "test_vit",
-    pretrain_epochs: int = 40,
+    pretrain_epochs: PositiveInt = 40,
     objective: dict[str, Any] | None = None,
-    mil_epochs: int = 40,
-    seed: int = 0,
+    mil_epochs: PositiveInt = 40,
+    seed: Seed = 0,
     device: str = "auto",
 ) -> int:
     """The phantom study: PLUTO pretraining, linear probe vs a random-initialised encoder, and slide MIL.

@@ -9,14 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from domainfm.shared.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Seed
+
 
 def phantom(
     out: Path,
-    n: int = 400,
-    size: int = 128,
-    seed: int = 0,
-    dicom_fraction: float = 0.5,
-    retrieval_per_category: int = 20,
+    n: PositiveInt = 400,
+    size: PositiveInt = 128,
+    seed: Seed = 0,
+    dicom_fraction: Probability = 0.5,
+    retrieval_per_category: PositiveInt = 20,
 ) -> int:
     """Write phantom chest radiographs (DICOM and PNG) with reports and labels, plus a retrieval benchmark.
 
@@ -38,16 +40,16 @@ def phantom(
 
 def study(
     out: Path,
-    n: int = 400,
-    size: int = 64,
+    n: PositiveInt = 400,
+    size: PositiveInt = 64,
     backbone: str = "test_resnet",
     text: dict[str, Any] | None = None,
-    epochs: int = 60,
-    batch_size: int = 32,
-    lr: float = 3e-4,
-    hflip: float = 0.0,
-    augment_strength: float = 0.5,
-    seed: int = 0,
+    epochs: PositiveInt = 60,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 3e-4,
+    hflip: Probability = 0.0,
+    augment_strength: NonNegativeFloat = 0.5,
+    seed: Seed = 0,
     device: str = "auto",
 ) -> int:
     """The phantom study: pretrain ConVIRT, then retrieval and probes at 1/10/100 % labels against random init.

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from domainfm.shared.config import NonNegativeInt, PositiveInt, Seed
 
-def phantom(out: Path, size: int = 256, seed: int = 0, clouds: int = 8) -> int:
+
+def phantom(out: Path, size: PositiveInt = 256, seed: Seed = 0, clouds: NonNegativeInt = 8) -> int:
     """Write a phantom MOD021KM granule (real HDF4, L1B layout) with clouds at known heights (+ FILE.truth.npz).
 
     Args:
@@ -27,14 +29,14 @@ def phantom(out: Path, size: int = 256, seed: int = 0, clouds: int = 8) -> int:
 
 def study(
     out: Path,
-    granules: int = 12,
-    granule_size: int = 256,
-    chip: int = 64,
+    granules: PositiveInt = 12,
+    granule_size: PositiveInt = 256,
+    chip: PositiveInt = 64,
     backbone: str = "test_swinv2",
-    pretrain_epochs: int = 40,
-    labelled: int = 16,
-    task_epochs: int = 200,
-    seed: int = 0,
+    pretrain_epochs: PositiveInt = 40,
+    labelled: PositiveInt = 16,
+    task_epochs: PositiveInt = 200,
+    seed: Seed = 0,
     device: str = "auto",
 ) -> int:
     """The phantom study: SimMIM, held-out reconstruction, and the cloud curtain from few labels vs scratch.

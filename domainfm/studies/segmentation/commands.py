@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from domainfm.shared.config import NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
-def phantom(out: Path, n: int = 120, size: int = 64, seed: int = 0) -> int:
+
+def phantom(out: Path, n: PositiveInt = 120, size: PositiveInt = 64, seed: Seed = 0) -> int:
     """Write phantom image/mask pairs for two sites (``OUT/site_a``, ``OUT/site_b``).
 
     Args:
@@ -29,18 +31,18 @@ def phantom(out: Path, n: int = 120, size: int = 64, seed: int = 0) -> int:
 
 def compare(
     out: Path,
-    n: int = 160,
-    size: int = 64,
+    n: PositiveInt = 160,
+    size: PositiveInt = 64,
     vae: dict[str, Any] | None = None,
-    vae_epochs: int = 10,
+    vae_epochs: PositiveInt = 10,
     vae_weights: Path | None = None,
     mapper: dict[str, Any] | None = None,
     unet: dict[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    warmup_epochs: int = 2,
-    seed: int = 0,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 8,
+    lr: PositiveFloat = 2e-3,
+    warmup_epochs: NonNegativeInt = 2,
+    seed: Seed = 0,
     device: str = "auto",
 ) -> int:
     """GMS against the UNet on the phantom: same site and across sites, with trainable parameters.

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from domainfm.shared.backbones.wrapper import create_backbone
+from domainfm.shared.config import NonNegativeInt, PositiveInt
 from domainfm.shared.engine.runtime import resolve_device
 
 TINY_BACKBONES = ["test_resnet", "test_vit", "test_flexivit", "test_swin", "test_swinv2"]
@@ -106,10 +107,10 @@ def measure_backbones(
 def bench_backbones(
     names: list[str] = TINY_BACKBONES,
     baseline: str = "test_resnet",
-    in_chans: int = 3,
-    batch_size: int = 8,
-    steps: int = 10,
-    warmup: int = 2,
+    in_chans: PositiveInt = 3,
+    batch_size: PositiveInt = 8,
+    steps: PositiveInt = 10,
+    warmup: NonNegativeInt = 2,
     device: str = "auto",
     train: bool = False,
     json: bool = False,

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from domainfm.shared.config import PositiveInt
+
 CHILD = r"""
 import json, sys, threading, time
 from pathlib import Path
@@ -116,7 +118,7 @@ def _run(mode: str, source: Path, config: Path, out: Path) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def bench_convert(size_mb: int = 1024, workdir: Path | None = None, json_out: bool = False) -> int:
+def bench_convert(size_mb: PositiveInt = 1024, workdir: Path | None = None, json_out: bool = False) -> int:
     """Peak memory of `models convert` vs torch.load + safetensors save_file on the same generated file.
 
     Args:

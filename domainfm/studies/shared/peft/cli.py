@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from domainfm.shared.config import Fraction, PositiveFloat, PositiveInt, Seed
 from domainfm.shared.peft.cli import DEFAULT_METHODS
 
 
@@ -15,15 +16,15 @@ def compare(
     out: Path,
     backbone: str = "test_vit",
     methods: list[str] = DEFAULT_METHODS,
-    label_fractions: list[float] = [0.1, 1.0],  # noqa: B006
+    label_fractions: list[Fraction] = [0.1, 1.0],  # noqa: B006
     method_options: dict[str, dict[str, Any]] | None = None,
     store: Path | None = None,
-    phantom_tiles: int = 600,
-    phantom_classes: int = 4,
-    epochs: int = 4,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
+    phantom_tiles: PositiveInt = 600,
+    phantom_classes: PositiveInt = 4,
+    epochs: PositiveInt = 4,
+    batch_size: PositiveInt = 32,
+    lr: PositiveFloat = 1e-3,
+    seed: Seed = 0,
     device: str = "auto",
 ) -> int:
     """Run a PEFT method x label-fraction grid on one task; write results.json, results.md and adapters.

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from domainfm.shared.config import PositiveInt
 from domainfm.shared.engine.memory import peak_memory_mb, reset_peak_memory
 
 SOURCE_TILES = 1000
@@ -213,11 +214,11 @@ def run_stream_benchmark(
 
 
 def bench_stream(
-    tiles: int = 20000,
-    batch_size: int = 256,
+    tiles: PositiveInt = 20000,
+    batch_size: PositiveInt = 256,
     device: str = "auto",
-    png_tiles: int | None = None,
-    rounds: int = 3,
+    png_tiles: PositiveInt | None = None,
+    rounds: PositiveInt = 3,
     workdir: Path | None = None,
     json: bool = False,
     codec: str = "auto",
