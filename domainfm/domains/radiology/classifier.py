@@ -74,8 +74,12 @@ def train_classifier(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    text_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Trains a classifier on ``label_fraction`` of the labelled train images; test macro AUROC; saves it."""
+    """Trains a classifier on ``label_fraction`` of the labelled train images; test macro AUROC; saves it.
+
+    ``text_model`` allows a ConVIRT checkpoint's text-tower folder that lies outside the checkpoint's folder.
+    """
     from domainfm.domains.radiology.images import display_transform
     from domainfm.domains.radiology.pretrain import (
         foundation_image_encoder,
@@ -102,7 +106,7 @@ def train_classifier(
     if is_foundation_checkpoint(checkpoint):
         tower, encoder_meta = foundation_image_encoder(Path(checkpoint))  # type: ignore[arg-type]
     elif checkpoint is not None:
-        convirt, _, encoder_meta = load_convirt(Path(checkpoint))
+        convirt, _, encoder_meta = load_convirt(Path(checkpoint), text_model)
         tower = convirt.image_tower
     else:
         tower = create_backbone(backbone, in_chans=1, img_size=size)

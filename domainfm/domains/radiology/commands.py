@@ -148,6 +148,7 @@ def train(
     seed: Seed = 0,
     device: str = "auto",
     json: bool = False,
+    text_model: Path | None = None,
 ) -> int:
     """Train a multi-label radiograph classifier (ConVIRT image tower + linear head, any PEFT method).
 
@@ -168,6 +169,8 @@ def train(
         seed: Random seed (also picks the labelled images).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: Print JSON.
+        text_model: The local Hugging Face folder of the checkpoint's text tower, when it was pretrained
+            from one kept outside the checkpoint's folder (a checkpoint never chooses folders to read).
     """
     import json as json_module
 
@@ -175,7 +178,7 @@ def train(
 
     result = train_classifier(
         Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, label_fraction,
-        epochs, batch_size, lr, seed, device, progress=not json,
+        epochs, batch_size, lr, seed, device, progress=not json, text_model=text_model,
     )  # fmt: skip
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
     return 0
@@ -198,6 +201,7 @@ def evaluate(
     device: str = "auto",
     tokenizer: Path | None = None,
     json: bool = False,
+    text_model: Path | None = None,
 ) -> int:
     """Evaluate a ConVIRT checkpoint: retrieval Precision@k, or a linear/kNN probe at label fractions.
 
@@ -219,6 +223,8 @@ def evaluate(
         tokenizer: For zero-shot retrieval with a converted CLIP checkpoint (BiomedCLIP): its tokenizer
             (``tokenizer.json`` or the folder holding the model's tokenizer files).
         json: Print JSON.
+        text_model: The local Hugging Face folder of a ConVIRT checkpoint's text tower, when it was
+            pretrained from one kept outside the checkpoint's folder (a checkpoint never chooses folders to read).
     """
     import json as json_module
 
@@ -243,7 +249,7 @@ def evaluate(
         model, meta = foundation_image_encoder(Path(checkpoint))
         text_tokenizer = None
     else:
-        model, text_tokenizer, meta = load_convirt(Path(checkpoint))
+        model, text_tokenizer, meta = load_convirt(Path(checkpoint), text_model)
     if task == "retrieval":
         if candidates is None or (image_queries is None and text_queries is None):
             raise DomainfmError("retrieval needs --candidates and --image_queries and/or --text_queries CSVs")

@@ -123,13 +123,53 @@ def save_convirt(model: ConVIRT, meta: dict[str, Any], path: Path) -> Path:
     return save_checkpoint(path, model.state_dict(), {METADATA_KEY: meta})
 
 
-def load_convirt(path: Path) -> tuple[ConVIRT, SentenceTokenizer, dict[str, Any]]:
-    """Model (eval mode), tokenizer and metadata of a ConVIRT checkpoint."""
+def confined_text_model(path: Path, local: str | Path, text_model: Path | None) -> Path:
+    """The text-tower folder a checkpoint's metadata names, if the user allowed it; else an error.
+
+    A checkpoint is data, so the folder it points at is read only when it is the folder the user passed
+    (``--text_model``) or lies beside the checkpoint (in its folder or below). Anything else would let a
+    downloaded checkpoint make domainfm load a model from anywhere on the machine.
+    """
+    folder = Path(local).expanduser().resolve()
+    if text_model is not None and Path(text_model).expanduser().resolve() == folder:
+        return folder
+    if folder.is_relative_to(Path(path).resolve().parent):
+        return folder
+    raise ConVIRTCheckpointError(
+        f"{path}: its text tower is the Hugging Face folder {local}, outside the checkpoint's folder; "
+        f"pass --text_model {local} to allow reading it (or copy the folder beside the checkpoint)"
+    )
+
+
+def load_convirt(path: Path, text_model: Path | None = None) -> tuple[ConVIRT, SentenceTokenizer, dict[str, Any]]:
+    """Model (eval mode), tokenizer and metadata of a ConVIRT checkpoint.
+
+    ``text_model`` is the local Hugging Face folder of the text tower, when the checkpoint was trained from
+    one kept outside the checkpoint's folder (see :func:`confined_text_model`).
+    """
     producer = "domainfm radiology pretrain"
     meta = read_checkpoint_metadata(path, METADATA_KEY, producer, ConVIRTCheckpointError)
-    local = meta["text"].get("local_model")
-    tokenizer = SentenceTokenizer(Path(local) if local else meta["tokenizer"], meta["text"]["max_length"])
-    model = load_weights(build_model(meta, tokenizer), path, producer, ConVIRTCheckpointError)
+    try:
+        text = meta["text"]
+        local = text.get("local_model")
+        max_length = int(text["max_length"])
+        source = confined_text_model(path, local, text_model) if local else str(meta["tokenizer"])
+    except (KeyError, TypeError, AttributeError, ValueError) as cause:
+        raise ConVIRTCheckpointError(
+            f"{path}: its {METADATA_KEY} metadata lacks or mistypes a field ({type(cause).__name__}: {cause}); "
+            f"recreate it with `{producer}`"
+        ) from cause
+    tokenizer = SentenceTokenizer(source, max_length)
+    if local:  # build from the folder allowed above, never from the metadata's own string
+        meta = {**meta, "text": {**text, "local_model": str(source)}}
+    try:
+        built = build_model(meta, tokenizer)
+    except (KeyError, TypeError, AttributeError) as cause:
+        raise ConVIRTCheckpointError(
+            f"{path}: its {METADATA_KEY} metadata lacks or mistypes a field ({type(cause).__name__}: {cause}); "
+            f"recreate it with `{producer}`"
+        ) from cause
+    model = load_weights(built, path, producer, ConVIRTCheckpointError)
     return model.eval(), tokenizer, meta
 
 

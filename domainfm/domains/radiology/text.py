@@ -6,7 +6,8 @@ embeddings and first 6 layers frozen, and max-pools the output tokens. Nothing d
 * default: a WordPiece tokenizer trained on the store's report sentences with HF ``tokenizers`` and a
   small randomly initialised ``transformers`` BERT (sizes in the config);
 * ``local_model``: a local Hugging Face folder (e.g. a ClinicalBERT copy) read with
-  ``local_files_only=True``: its own tokenizer and weights.
+  ``local_files_only=True`` and ``trust_remote_code=False``: its own tokenizer and weights, never code
+  shipped in the folder.
 
 Pooling is an explicit option (``max`` as in the paper, ``mean`` or ``cls``) and ignores padding.
 """
@@ -20,9 +21,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.optional import require
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class TextModelError(DomainfmError, ValueError):
+    """A local Hugging Face folder that cannot be read as a tokenizer or model (code in it is never run)."""
 
 
 def train_tokenizer(sentences: Iterable[str], path: Path, vocab_size: int = 2000) -> Path:
@@ -61,13 +67,21 @@ class SentenceTokenizer:
             if source.is_dir():
                 from transformers import AutoTokenizer
 
-                self._hf = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+                try:
+                    self._hf = AutoTokenizer.from_pretrained(
+                        str(source), local_files_only=True, trust_remote_code=False
+                    )
+                except (OSError, ValueError) as error:
+                    raise TextModelError(f"{source}: not a readable Hugging Face tokenizer folder: {error}") from error
                 self.vocab_size = len(self._hf)
                 return
             source = source.read_text()
         from tokenizers import Tokenizer
 
-        self._fast = Tokenizer.from_str(source)
+        try:
+            self._fast = Tokenizer.from_str(source)
+        except Exception as error:  # tokenizers raises plain Exception for malformed JSON
+            raise TextModelError(f"not a valid tokenizer.json ({' '.join(str(error).split())[:200]})") from error
         self._fast.enable_truncation(max_length)
         self._fast.enable_padding(pad_id=self._fast.token_to_id("[PAD]"), pad_token="[PAD]")
         self.vocab_size = self._fast.get_vocab_size()
@@ -147,7 +161,10 @@ def create_text_tower(
     from transformers import AutoModel, BertConfig, BertModel
 
     if local_model is not None:
-        encoder = AutoModel.from_pretrained(str(local_model), local_files_only=True)
+        try:
+            encoder = AutoModel.from_pretrained(str(local_model), local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError) as error:
+            raise TextModelError(f"{local_model}: not a readable Hugging Face model folder: {error}") from error
     else:
         config = BertConfig(
             vocab_size=vocab_size,

@@ -154,12 +154,25 @@ def build_encoder(meta: dict[str, Any], in_chans: int) -> nn.Module:
 
 def load_encoder(path: Path, target_bands: list[dict[str, Any]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The pretrained SwinV2 encoder for ``target_bands`` (the checkpoint's own bands when ``None``)."""
+    producer = "domainfm remote-sensing pretrain"
     state, meta = read_simmim(Path(path))
-    bands = target_bands or meta["bands"]
-    backbone = build_encoder(meta, len(bands))
-    encoder = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    encoder[PATCH_EMBED] = remap_patch_embedding(encoder[PATCH_EMBED], meta["bands"], bands)
-    result = backbone.load_state_dict(encoder, strict=False)
+    try:
+        bands = target_bands or meta["bands"]
+        backbone = build_encoder(meta, len(bands))
+        encoder = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        encoder[PATCH_EMBED] = remap_patch_embedding(encoder[PATCH_EMBED], meta["bands"], bands)
+        result = backbone.load_state_dict(encoder, strict=False)
+    except (KeyError, TypeError, AttributeError, IndexError) as cause:
+        raise DomainfmError(
+            f"{path}: its {METADATA_KEY} metadata or tensors lack or mistype a field ({type(cause).__name__}: "
+            f"{cause}); recreate it with `{producer}`"
+        ) from cause
+    except RuntimeError as cause:  # reshaped tensors
+        details = " ".join(line.strip() for line in str(cause).splitlines()[1:3])[:400]
+        raise DomainfmError(
+            f"{path}: its tensors do not fit the encoder its metadata describes ({details}); "
+            f"recreate it with `{producer}`"
+        ) from cause
     if result.missing_keys or result.unexpected_keys:
         raise DomainfmError(f"{path}: encoder keys do not fit: {result.missing_keys[:5]} {result.unexpected_keys[:5]}")
     return backbone, meta

@@ -147,10 +147,10 @@ def load_vae(path: str | Path) -> tuple[nn.Module, VAEConfig]:
     path = Path(path)
     meta = None
     if path.is_file() and path.suffix == ".safetensors":
-        try:
-            meta = read_metadata(path)
-        except SegmentationCheckpointError:
-            meta = None  # a safetensors file without our metadata: SD weights
+        from domainfm.shared.tasks.checkpoint import checkpoint_metadata
+
+        if METADATA_KEY in checkpoint_metadata(path, SegmentationCheckpointError):
+            meta = read_metadata(path)  # ours: damaged metadata is an error, not SD weights
     if meta is None:
         from domainfm.domains.segmentation.sd_vae import load_sd_vae
 
@@ -158,10 +158,20 @@ def load_vae(path: str | Path) -> tuple[nn.Module, VAEConfig]:
         return freeze(vae), config
     if meta.get("kind") != "vae":
         raise SegmentationCheckpointError(f"{path} is a {meta.get('kind')} checkpoint, not a VAE")
-    config = VAEConfig.from_dict(meta["vae"])
-    vae = create_vae(config)
+    try:
+        config = VAEConfig.from_dict(meta["vae"])
+        vae = create_vae(config)
+    except (KeyError, TypeError, AttributeError, ValueError) as cause:
+        raise _bad_field(path, cause) from cause
     load_weights(vae, path, PRODUCER, SegmentationCheckpointError)
     return freeze(vae), config
+
+
+def _bad_field(path: Path, cause: Exception) -> SegmentationCheckpointError:
+    return SegmentationCheckpointError(
+        f"{path}: its {METADATA_KEY} metadata lacks or mistypes a field ({type(cause).__name__}: {cause}); "
+        f"recreate it with `{PRODUCER}`"
+    )
 
 
 def build_segmenter(meta: dict[str, Any]) -> nn.Module:
@@ -180,7 +190,12 @@ def load_segmenter(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     meta = read_metadata(path)
     if meta.get("kind") == "vae":
         raise SegmentationCheckpointError(f"{path} is a VAE; give a checkpoint from `segmentation train`")
-    model = build_segmenter(meta)
+    try:
+        model = build_segmenter(meta)
+    except (KeyError, TypeError, AttributeError, ValueError) as cause:
+        if isinstance(cause, SegmentationCheckpointError):
+            raise
+        raise _bad_field(path, cause) from cause
     load_weights(model, path, PRODUCER, SegmentationCheckpointError)
     if isinstance(model, GMSSegmenter):
         freeze(model.vae)

@@ -196,4 +196,7 @@ def read_backbone_metadata(path: str | Path) -> dict[str, Any] | None:
         return None
     from domainfm.shared.tasks.checkpoint import checkpoint_metadata
 
-    return checkpoint_metadata(path).get(METADATA_KEY)
+    entry = checkpoint_metadata(path).get(METADATA_KEY)
+    if entry is not None and not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: its {METADATA_KEY} metadata is not a JSON object (damaged or edited?)")
+    return entry

@@ -6,6 +6,7 @@ Project-MONAI/MONAI; see :mod:`domainfm.shared.deploy.bundle` and ``docs/export.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 
@@ -24,19 +25,19 @@ def bundle(checkpoint: Path, out: Path, overwrite: bool = False) -> int:
     from domainfm.shared.deploy.bundle import SCHEMA_FILE, SCHEMA_MD5, export_bundle
 
     path = export_bundle(Path(checkpoint), Path(out), overwrite=overwrite)
+    root, meta, inference = (
+        shlex.quote(str(p)) for p in (path, path / "configs/metadata.json", path / "configs/inference.json")
+    )
+    schema, output = shlex.quote(str(SCHEMA_FILE)), shlex.quote(str(path / "eval"))
     print(f"wrote the MONAI bundle {path}")
-    print("verify and run it (INPUTS: a folder of input files):")
+    print("verify and run it (INPUTS: a folder of input files; paths are quoted for a POSIX shell):")
+    print(f"  python -m monai.bundle verify_metadata --meta_file {meta} --filepath {schema} --hash_val {SCHEMA_MD5}")
     print(
-        f"  python -m monai.bundle verify_metadata --meta_file {path}/configs/metadata.json "
-        f"--filepath {SCHEMA_FILE} --hash_val {SCHEMA_MD5}"
+        f"  python -m monai.bundle verify_net_in_out network_def --meta_file {meta} "
+        f"--config_file {inference} --device cpu"
     )
     print(
-        f"  python -m monai.bundle verify_net_in_out network_def --meta_file {path}/configs/metadata.json "
-        f"--config_file {path}/configs/inference.json --device cpu"
-    )
-    print(
-        f"  python -m monai.bundle run --config_file {path}/configs/inference.json "
-        f"--meta_file {path}/configs/metadata.json --bundle_root {path} --dataset_dir INPUTS "
-        f"--output_dir {path}/eval"
+        f"  python -m monai.bundle run --config_file {inference} --meta_file {meta} --bundle_root {root} "
+        f"--dataset_dir INPUTS --output_dir {output}"
     )
     return 0

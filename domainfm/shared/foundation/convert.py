@@ -210,7 +210,12 @@ def read_foundation_metadata(path: str | Path) -> dict[str, Any] | None:
         return None
     from domainfm.shared.tasks.checkpoint import checkpoint_metadata
 
-    return checkpoint_metadata(path).get(FOUNDATION_KEY)
+    entry = checkpoint_metadata(path).get(FOUNDATION_KEY)
+    if entry is not None and not isinstance(entry, dict):
+        from domainfm.shared.backbones.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{path}: its {FOUNDATION_KEY} metadata is not a JSON object (damaged or edited?)")
+    return entry
 
 
 def foundation_transform(path: str | Path) -> InputTransform | None:

@@ -5,8 +5,9 @@ module, whose tensors shared between submodules, like DVPT's prompts, are stored
 metadata entries, each a JSON document under its own key (``domainfm_backbone``, ``domainfm_convirt``,
 ...). The file is written under a ``.partial`` sibling and renamed into place, so a crash never leaves a
 half-written checkpoint under the final name. Reading raises an error that names the file when it is
-missing, not safetensors, lacks the expected entry (naming the command that writes such files), or holds
-tensors that do not fit the model its metadata describes.
+missing, not safetensors, lacks the expected entry (naming the command that writes such files), holds an
+entry that is not a JSON object or lacks a field its model needs, or holds tensors that do not fit the model
+its metadata describes.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ def read_checkpoint_metadata(
     metadata = checkpoint_metadata(path, error)
     if key not in metadata:
         raise error(f"{path} has no {key} metadata: it was not written by `{producer}`")
-    return metadata[key]
+    entry = metadata[key]
+    if not isinstance(entry, dict):
+        kind = "not valid JSON" if isinstance(entry, str) else f"a JSON {type(entry).__name__}, not an object"
+        raise error(f"{path}: its {key} metadata is {kind} (damaged or edited?); recreate it with `{producer}`")
+    return entry
 
 
 def read_checkpoint(
@@ -125,4 +130,11 @@ def load_model_checkpoint(
 ) -> tuple[ModelT, dict[str, Any]]:
     """The model saved by :func:`save_model_checkpoint`: rebuilt by ``build(meta)``, weights loaded, eval mode."""
     meta = read_checkpoint_metadata(path, key, producer)
-    return load_weights(build(meta), path, producer).eval(), meta
+    try:
+        model = build(meta)
+    except (KeyError, TypeError, AttributeError) as cause:  # a field missing or of the wrong type
+        raise CheckpointError(
+            f"{path}: its {key} metadata lacks or mistypes a field ({type(cause).__name__}: {cause}); "
+            f"recreate it with `{producer}`"
+        ) from cause
+    return load_weights(model, path, producer).eval(), meta
