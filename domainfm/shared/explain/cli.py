@@ -43,6 +43,8 @@ def explain(
     """
     import json as json_module
 
+    from PIL import Image
+
     from domainfm.shared.deploy import load_deployable, read_input
     from domainfm.shared.engine import resolve_device
     from domainfm.shared.errors import DomainfmError
@@ -76,6 +78,11 @@ def explain(
         raise
     except (OSError, ValueError) as error:  # e.g. a truncated or mislabelled picture
         raise ExplainError(f"{input}: cannot be read as an input of {deployable.card.kind} ({error})") from error
+    except Image.DecompressionBombError as error:  # Pillow's guard against decompression bombs
+        raise ExplainError(
+            f"{input}: too many pixels to read safely (Pillow's limit is {Image.MAX_IMAGE_PIXELS} pixels; {error}); "
+            "crop or downscale it first"
+        ) from error
     result = attribute(deployable, image, method, target, **options)
     render_overlay(image, result, deployable.card, f"{input.name} ({deployable.card.kind})", out)
     if json:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from domainfm.shared.engine.training import OptimizerFactory, fit, make_trainer, step_task
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -53,7 +54,16 @@ def finetune(
         progress: Show Lightning's progress bar.
         companions: Companion arrays the loss reads from the batch.
         optimizer: An optimizer factory for ``step_task``; default AdamW(``lr``, weight decay 0.01).
+
+    Raises:
+        DomainfmError: ``train`` is empty (nothing to learn from: a wrong split or a damaged index), so no
+            untrained model is ever saved as if it had been trained.
     """
+    if len(train) == 0:
+        raise DomainfmError(
+            f"{store.path}: no training tiles were selected (no labelled tiles in the train split); "
+            f"if the store should have some, `domainfm tiles verify {store.path}` checks it"
+        )
 
     def step(batch: dict) -> torch.Tensor:
         return loss(model(prepare(batch["tiles"])), batch)
