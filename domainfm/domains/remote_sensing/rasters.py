@@ -15,9 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.optional import require
 
 BAND_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<band>B\d{1,2}A?)$", re.IGNORECASE)
+
+
+class RasterError(DomainfmError, ValueError):
+    """A file that GDAL cannot open as a raster; the message names it."""
 
 
 @dataclass
@@ -69,10 +74,14 @@ def read_stack(files: list[Path], band_names: list[str] | None = None) -> Raster
     from rasterio.errors import RasterioIOError
     from rasterio.vrt import WarpedVRT
 
-    try:
-        handles = [rasterio.open(f) for f in files]
-    except RasterioIOError as error:
-        raise ValueError(f"cannot open {files}: {error}") from error
+    handles = []
+    for f in files:
+        try:
+            handles.append(rasterio.open(f))
+        except RasterioIOError as error:
+            for handle in handles:
+                handle.close()
+            raise RasterError(f"{f}: cannot be read as a raster ({' '.join(str(error).split())})") from error
     try:
         reference = min(handles, key=lambda h: abs(h.res[0]))
         values, valid, names = [], [], []

@@ -12,22 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.layout import choose_codec
 from domainfm.shared.tiles.schema import StoreSpec, TileBatch
 
 BATCH = 64
 
 
+class SourceError(DomainfmError, ValueError):
+    """A source file that cannot be read as tiles; the message names it."""
+
+
 def open_npy(path: Path) -> np.ndarray:
     """Memory-maps a tile array, checking its shape."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path} is not a readable .npy array: {error}") from error
+    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty file
+        reason = "it is empty" if isinstance(error, EOFError) else error
+        raise SourceError(f"{path} is not a readable .npy array: {reason}") from error
     if array.ndim == 3:
         array = array[:, None]
     if array.ndim != 4:
-        raise ValueError(f"{path} holds shape {array.shape}; expected tiles [N, C, H, W] or [N, H, W]")
+        raise SourceError(f"{path} holds shape {array.shape}; expected tiles [N, C, H, W] or [N, H, W]")
     return array
 
 
