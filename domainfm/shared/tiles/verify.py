@@ -68,6 +68,8 @@ def verify_store(path: str | Path, decode: bool = True) -> list[str]:
         problems.append(
             f"tiles are {tiles.shape[1:]} {tiles.dtype}; attributes say {store.spec.tile_shape} {store.spec.dtype}"
         )
+    if status in ("complete", "partial") and n != store.recorded_tiles:
+        problems.append(f"the tiles array holds {n} tiles, the attributes record {store.recorded_tiles}")
     arrays = [tiles]
     for name, dtype in INDEX_COLUMNS.items():
         try:
@@ -100,7 +102,7 @@ def verify_store(path: str | Path, decode: bool = True) -> list[str]:
             except DomainfmError as error:
                 problems.append(f"tiles shard {shard} is corrupt: {error}")
     if not problems and status in ("complete", "partial"):
-        problems += store.consistency_problems()
+        problems += store.consistency_problems()  # index/source against the sources table
     if not problems:
         problems += _check_stats(store)
     return problems
@@ -115,7 +117,8 @@ def verify_notes(path: str | Path) -> list[str]:
     if store.checksummed:
         return []
     return [
-        "no checksums recorded (written by an earlier domainfm that did not store them): damaged or swapped tile shards "
+        "no checksums recorded (written by an earlier domainfm that did not store them): damaged or swapped "
+        "tile shards "
         "and damaged index chunks may go unnoticed; rebuild it (rerun the ingest command with --overwrite) to "
         "add them"
     ]
