@@ -53,6 +53,12 @@ def _index_compressors() -> list:
     return _checked_codecs([ZstdCodec(level=0)])
 
 
+def forget_verified() -> None:
+    """Forgets which shard files this process has checked (the next read of each checks it again)."""
+    with _verified_lock:
+        _verified.clear()
+
+
 class StoreError(DomainfmError):
     """A tile store is missing, incomplete or does not follow the schema."""
 

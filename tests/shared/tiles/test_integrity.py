@@ -15,7 +15,7 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.ingest import ingest
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, TileBatch
 from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
-from domainfm.shared.tiles.store import CHECKSUMS, StoreError, TileStore
+from domainfm.shared.tiles.store import StoreError, TileStore
 from domainfm.shared.tiles.stream import TileStream
 from domainfm.shared.tiles.verify import verify_notes, verify_store
 
