@@ -349,8 +349,10 @@ def ingest(
     if len(set(resolved)) != len(resolved):
         twice = sorted({str(r) for r in resolved if resolved.count(r) > 1})
         raise StoreError(f"sources listed twice (under any spelling): {twice}")
-    options, per_source = reader_options(reader, names, out)
+    options, own = reader_options(reader, names, out)
     inputs = inputs_record(reader_name, reader_version, options)
+    shared = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    per_source = [f"{shared}:{digest}" for digest in own]  # a fragment is kept only under the same options
     group = _open_or_create(out, spec, names, overwrite, inputs, per_source)
     summary = IngestSummary(out)
     staging = out / STAGING

@@ -227,3 +227,25 @@ def test_random_ingest_sequences_end_equal_to_a_fresh_build_or_refused(tmp_path:
         # a partial store says which sources failed; its index only ever points at done rows
         done = {i for i, s in enumerate(opened.sources) if s["status"] == "done"}
         assert set(np.unique(opened.index["source"]).tolist()) <= done
+
+
+def test_changed_options_after_a_kill_are_refused_and_overwrite_redoes_every_fragment(tmp_path: Path):
+    """Splits changed after an interrupted run: refused; with --overwrite no fragment of the old splits is kept."""
+    from functools import partial
+
+    engine = importlib.import_module("domainfm.shared.tiles.ingest")
+    sources = write_sources(tmp_path / "src", [40, 50, 60])
+    out = tmp_path / "store.zarr"
+    spec = npy_spec(sources[0], codec="none")
+    real = engine._assemble
+    engine._assemble = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ingest(sources, out, spec, partial(_labelled_reader, split="train"), "r", progress=False)
+    finally:
+        engine._assemble = real
+    with pytest.raises(StoreError, match=r'option split: "train" -> "val"'):
+        ingest(sources, out, spec, partial(_labelled_reader, split="val"), "r", progress=False)
+    summary = ingest(sources, out, spec, partial(_labelled_reader, split="val"), "r", overwrite=True, progress=False)
+    assert summary.ok and not summary.skipped
+    assert (TileStore(out).index["split"] == 1).all()
