@@ -87,17 +87,18 @@ def inspect(store: Path, /, sheet: Path | None = None, n: PositiveInt = 64, json
 
 
 def verify(store: Path, /, quick: bool = False) -> int:
-    """Check a store: schema, completion, every shard present and decodable, index consistent.
+    """Check a store: schema, completion, checksums, every shard present and decodable, index consistent.
 
     Args:
         store: The store folder.
         quick: Check that every shard and index chunk exists without decoding the tiles.
     """
-    from domainfm.shared.tiles.verify import verify_store
+    from domainfm.shared.tiles.verify import verify_notes, verify_store
 
     problems = verify_store(store, decode=not quick)
     for problem in problems:
         print(f"{store}: {problem}")
     if not problems:
-        print(f"{store}: ok")
+        notes = verify_notes(store)
+        print(f"{store}: ok" + "".join(f" (note: {note})" for note in notes))
     return 1 if problems else 0

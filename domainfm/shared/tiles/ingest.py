@@ -17,6 +17,14 @@ A run killed at any point and rerun with the same command ends with the same til
 as an uninterrupted run: finished fragments are kept, unfinished ones are redone, and assembly is
 repeated from the fragments. The staging folder is removed once every source succeeded; with failures it
 stays, so a rerun only retries the failed sources.
+
+Consistency by construction: the store records what it was built from (:mod:`.inputs`: reader, reader
+version, the reader's options, a digest of each source's own options). A rerun with other options is
+refused with the differences listed unless ``overwrite`` (then fragments made under other options are
+redone); a complete store is also refused when its sources were added, removed or changed since. An
+unfinished store may change its source list (e.g. a failed source removed): ``index/source`` and the
+sources table are then rebuilt together from the current list at assembly, never taken from a fragment.
+Assembly records each tile shard file's CRC-32C (``checksums/tiles``).
 """
 
 from __future__ import annotations
@@ -43,11 +51,12 @@ from domainfm.shared.tiles.fragments import (
     read_progress,
     read_status,
 )
+from domainfm.shared.tiles.inputs import differences, inputs_record, reader_options, spec_differences
 from domainfm.shared.tiles.layout import choose_layout
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
-from domainfm.shared.tiles.shards import ShardDecoder, shard_file, write_raw_shard
+from domainfm.shared.tiles.shards import ShardDecoder, file_crc32c, shard_file, write_raw_shard
 from domainfm.shared.tiles.stats import RunningStats
-from domainfm.shared.tiles.store import WRITE_ALL_CHUNKS, StoreError, create_arrays, initial_attrs
+from domainfm.shared.tiles.store import CHECKSUMS, WRITE_ALL_CHUNKS, StoreError, create_arrays, initial_attrs
 
 STAGING = "_staging"
 
@@ -96,7 +105,62 @@ def _read_store_attrs(out: Path) -> dict | None:
     return meta["attributes"]
 
 
-def _open_or_create(out: Path, spec: StoreSpec, sources: list[str], overwrite: bool) -> zarr.Group:
+def _refuse_changed_inputs(
+    out: Path, attrs: dict, spec: StoreSpec, planned: list[str], inputs: dict, per_source: list[str], overwrite: bool
+) -> None:
+    """Refuses a rerun whose spec, reader or options differ from what the store at ``out`` was built with.
+
+    ``overwrite`` lets an unfinished store continue under the new options (fragments made under other
+    options are redone). A complete store is also refused when its sources were added, removed or have
+    changed since (it is never silently left stale, nor half rebuilt).
+    """
+    changes = spec_differences(StoreSpec.from_attrs(attrs).to_attrs(), spec.to_attrs())
+    if changes:
+        raise StoreError(
+            f"{out} holds a store with another spec ("
+            + "; ".join(changes)
+            + "); pass --overwrite to replace it or choose another --out"
+        )
+    if not overwrite:
+        changes += differences(attrs.get("inputs"), inputs)
+    if attrs.get("status") == "complete":
+        recorded = attrs.get("planned_sources") or []
+        if recorded != planned:
+            added = [s for s in planned if s not in recorded]
+            removed = [s for s in recorded if s not in planned]
+            order = [] if added or removed else ["the same sources in another order"]
+            raise StoreError(
+                f"{out} is a complete store of other sources ("
+                + "; ".join([*(f"added {s}" for s in added), *(f"removed {s}" for s in removed), *order])
+                + "); pass --overwrite to rebuild it or choose another --out"
+            )
+        for entry, path, digest in zip(attrs.get("sources", []), planned, per_source, strict=False):
+            if not Path(path).is_file():
+                changes.append(f"source {path} no longer exists")
+                continue
+            now = fingerprint(Path(path))
+            moved = [k for k in ("size", "mtime_ns", "sha256_head") if entry.get(k) != now[k]]
+            if moved:
+                changes.append(f"source {path} changed since it was ingested ({', '.join(moved)})")
+            if entry.get("options_sha256") not in (None, digest) and not overwrite:
+                changes.append(f"the reader's options for source {path} changed")
+    if changes:
+        raise StoreError(
+            f"{out} was built from other inputs than this run's:\n  "
+            + "\n  ".join(changes)
+            + "\nRerun with the store's original sources and options, pass --overwrite to rebuild it with these, "
+            "or choose another --out."
+        )
+
+
+def _open_or_create(
+    out: Path,
+    spec: StoreSpec,
+    sources: list[str],
+    overwrite: bool,
+    inputs: dict | None = None,
+    per_source: list[str] | None = None,
+) -> zarr.Group:
     planned = [str(Path(s).resolve()) for s in sources]
     if out.exists() and not (out / "zarr.json").is_file() and any(out.iterdir()):
         raise StoreError(f"{out} exists and is not a tile store; choose another --out")
@@ -108,19 +172,13 @@ def _open_or_create(out: Path, spec: StoreSpec, sources: list[str], overwrite: b
     if overwrite and attrs and not resuming:
         shutil.rmtree(out)  # only ever a tile store (checked above)
         attrs = {}
-    if attrs and StoreSpec.from_attrs(attrs).to_attrs() != spec.to_attrs():
-        raise StoreError(
-            f"{out} holds a store with another spec; pass --overwrite to replace it or choose another --out"
-        )
-    if attrs.get("status") == "complete" and attrs.get("planned_sources") != planned:
-        raise StoreError(
-            f"{out} is a complete store of other sources; pass --overwrite to rebuild it or choose another --out"
-        )
+    inputs = inputs if inputs is not None else inputs_record("", "", {})
+    if attrs:
+        _refuse_changed_inputs(out, attrs, spec, planned, inputs, per_source or [""] * len(planned), overwrite)
     group = zarr.open_group(out, mode="a")
     if group.attrs.get("status") != "complete":
-        group.attrs.put(
-            {**initial_attrs(spec, choose_layout(spec.tile_shape, spec.dtype, spec.codec)), "planned_sources": planned}
-        )
+        layout = choose_layout(spec.tile_shape, spec.dtype, spec.codec)
+        group.attrs.put({**initial_attrs(spec, layout), "planned_sources": planned, "inputs": inputs})
     return group
 
 
@@ -184,12 +242,14 @@ def _copy_rows(
     store: Path,
     keys: list[str],
     raw_tiles: bool,
-) -> None:
+) -> int:
     """Writes global rows ``[start, stop)`` of every array from the fragments that hold them (one shard).
 
-    With ``raw_tiles`` (see :func:`_raw_shards`) the tile shard file is written directly.
+    With ``raw_tiles`` (see :func:`_raw_shards`) the tile shard file is written directly. Returns the
+    CRC-32C of the tile shard file written.
     """
     group = zarr.open_group(store, mode="r+")
+    crc = None
     with zarr.config.set(WRITE_ALL_CHUNKS):  # in this worker too: all-zero tiles must still be written
         for key in keys:
             parts = []
@@ -199,10 +259,14 @@ def _copy_rows(
             if key == "tiles" and raw_tiles:
                 shard_rows, chunk_rows = int(array.shards[0]), int(array.chunks[0])
                 path = shard_file(Path(store) / "tiles", start // shard_rows, array.ndim)
-                write_raw_shard(path, parts, chunk_rows, shard_rows // chunk_rows)
+                crc = write_raw_shard(path, parts, chunk_rows, shard_rows // chunk_rows)
             else:
                 array[start:stop] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if crc is None:  # written by zarr: read back (one shard, still in the page cache)
+        tiles = group["tiles"]
+        crc = file_crc32c(shard_file(Path(store) / "tiles", start // int(tiles.shards[0]), tiles.ndim))
     kill_point("shard")
+    return crc
 
 
 def _raw_shards(array: zarr.Array) -> bool:
@@ -223,10 +287,13 @@ def _assemble(
 ) -> int:
     import dask
 
-    done = [(d, s) for d, s in zip(fragment_dirs, statuses, strict=True) if s["status"] == "done"]
-    offsets, total = [], 0
-    for fragment, status in done:
+    done = [
+        (row, d, s) for row, (d, s) in enumerate(zip(fragment_dirs, statuses, strict=True)) if s["status"] == "done"
+    ]
+    offsets, rows_of, total = [], [], 0
+    for row, fragment, status in done:
         offsets.append((fragment, total, status["batches"]))
+        rows_of.append(np.full(status["n_tiles"], row, np.int32))
         total += status["n_tiles"]
     layout = choose_layout(spec.tile_shape, spec.dtype, spec.codec)
     create_arrays(group, spec, total, layout)
@@ -234,12 +301,16 @@ def _assemble(
     rows = int(group["tiles"].shards[0])
     raw = _raw_shards(group["tiles"])
     copies = [dask.delayed(_copy_rows)(offsets, s, min(s + rows, total), out, keys, raw) for s in range(0, total, rows)]
-    if copies:
-        _run_tasks(copies, workers, scheduler, processes)
+    crcs = _run_tasks(copies, workers, scheduler, processes) if copies else []
     for name in INDEX_COLUMNS:  # a few bytes per tile: assembled in memory, written once
-        parts = [part for f, _, b in offsets for part in read_fragment_rows(f, b, f"index/{name}", 0, sum(b))]
-        if parts:
+        if name == "source":  # the row in today's source list, whatever the list was when the fragment was made
+            parts = rows_of
+        else:
+            parts = [part for f, _, b in offsets for part in read_fragment_rows(f, b, f"index/{name}", 0, sum(b))]
+        if parts and total:
             group[f"index/{name}"][:] = np.concatenate(parts)
+    if crcs:
+        group[CHECKSUMS][:] = np.asarray(crcs, np.uint32)
     return total
 
 
@@ -278,7 +349,11 @@ def ingest(
     if len(set(resolved)) != len(resolved):
         twice = sorted({str(r) for r in resolved if resolved.count(r) > 1})
         raise StoreError(f"sources listed twice (under any spelling): {twice}")
-    group = _open_or_create(out, spec, names, overwrite)
+    options, own = reader_options(reader, names, out)
+    inputs = inputs_record(reader_name, reader_version, options)
+    shared = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    per_source = [f"{shared}:{digest}" for digest in own]  # a fragment is kept only under the same options
+    group = _open_or_create(out, spec, names, overwrite, inputs, per_source)
     summary = IngestSummary(out)
     staging = out / STAGING
     fragment_dirs = [staging / fragment_key(name) for name in names]
@@ -296,14 +371,14 @@ def ingest(
             status is not None
             and Path(name).is_file()
             and status["fingerprint"] == fingerprint(Path(name))
-            and status.get("reader") == [reader_name, reader_version]
+            and status.get("reader") == [reader_name, reader_version, per_source[row]]
         )
         if status is not None and status["status"] == "done" and "batches" in status and unchanged:
             summary.skipped.append(name)
         else:
             todo.append(
                 dask.delayed(ingest_source)(
-                    name, row, str(fragment), spec.to_attrs(), reader, [reader_name, reader_version]
+                    name, row, str(fragment), spec.to_attrs(), reader, [reader_name, reader_version, per_source[row]]
                 )
             )
     if todo:
@@ -314,11 +389,12 @@ def ingest(
     with zarr.config.set(WRITE_ALL_CHUNKS):
         summary.n_tiles = _assemble(group, out, spec, statuses, fragment_dirs, workers, scheduler, processes)
     table = []
-    for name, status in zip(names, statuses, strict=True):
+    for name, status, digest in zip(names, statuses, per_source, strict=True):
         entry = {
             **status["fingerprint"],
             "reader": reader_name,
             "reader_version": reader_version,
+            "options_sha256": digest,
             "status": status["status"],
             "n_tiles": status.get("n_tiles", 0),
             "error": status.get("error"),
@@ -334,7 +410,14 @@ def ingest(
         if status["status"] == "done":
             stats.merge(RunningStats.from_dict(status["stats"]))
     kill_point("attrs")
-    group.attrs.update({"sources": table, "stats": stats.to_dict(), "status": "complete" if summary.ok else "partial"})
+    group.attrs.update(
+        {
+            "sources": table,
+            "stats": stats.to_dict(),
+            "n_tiles": summary.n_tiles,
+            "status": "complete" if summary.ok else "partial",
+        }
+    )
     if summary.ok:
         shutil.rmtree(staging, ignore_errors=True)
     summary.done = [n for n in summary.done if n not in summary.skipped]

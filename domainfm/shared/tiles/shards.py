@@ -112,16 +112,21 @@ class ShardDecoder:
         except (RuntimeError, ValueError) as error:  # numcodecs and numpy report damage this way
             raise ShardCorruptError(f"shard file {path}: inner chunk {k} cannot be decoded ({error})") from error
 
-    def decode(self, path: Path, rows: int) -> np.ndarray:
-        """The first ``rows`` rows of the shard stored in ``path``."""
+    def decode(self, path: Path, rows: int, expected_crc: int | None = None) -> np.ndarray:
+        """The first ``rows`` rows of the shard in ``path``; with ``expected_crc``, checks the whole file first."""
         data, index = self._open(path)
+        if expected_crc is not None:
+            check = FileCheck(data, path, expected_crc)
+            check.finish()
         out = np.empty(self.shard_bytes, np.uint8)
         with data:
             for k in range(-(-rows // self.rows_per_chunk)):
                 self._decode_chunk(data, index, k, out[k * self.chunk_bytes : (k + 1) * self.chunk_bytes], path)
         return out.view(self.array.dtype).reshape(-1, *self.item_shape)[:rows]
 
-    def iter_rows(self, path: Path, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def iter_rows(
+        self, path: Path, rows: np.ndarray, expected_crc: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Decodes only the inner chunks holding ``rows`` (local to the shard), one at a time.
 
         Yields ``(which, chunk, offsets)``: positions into ``rows``, the decoded inner chunk, and the row
@@ -130,12 +135,23 @@ class ShardDecoder:
         overwrites it. Uncompressed chunks are not copied at all: ``chunk`` is then a read-only view of
         the mapped file (the page cache), so each row is copied once, straight to wherever the caller
         wants it (the map closes when the last view is dropped).
+
+        With ``expected_crc`` the CRC-32C of the whole file is computed on the way, in file order, each
+        chunk just before it is used (so it is read from memory once), and checked after the last one:
+        a mismatch raises :class:`ShardCorruptError` when the generator finishes, before the caller can
+        hand on what it copied.
         """
         data, index = self._open(path)
         chunk_of = rows // self.rows_per_chunk
+        needed = np.unique(chunk_of).tolist()
+        check = None if expected_crc is None else FileCheck(data, path, expected_crc)
+        if check is not None:
+            needed.sort(key=lambda k: int(index[k, 0]))
         if self.decoder is None:
-            for k in np.unique(chunk_of).tolist():
+            for k in needed:
                 offset, nbytes = self._chunk_span(data, index, k, path)
+                if check is not None:
+                    check.upto(offset + nbytes)
                 view = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
                 which = np.flatnonzero(chunk_of == k)
                 yield (
@@ -143,14 +159,69 @@ class ShardDecoder:
                     view.view(self.array.dtype).reshape(-1, *self.item_shape),
                     rows[which] - k * self.rows_per_chunk,
                 )
+            if check is not None:
+                check.finish()
             return
         scratch = _scratch(self.chunk_bytes)
         chunk = scratch.view(self.array.dtype).reshape(-1, *self.item_shape)
-        with data:
-            for k in np.unique(chunk_of).tolist():
+        try:
+            for k in needed:
+                if check is not None:
+                    offset, nbytes = self._chunk_span(data, index, k, path)
+                    check.upto(offset + nbytes)
                 self._decode_chunk(data, index, k, scratch, path)
                 which = np.flatnonzero(chunk_of == k)
                 yield which, chunk, rows[which] - k * self.rows_per_chunk
+            if check is not None:
+                check.finish()
+        finally:
+            if check is not None:
+                check.release()
+            data.close()
+
+
+class FileCheck:
+    """The running CRC-32C of a mapped shard file, fed in file order and compared at the end."""
+
+    def __init__(self, data: mmap.mmap, path: Path, expected: int) -> None:
+        self.data: np.ndarray | None = np.frombuffer(data, np.uint8)
+        self.path, self.expected, self.crc, self.pos = path, int(expected), 0, 0
+
+    def upto(self, end: int) -> None:
+        """Adds the file's bytes up to ``end`` (exclusive) to the checksum."""
+        if self.data is not None and end > self.pos:
+            self.crc = google_crc32c.extend(self.crc, self.data[self.pos : end])
+            self.pos = end
+
+    def finish(self) -> None:
+        """Adds the rest of the file and raises :class:`ShardCorruptError` if the checksum differs."""
+        if self.data is None:
+            return
+        self.upto(len(self.data))
+        self.release()
+        if self.crc != self.expected:
+            raise ShardCorruptError(
+                f"shard file {self.path} does not match its recorded checksum (crc32c {self.crc:08x}, recorded "
+                f"{self.expected:08x}): it was changed, damaged or swapped with another shard; rebuild the store "
+                "(rerun the ingest command with --overwrite)"
+            )
+
+    def release(self) -> None:
+        """Drops the view of the map (so the map can close)."""
+        self.data = None
+
+
+def file_crc32c(path: Path) -> int:
+    """CRC-32C of a whole file (mapped, not copied)."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            return 0
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            view = np.frombuffer(data, np.uint8)
+            try:
+                return int(google_crc32c.value(view))
+            finally:
+                del view
 
 
 def shard_file(array_folder: Path, shard: int, ndim: int) -> Path:
@@ -161,8 +232,10 @@ def shard_file(array_folder: Path, shard: int, ndim: int) -> Path:
     return Path(array_folder, "c", str(shard), *["0"] * (ndim - 1))
 
 
-def write_raw_shard(path: Path, parts: list[np.ndarray], rows_per_chunk: int, chunks_per_shard: int) -> None:
+def write_raw_shard(path: Path, parts: list[np.ndarray], rows_per_chunk: int, chunks_per_shard: int) -> int:
     """Writes rows (``parts`` in order) as one uncompressed shard file, byte for byte what zarr writes.
+
+    Returns the CRC-32C of the whole file (computed from the buffers as they are written).
 
     For arrays whose inner chunks have no compressor (``bytes`` codec only, little-endian): the inner
     chunks are the rows' bytes in order, a last partial chunk padded with zeros (the fill value) to its full
@@ -183,15 +256,18 @@ def write_raw_shard(path: Path, parts: list[np.ndarray], rows_per_chunk: int, ch
     padding = stored * rows_per_chunk - rows
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
+    crc = 0
     with open(partial, "wb") as handle:
         for part in parts:
-            handle.write(memoryview(np.ascontiguousarray(part)).cast("B"))
-        if padding:
-            handle.write(bytes(padding * row_bytes))
-        index_bytes = index.tobytes()
-        handle.write(index_bytes)
-        handle.write(np.uint32(google_crc32c.value(index_bytes)).tobytes())
+            flat = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+            crc = google_crc32c.extend(crc, flat)
+            handle.write(memoryview(flat))
+        tail = bytes(padding * row_bytes) + index.tobytes()
+        tail += np.uint32(google_crc32c.value(index.tobytes())).tobytes()
+        handle.write(tail)
+        crc = google_crc32c.extend(crc, tail)
     partial.replace(path)
+    return int(crc)
 
 
 _local = threading.local()

@@ -269,7 +269,7 @@ class TileStream:
         if self.companions:
             start, stop = self.store.shard_ranges()[load.shard]
             for name in self.companions:
-                values = self.store.companion(name)[start:stop]
+                values = self.store.read_companion(name, slice(start, stop))
                 for q, row in zip(positions.tolist(), load.rows.tolist(), strict=True):
                     buffers[q // size][name][q % size] = values[row]
 

@@ -100,7 +100,10 @@ def test_a_slide_without_mpp_fails_clearly_and_works_with_assume_mpp(tmp_path: P
     assert main(["pathology", "tile", str(bare), "--out", str(out), "--tile-size", "64"]) == 1
     report = capsys.readouterr().out
     assert "bare.svs" in report and "--assume-mpp" in report and "microns per pixel" in report
-    assert main(["pathology", "tile", str(bare), "--out", str(out), "--tile-size", "64", "--assume-mpp", "0.25"]) == 0
+    fixed = ["pathology", "tile", str(bare), "--out", str(out), "--tile-size", "64", "--assume-mpp", "0.25"]
+    assert main(fixed) == 2  # other options than the store was started with: refused, listed, never mixed
+    assert "option params.assume_mpp: null -> 0.25" in capsys.readouterr().err
+    assert main([*fixed, "--overwrite"]) == 0
     meta = TileStore(out).sources[0]["meta"]
     assert meta["mpp"] == 0.25 and meta["mpp_source"] == "--assume-mpp"
     with pytest.raises(SlideError, match="objective power"):

@@ -55,7 +55,10 @@ def test_rerun_of_a_complete_store_does_nothing(small_store):
     summary = ingest(sources, store.path, spec, read_npy_tiles, "test.npy", progress=False)
     assert summary.ok and summary.skipped == [str(s) for s in sources] and summary.n_tiles == len(store)
     assert (store.path / "tiles" / "c" / "0" / "0" / "0" / "0").stat().st_mtime_ns == before
-    with pytest.raises(StoreError, match="complete store of other sources; pass --overwrite"):
+    with pytest.raises(
+        StoreError,
+        match=r"complete store of other sources \(removed .*source_2.npy; removed .*source_3.npy\); pass --overwrite",
+    ):
         ingest(sources[:2], store.path, spec, read_npy_tiles, "test.npy", progress=False)
 
 

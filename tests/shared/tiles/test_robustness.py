@@ -87,5 +87,7 @@ def test_changed_reader_version_redoes_finished_fragments(tmp_path: Path):
     assert sorted(first.done) == sorted(map(str, sources))
     again = ingest([*sources, bad], out, npy_spec(sources[0]), read_npy_tiles, "t", "1", progress=False)
     assert sorted(again.skipped) == sorted(map(str, sources))
-    newer = ingest([*sources, bad], out, npy_spec(sources[0]), read_npy_tiles, "t", "2", progress=False)
+    with pytest.raises(StoreError, match="reader version: '1' -> '2'"):  # never mixed silently
+        ingest([*sources, bad], out, npy_spec(sources[0]), read_npy_tiles, "t", "2", progress=False)
+    newer = ingest([*sources, bad], out, npy_spec(sources[0]), read_npy_tiles, "t", "2", overwrite=True, progress=False)
     assert newer.skipped == [] and sorted(newer.done) == sorted(map(str, sources))

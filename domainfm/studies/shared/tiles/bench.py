@@ -2,7 +2,10 @@
 
 On a generated store of N tissue-like 224x224x3 uint8 tiles (written by the ingest engine):
 
-(a) ``stream``: TileStream samples/s delivered to the device (shuffled, this machine's default device);
+(a) ``stream``: TileStream samples/s delivered to the device (shuffled, this machine's default device),
+    checking every shard file against its recorded CRC-32C as a first epoch does (the process's record of
+    checked files is cleared before each pass); ``stream_unchecked`` the same with ``verify_reads="off"``,
+    and ``checksum_cost_ratio`` their ratio (1.0: the checks cost nothing);
 (b) ``png_dataloader``: ``torch.utils.data.DataLoader`` with 2 workers over the same tiles saved as PNG
     files, shuffled, decoding with Pillow;
 (c) ``decode_limit``: one tight loop on one thread mapping every shard file and decompressing each inner
@@ -143,7 +146,7 @@ def run_stream_benchmark(
     """Builds the data in ``workdir`` and measures (a), (b), (c); returns the JSON fields."""
     from domainfm.shared.tiles.ingest import ingest
     from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
-    from domainfm.shared.tiles.store import TileStore
+    from domainfm.shared.tiles.store import TileStore, forget_verified
     from domainfm.shared.tiles.stream import TileStream
 
     sources = _make_sources(workdir, tiles)
@@ -168,14 +171,25 @@ def run_stream_benchmark(
         "ingest_tiles_per_s": round(ingest_rate, 1),
     }
     # (a) and (c) interleaved, `rounds` times, medians reported: the machine's noise hits both alike
-    samples: dict[str, list[float]] = {"stream": [], "stream_normalized": [], "decode_limit": []}
+    samples: dict[str, list[float]] = {
+        "stream": [],
+        "stream_unchecked": [],
+        "stream_normalized": [],
+        "decode_limit": [],
+    }
     phase_peaks = [peak_memory_mb()]  # data generation and ingest
     stream_rss = []
     for _ in range(rounds):
         samples["decode_limit"].append(decode_limit(store_path)[1])
-        for name, normalize in (("stream", False), ("stream_normalized", True)):
+        for name, normalize, checks in (
+            ("stream", False, "once"),
+            ("stream_unchecked", False, "off"),
+            ("stream_normalized", True, "once"),
+        ):
             before = reset_peak_memory()
-            stream = TileStream(store_path, batch_size, device=device, seed=0, normalize=normalize)
+            forget_verified()  # every pass pays the shard checksums, as a first epoch does
+            store = TileStore(store_path, verify_reads=checks)
+            stream = TileStream(store, batch_size, device=device, seed=0, normalize=normalize)
             start, n = time.perf_counter(), 0
             for batch in stream:
                 n += len(batch["tiles"])
@@ -204,6 +218,9 @@ def run_stream_benchmark(
         results["stream_samples_per_s"] / results["png_dataloader_samples_per_s"], 2
     )
     results["ratio_vs_decode_limit"] = round(results["stream_samples_per_s"] / rate, 2)
+    results["checksum_cost_ratio"] = round(
+        results["stream_samples_per_s"] / results["stream_unchecked_samples_per_s"], 2
+    )
     results["normalized_ratio_vs_decode_limit"] = round(results["stream_normalized_samples_per_s"] / rate, 2)
     results["stream_peak_rss_mb"] = round(max(peak for peak, _ in stream_rss), 1)
     results["stream_rss_increase_mb"] = round(max(increase for _, increase in stream_rss), 1)
