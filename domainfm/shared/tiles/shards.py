@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import google_crc32c
+import crc32c as _crc32c
 import numcodecs
 import numpy as np
 import zarr
@@ -85,7 +85,7 @@ class ShardDecoder:
         if size < index_size + 4:
             raise ShardCorruptError(f"shard file {path} is truncated ({size} bytes)")
         index_bytes = data[size - index_size - 4 : size - 4]
-        if np.uint32(google_crc32c.value(index_bytes)).tobytes() != data[size - 4 : size]:
+        if np.uint32(_crc32c.crc32c(index_bytes)).tobytes() != data[size - 4 : size]:
             raise ShardCorruptError(f"shard file {path} is corrupt or truncated: its index checksum does not match")
         return data, np.frombuffer(index_bytes, "<u8").reshape(-1, 2)
 
@@ -190,7 +190,7 @@ class FileCheck:
     def upto(self, end: int) -> None:
         """Adds the file's bytes up to ``end`` (exclusive) to the checksum."""
         if self.data is not None and end > self.pos:
-            self.crc = google_crc32c.extend(self.crc, self.data[self.pos : end])
+            self.crc = _crc32c.crc32c(self.data[self.pos : end], self.crc)
             self.pos = end
 
     def finish(self) -> None:
@@ -219,7 +219,7 @@ def file_crc32c(path: Path) -> int:
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             view = np.frombuffer(data, np.uint8)
             try:
-                return int(google_crc32c.value(view))
+                return int(_crc32c.crc32c(view))
             finally:
                 del view
 
@@ -260,12 +260,12 @@ def write_raw_shard(path: Path, parts: list[np.ndarray], rows_per_chunk: int, ch
     with open(partial, "wb") as handle:
         for part in parts:
             flat = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
-            crc = google_crc32c.extend(crc, flat)
+            crc = _crc32c.crc32c(flat, crc)
             handle.write(memoryview(flat))
         tail = bytes(padding * row_bytes) + index.tobytes()
-        tail += np.uint32(google_crc32c.value(index.tobytes())).tobytes()
+        tail += np.uint32(_crc32c.crc32c(index.tobytes())).tobytes()
         handle.write(tail)
-        crc = google_crc32c.extend(crc, tail)
+        crc = _crc32c.crc32c(tail, crc)
     partial.replace(path)
     return int(crc)
 

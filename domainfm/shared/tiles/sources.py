@@ -26,6 +26,14 @@ class SourceError(DomainfmError, ValueError):
 def open_npy(path: Path) -> np.ndarray:
     """Memory-maps a tile array, checking its shape."""
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as error:
+        raise SourceError(f"{path} is not a readable .npy array: {error.strerror or error}") from error
+    if magic != b"\x93NUMPY":  # numpy would otherwise blame "pickled (object) data" for any non-.npy bytes
+        reason = "it is empty" if not magic else "it has no .npy header (save tiles with numpy.save)"
+        raise SourceError(f"{path} is not a readable .npy array: {reason}")
+    try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:  # EOFError: an empty file
         reason = "it is empty" if isinstance(error, EOFError) else error

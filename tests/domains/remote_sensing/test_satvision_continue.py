@@ -46,11 +46,15 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_continued_pretraining_starts_from_the_release_and_keeps_its_transform(release, capsys):
     out = release["folder"] / "continued"
     run = ["--store", str(release["store"]), "--out", str(out), "--init", str(release["converted"])]
-    assert main(["remote-sensing", "pretrain", *run, "--epochs", "1", "--lr", "0", "--device", "cpu"]) == 0
-    state, meta = read_simmim(out / "simmim.safetensors")
+    assert main(["remote-sensing", "pretrain", *run, "--epochs", "1", "--device", "cpu"]) == 0
+    _, trained_meta = read_simmim(out / "simmim.safetensors")
+    assert trained_meta["encoder"]["extra_norm_period"] == 2  # the CLI's --init built the release's architecture
+    # lr 0 (the CLI refuses it; the Python API allows it): the saved model is exactly what was loaded
+    frozen = release["folder"] / "continued_lr0"
+    pretrain(release["store"], frozen, epochs=1, lr=0.0, device="cpu", progress=False, init=release["converted"])
+    state, meta = read_simmim(frozen / "simmim.safetensors")
     converted, _ = read_checkpoint(release["converted"])
     extras = read_extras(release["converted"])
-    # lr 0: what was trained is exactly what was loaded (encoder, mask token, decoder)
     for key, value in converted.items():
         if not key.startswith("extra."):
             assert torch.equal(state["backbone.model." + key], value.float()), key

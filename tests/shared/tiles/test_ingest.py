@@ -110,7 +110,7 @@ def test_failed_source_is_recorded_and_the_rest_ingested(tmp_path: Path, capsys:
     out = tmp_path / "store.zarr"
     assert main(["tiles", "ingest", str(sources[0]), str(broken), str(wrong), str(sources[1]), "--out", str(out)]) == 1
     report = capsys.readouterr().out
-    assert f"FAILED {broken}: ValueError: {broken} is not a readable .npy array" in report
+    assert f"FAILED {broken}: SourceError: {broken} is not a readable .npy array: it has no .npy header" in report
     assert f"FAILED {wrong}: ValueError: reader gave tiles of shape (3, 8, 8), the store holds (3, 16, 16)" in report
     with pytest.warns(UserWarning, match="sources failed during ingest"):
         store = TileStore(out)
