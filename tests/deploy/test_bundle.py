@@ -295,7 +295,7 @@ def test_existing_folder_is_refused_and_kept(deployables, tmp_path: Path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(BundleError, match="--overwrite"):
         export_bundle(checkpoint, out)
-    with pytest.raises(BundleError, match="not a bundle folder"):
+    with pytest.raises(BundleError, match="did not write as a bundle"):
         export_bundle(checkpoint, out, overwrite=True)  # --overwrite never deletes other files
     assert (out / "keep.txt").read_text() == "mine"
 
