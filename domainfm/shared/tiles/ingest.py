@@ -125,6 +125,7 @@ def _open_or_create(out: Path, spec: StoreSpec, sources: list[str], overwrite: b
         raise StoreError(f"{out} is a file, not a tile store; choose another --out")
     if out.exists() and not (out / "zarr.json").is_file() and any(out.iterdir()):
         raise StoreError(f"{out} exists and is not a tile store; choose another --out")
+    attrs = _read_store_attrs(out) if (out / "zarr.json").is_file() else {}
     foreign = _foreign_entries(out) if out.is_dir() else []
     if foreign:
         raise StoreError(
@@ -132,7 +133,6 @@ def _open_or_create(out: Path, spec: StoreSpec, sources: list[str], overwrite: b
             f"{', ...' if len(foreign) > 3 else ''}); domainfm writes a store only into a new, empty or store "
             f"folder: choose another --out, or move those files away yourself"
         )
-    attrs = _read_store_attrs(out) if (out / "zarr.json").is_file() else {}
     if attrs is None:
         (out / "zarr.json").unlink()
         attrs = {}
