@@ -47,19 +47,23 @@ def unpaired_report(pairs: int, unpaired: dict[str, list[Any]], limit: int = 20)
 def run_benchmark(measure: Callable[[Path], dict[str, Any]], workdir: Path | None, prefix: str, as_json: bool) -> int:
     """Runs ``measure(folder)`` and prints its fields as JSON or as an aligned table (every ``bench`` command).
 
-    ``folder`` is ``workdir``, or a temporary folder (removed afterwards) when ``workdir`` is ``None``.
+    ``folder`` is ``workdir``, or a temporary folder (removed afterwards) when ``workdir`` is ``None``. A
+    second benchmark on the same ``workdir`` fails at once (:mod:`domainfm.shared.outputs`).
     """
     import json
     import shutil
     import tempfile
 
+    from domainfm.shared.outputs import lock_output
+
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=prefix))
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        results = measure(folder)
+        with lock_output(folder, "benchmark folder"):  # one benchmark per work folder at a time
+            folder.mkdir(parents=True, exist_ok=True)
+            results = measure(folder)
     finally:
         if workdir is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)  # our own temporary folder only
     if as_json:
         print(json.dumps(results, indent=2))
     else:

@@ -295,7 +295,7 @@ def test_existing_folder_is_refused_and_kept(deployables, tmp_path: Path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(BundleError, match="--overwrite"):
         export_bundle(checkpoint, out)
-    with pytest.raises(BundleError, match="not a bundle folder"):
+    with pytest.raises(BundleError, match="did not write as a bundle"):
         export_bundle(checkpoint, out, overwrite=True)  # --overwrite never deletes other files
     assert (out / "keep.txt").read_text() == "mine"
 
@@ -321,11 +321,15 @@ def test_non_downstream_checkpoint_fails_by_name(tmp_path: Path):
 
 def test_failure_midway_leaves_no_partial_bundle(deployables, tmp_path: Path, monkeypatch):
     from domainfm.shared.deploy import bundle as bundle_module
+    from domainfm.shared.outputs import write_marker
 
     out = tmp_path / "bundle"
-    stale = tmp_path / "bundle.partial"
+    users = tmp_path / "bundle.partial"  # a fixed name a user may own: never domainfm's to delete
+    users.mkdir()
+    (users / "mine").write_text("the user's")
+    stale = tmp_path / "bundle.partial-999999-0123abcd"  # a killed export's own, marked, leftover
     stale.mkdir()
-    (stale / "old").write_text("from a killed export")
+    write_marker(stale, "bundle-partial")
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
@@ -334,6 +338,8 @@ def test_failure_midway_leaves_no_partial_bundle(deployables, tmp_path: Path, mo
     with pytest.raises(OSError, match="disk full"):
         export_bundle(deployables["radiology.classifier"][0], out)
     assert not out.exists() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.partial"]  # this run's partial went too
+    assert (users / "mine").read_text() == "the user's"
 
 
 def test_cli_exports_and_prints_the_commands(deployables, tmp_path: Path, capsys):

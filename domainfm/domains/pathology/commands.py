@@ -122,14 +122,15 @@ def pretrain(
     from domainfm.domains.pathology.pretrain import pretrain as run
     from domainfm.shared.config import save_resolved_config
     from domainfm.shared.engine.distributed import is_launch_zero
+    from domainfm.shared.outputs import run_folder
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    if is_launch_zero():
-        save_resolved_config(Path(out))
-    result = run(
-        Path(store), Path(out), backbone, objective, epochs, batch_size, lr, weight_decay, warmup_epochs,
-        teacher_momentum, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
-    )  # fmt: skip
+    with run_folder(Path(out), lead=is_launch_zero()):  # one run per folder; never a folder of other files
+        if is_launch_zero():
+            save_resolved_config(Path(out))
+        result = run(
+            Path(store), Path(out), backbone, objective, epochs, batch_size, lr, weight_decay, warmup_epochs,
+            teacher_momentum, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
+        )  # fmt: skip
     if is_launch_zero():
         print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
     return 0
@@ -223,14 +224,15 @@ def train(
     """
     from domainfm.domains.pathology.heads import train_tile_classifier
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.outputs import run_folder
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
-    result = train_tile_classifier(
-        Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, labelled,
-        epochs, batch_size, lr, seed, device, progress=not json,
-    )  # fmt: skip
-    (Path(out) / "scores.json").write_text(json_module.dumps(result, indent=2))
+    with run_folder(Path(out)):  # one run per folder; never a folder of other files
+        save_resolved_config(Path(out))
+        result = train_tile_classifier(
+            Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, labelled,
+            epochs, batch_size, lr, seed, device, progress=not json,
+        )  # fmt: skip
+        (Path(out) / "scores.json").write_text(json_module.dumps(result, indent=2))
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
     return 0
 
@@ -260,9 +262,10 @@ def mil(
     from domainfm.domains.pathology.embed import read_embeddings
     from domainfm.domains.pathology.slide_heads import run_mil
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.outputs import run_folder
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
-    result = run_mil(read_embeddings(Path(embeddings)), labels, Path(out), mpp, epochs, lr, seed)
+    with run_folder(Path(out)):  # one run per folder; never a folder of other files
+        save_resolved_config(Path(out))
+        result = run_mil(read_embeddings(Path(embeddings)), labels, Path(out), mpp, epochs, lr, seed)
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
     return 0

@@ -6,13 +6,16 @@ int64 level-0 top-left, and per tile ``slide`` (row of the ``slides`` attribute)
 ``split``, ``tile_id`` (row in the tile store); attributes name the encoder, its metadata, the tile store
 and its slides (path, mpp and its source, level-0 size).
 
-Memory is bounded by one batch. The group is written under ``OUT.partial`` with a ``rows_done`` counter
-updated after every batch; a killed run continues from there when rerun with the same command, and the
-folder is renamed to ``OUT`` only when every tile is embedded.
+Memory is bounded by one batch. The group is written under ``OUT.partial-<pid>-<hex>`` (a name unique to
+the run, :mod:`domainfm.shared.outputs`) with a ``rows_done`` counter updated after every batch; a killed run
+continues from there when rerun with the same command, and the folder is renamed to ``OUT`` only when every
+tile is embedded. One run writes ``OUT`` at a time (a lock), and ``--overwrite`` replaces only an embedding
+store, never another folder.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from domainfm.domains.pathology.pretrain import load_encoder, store_normalizatio
 from domainfm.shared.engine import resolve_device
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model.encoders import tile_input
+from domainfm.shared.outputs import check_output, leftovers, lock_output, partial_path, replace_output
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -76,8 +80,40 @@ def embed_store(
     through the encoder's transform record (:func:`~domainfm.shared.model.encoders.tile_input`).
     """
     store, out = TileStore(store_path), Path(out)
-    if out.exists() and not overwrite:
-        raise DomainfmError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    with lock_output(out, "embedding store"):  # one writer per embedding store
+        check_output(out, "embedding store", overwrite, lambda path: is_embedding_store(path, complete=False))
+        return _embed_locked(store, out, checkpoint, backbone, batch_size, seed, device)
+
+
+def is_embedding_store(path: Path, complete: bool = True) -> bool:
+    """Whether ``path`` is an embedding store :func:`embed_store` wrote (finished, or any when not ``complete``)."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    attrs = meta.get("attributes") if isinstance(meta, dict) and meta.get("node_type") == "group" else None
+    if not isinstance(attrs, dict) or not {"version", "encoder", "tile_store", "rows_done"} <= set(attrs):
+        return False
+    return attrs.get("status") == "complete" or not complete
+
+
+def _resumable(out: Path, attrs: dict[str, Any]) -> Path | None:
+    """A killed run's ``OUT.partial-*`` of the same encoder and store (to continue); other leftovers go."""
+    found = None
+    for path in leftovers(out):
+        if not is_embedding_store(path, complete=False):
+            continue  # not ours: never touched
+        group = zarr.open_group(path, mode="r")
+        if found is None and {k: group.attrs.get(k) for k in attrs} == attrs:
+            found = path
+        else:
+            shutil.rmtree(path)  # a dead run's embedding partial (we hold the lock on `out`)
+    return found
+
+
+def _embed_locked(
+    store: TileStore, out: Path, checkpoint: Path | None, backbone: str, batch_size: int, seed: int, device: str
+) -> Path:
     torch_device = resolve_device(device)
     encoder, meta = _encoder(checkpoint, backbone, store, seed)
     prepare = tile_input(store_transform(meta, store, checkpoint or store.path))
@@ -92,7 +128,8 @@ def embed_store(
         "slides": _slides(store),
         "label_names": list(store.spec.label_names),
     }
-    partial = out.with_name(out.name + ".partial")
+    attrs = json.loads(json.dumps(attrs))  # as zarr stores them, so a leftover compares equal
+    partial = _resumable(out, attrs) or partial_path(out)
     group = _open_partial(partial, attrs, len(store), encoder.embed_dim)
     start = int(group.attrs["rows_done"])
     index = store.index
@@ -111,10 +148,7 @@ def embed_store(
         group["tile_id"][lo:hi] = rows
         group.attrs["rows_done"] = hi
     group.attrs["status"] = "complete"
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    return out
+    return replace_output(partial, out)
 
 
 def _open_partial(partial: Path, attrs: dict[str, Any], n: int, dim: int) -> zarr.Group:

@@ -22,6 +22,8 @@ from skimage import filters, morphology
 from skimage.filters import rank
 from skimage.segmentation import find_boundaries
 
+from domainfm.shared.outputs import partial_path
+
 # scikit-image loads submodules lazily and that loader is not thread-safe: slides are tiled by parallel
 # threads, so everything used is bound here, at import, in one thread.
 _OTSU, _CLOSING, _DISK = filters.threshold_otsu, morphology.closing, morphology.disk
@@ -154,7 +156,7 @@ def write_qc_png(
         colour = (0, 0, 0) if i == 0 else colours[(i - 1) % len(colours)]
         draw.text((5, 3 + line_height * i), line, fill=colour, font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial.png")
-    picture.save(partial, compress_level=3)  # twice as fast to write as the default 6, 20 % larger
+    partial = partial_path(out)  # unique to this run: never a user's own file
+    picture.save(partial, format="PNG", compress_level=3)  # twice as fast to write as the default 6, 20 % larger
     os.replace(partial, out)
     return out

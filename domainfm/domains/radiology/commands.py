@@ -119,15 +119,16 @@ def pretrain(
     from domainfm.domains.radiology.pretrain import pretrain as run
     from domainfm.shared.config import save_resolved_config
     from domainfm.shared.engine.distributed import is_launch_zero
+    from domainfm.shared.outputs import run_folder
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    if is_launch_zero():
-        save_resolved_config(Path(out))
-    result = run(
-        Path(store), Path(out), backbone, Path(image_checkpoint) if image_checkpoint else None, text,
-        projection_dim, tau, lam, epochs, batch_size, lr, weight_decay, hflip, seed, device,
-        augment_strength=augment_strength, devices=devices, strategy=strategy, num_nodes=num_nodes,
-    )  # fmt: skip
+    with run_folder(Path(out), lead=is_launch_zero()):  # one run per folder; never a folder of other files
+        if is_launch_zero():
+            save_resolved_config(Path(out))
+        result = run(
+            Path(store), Path(out), backbone, Path(image_checkpoint) if image_checkpoint else None, text,
+            projection_dim, tau, lam, epochs, batch_size, lr, weight_decay, hflip, seed, device,
+            augment_strength=augment_strength, devices=devices, strategy=strategy, num_nodes=num_nodes,
+        )  # fmt: skip
     losses = result["losses"]
     if is_launch_zero():
         print(f"wrote {result['checkpoint']}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {result['seconds']:.0f} s")
@@ -175,11 +176,13 @@ def train(
     import json as json_module
 
     from domainfm.domains.radiology.classifier import train_classifier
+    from domainfm.shared.outputs import run_folder
 
-    result = train_classifier(
-        Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, label_fraction,
-        epochs, batch_size, lr, seed, device, progress=not json, text_model=text_model,
-    )  # fmt: skip
+    with run_folder(Path(out)):  # one run per folder; never a folder of other files
+        result = train_classifier(
+            Path(store), Path(out), Path(checkpoint) if checkpoint else None, backbone, peft, peft_options,
+            label_fraction, epochs, batch_size, lr, seed, device, progress=not json, text_model=text_model,
+        )  # fmt: skip
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
     return 0
 

@@ -114,15 +114,16 @@ def pretrain(
     from domainfm.domains.remote_sensing.pretrain import pretrain as run
     from domainfm.shared.config import save_resolved_config
     from domainfm.shared.engine.distributed import is_launch_zero
+    from domainfm.shared.outputs import run_folder
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    if is_launch_zero():
-        save_resolved_config(Path(out))
-    result = run(
-        Path(store), Path(out), backbone, mask_patch, mask_ratio, epochs, batch_size, lr, weight_decay,
-        warmup_epochs, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
-        precision=precision, fsdp=fsdp, init=Path(init) if init else None,
-    )  # fmt: skip
+    with run_folder(Path(out), lead=is_launch_zero()):  # one run per folder; never a folder of other files
+        if is_launch_zero():
+            save_resolved_config(Path(out))
+        result = run(
+            Path(store), Path(out), backbone, mask_patch, mask_ratio, epochs, batch_size, lr, weight_decay,
+            warmup_epochs, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
+            precision=precision, fsdp=fsdp, init=Path(init) if init else None,
+        )  # fmt: skip
     if is_launch_zero():
         print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
     return 0
@@ -182,11 +183,15 @@ def train(
         out: Folder for the trained model (``TASK.safetensors``, for `domainfm export bundle` and `explain`).
         json: Print JSON.
     """
-    from domainfm.domains.remote_sensing.downstream import train_task
+    import contextlib
 
-    result = train_task(
-        Path(store), task, Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, labelled, epochs,
-        batch_size, lr, seed, device, progress=not json, out=Path(out) if out else None,
-    )  # fmt: skip
+    from domainfm.domains.remote_sensing.downstream import train_task
+    from domainfm.shared.outputs import run_folder
+
+    with run_folder(Path(out)) if out else contextlib.nullcontext():  # one run per folder; never other files
+        result = train_task(
+            Path(store), task, Path(checkpoint) if checkpoint else None, backbone, peft, peft_options, labelled,
+            epochs, batch_size, lr, seed, device, progress=not json, out=Path(out) if out else None,
+        )  # fmt: skip
     print(json_module.dumps(result, indent=2) if json else ", ".join(f"{k} {v}" for k, v in result.items()))
     return 0

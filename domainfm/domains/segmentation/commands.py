@@ -105,17 +105,18 @@ def train_vae(
     from domainfm.domains.segmentation.train import write_history
     from domainfm.domains.segmentation.vae import TINY_VAE, VAEConfig
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.outputs import run_folder
     from domainfm.shared.tiles.store import TileStore
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out)
-    config = VAEConfig.from_dict({**TINY_VAE.to_dict(), **(vae or {})})
-    trained, config, history = fit_vae(
-        TileStore(store), config, epochs, batch_size, lr, kl_weight, shape_fraction, seed, device
-    )
-    path = save_vae(trained, config, out / "vae.safetensors", trained_on=str(store), epochs=epochs)
-    write_history(history, out / "history.json")
+    with run_folder(out):  # one run per folder; never a folder of other files
+        save_resolved_config(out)
+        config = VAEConfig.from_dict({**TINY_VAE.to_dict(), **(vae or {})})
+        trained, config, history = fit_vae(
+            TileStore(store), config, epochs, batch_size, lr, kl_weight, shape_fraction, seed, device
+        )
+        path = save_vae(trained, config, out / "vae.safetensors", trained_on=str(store), epochs=epochs)
+        write_history(history, out / "history.json")
     print(f"wrote {path} (scaling factor {config.scaling_factor:.4f})")
     return 0
 
@@ -162,15 +163,16 @@ def train(
     from domainfm.domains.segmentation.fitting import fit
     from domainfm.shared.config import save_resolved_config
     from domainfm.shared.engine.distributed import is_launch_zero
+    from domainfm.shared.outputs import run_folder
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_launch_zero():
-        save_resolved_config(out)
-    result = fit(
-        model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device,
-        devices=devices, strategy=strategy, num_nodes=num_nodes,
-    )  # fmt: skip
+    with run_folder(out, lead=is_launch_zero()):  # one run per folder; never a folder of other files
+        if is_launch_zero():
+            save_resolved_config(out)
+        result = fit(
+            model, Path(store), out, vae, mapper, unet, epochs, batch_size, lr, warmup_epochs, seed, device,
+            devices=devices, strategy=strategy, num_nodes=num_nodes,
+        )  # fmt: skip
     if result is None:  # not global rank zero: the outputs are rank zero's to write
         return 0
     print(

@@ -43,6 +43,16 @@ from domainfm.shared.deploy.bundle_text import LOGGING_CONF, license_text, readm
 from domainfm.shared.deploy.card import Deployable, ModelCard
 from domainfm.shared.deploy.inputs import PICTURES
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.outputs import (
+    MARKER,
+    check_output,
+    has_marker,
+    lock_output,
+    partial_path,
+    remove_leftovers,
+    replace_output,
+    write_marker,
+)
 from domainfm.shared.plugins import domain_of_kind
 
 # The MONAI bundle metadata schema (JSON Schema draft 2019-09), the content published by Project-MONAI
@@ -323,24 +333,39 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=4) + "\n")
 
 
-def _replaceable(out: Path) -> bool:
-    """An empty folder, or one holding a bundle (what ``--overwrite`` may delete)."""
-    return out.is_dir() and (not any(out.iterdir()) or (out / "configs" / "metadata.json").is_file())
+def is_bundle(out: Path) -> bool:
+    """Whether ``out`` is a bundle domainfm exported (what ``--overwrite`` may replace).
+
+    Recognised by ``configs/metadata.json`` holding domainfm's model card; a bundle of another tool, or any
+    other folder, is never deleted.
+    """
+    try:
+        meta = json.loads((Path(out) / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("domainfm"), dict) and "kind" in meta["domainfm"]
+
+
+def is_bundle_partial(path: Path) -> bool:
+    """An unfinished bundle of a killed export (it carries domainfm's marker until it is complete)."""
+    return has_marker(path, "bundle-partial")
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Writes the MONAI bundle of a downstream checkpoint to ``out`` and returns ``out``.
 
-    The bundle is written to ``OUT.partial`` and renamed at the end, so ``out`` never holds half a bundle.
+    The bundle is written to ``OUT.partial-<pid>-<hex>`` (unique to the run) and renamed at the end, so ``out``
+    never holds half a bundle; one run writes ``out`` at a time, and ``--overwrite`` replaces only a bundle
+    domainfm exported (:func:`is_bundle`), never another folder.
 
     Args:
         checkpoint: A downstream checkpoint (see :func:`domainfm.shared.deploy.load_deployable`).
         out: The bundle folder (its name is the bundle's name); its parent is created when missing.
-        overwrite: Replace an existing ``out`` that holds a bundle (or nothing).
+        overwrite: Replace an existing ``out`` that holds a domainfm bundle (an empty folder needs no flag).
 
     Raises:
-        BundleError: ``out`` exists (without ``overwrite``, or is not a bundle), or the checkpoint cannot be
-            expressed as a bundle.
+        OutputError: ``out`` exists (without ``overwrite``, or is not a domainfm bundle), or another run writes it.
+        BundleError: The checkpoint cannot be expressed as a bundle.
         NotDeployableError: ``checkpoint`` is not a downstream checkpoint.
     """
     from domainfm.shared.deploy.registry import load_deployable
@@ -348,39 +373,33 @@ def export_bundle(checkpoint: str | Path, out: str | Path, overwrite: bool = Fal
 
     require("monai", "export")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise BundleError(f"{out} exists; give another --out or pass --overwrite to replace it")
-    if out.exists() and not _replaceable(out):
-        raise BundleError(
-            f"{out} is not a bundle folder; --overwrite replaces only a bundle (or an empty folder): give another --out"
-        )
-    deployable = load_deployable(checkpoint)
-    card = deployable.card
-    out_shape, dtype = _probe(deployable)
-    config = inference_config(card, out_shape)
-    meta = bundle_metadata(card, out_shape, dtype, deployable.network)
-
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    try:
-        for folder in ("configs", "models", "docs"):
-            (partial / folder).mkdir(parents=True)
-        (partial / "LICENSE").write_text(license_text(card))
-        _write_json(partial / "configs" / "metadata.json", meta)
-        _write_json(partial / "configs" / "inference.json", config)
-        (partial / "configs" / "logging.conf").write_text(LOGGING_CONF)
-        state = {k: v.detach().cpu().contiguous() for k, v in deployable.network.state_dict().items()}
-        torch.save(state, partial / "models" / "model.pt")
-        readme = readme_text(card, meta, out_shape, _sliding_window(card, out_shape), input_suffixes(card), SCHEMA_MD5)
-        (partial / "docs" / "README.md").write_text(readme)
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    with lock_output(out, "bundle"):  # one writer per bundle
+        check_output(out, "bundle", overwrite, is_bundle, error=BundleError)
+        deployable = load_deployable(checkpoint)
+        card = deployable.card
+        out_shape, dtype = _probe(deployable)
+        config = inference_config(card, out_shape)
+        meta = bundle_metadata(card, out_shape, dtype, deployable.network)
+        remove_leftovers(out, is_bundle_partial)
+        partial = partial_path(out)  # unique to this run: never a folder a user owns
+        try:
+            partial.mkdir(parents=True)
+            write_marker(partial, "bundle-partial")  # marks a leftover as ours, should this run be killed
+            for folder in ("configs", "models", "docs"):
+                (partial / folder).mkdir()
+            (partial / "LICENSE").write_text(license_text(card))
+            _write_json(partial / "configs" / "metadata.json", meta)
+            _write_json(partial / "configs" / "inference.json", config)
+            (partial / "configs" / "logging.conf").write_text(LOGGING_CONF)
+            state = {k: v.detach().cpu().contiguous() for k, v in deployable.network.state_dict().items()}
+            torch.save(state, partial / "models" / "model.pt")
+            readme = readme_text(
+                card, meta, out_shape, _sliding_window(card, out_shape), input_suffixes(card), SCHEMA_MD5
+            )
+            (partial / "docs" / "README.md").write_text(readme)
+            (partial / MARKER).unlink()
+            replace_output(partial, out)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     return out

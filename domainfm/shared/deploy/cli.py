@@ -13,8 +13,9 @@ from pathlib import Path
 def bundle(checkpoint: Path, out: Path, overwrite: bool = False) -> int:
     """Export a downstream checkpoint (any domain) as a MONAI bundle that verifies and runs offline.
 
-    Writes LICENSE, configs/{metadata.json, inference.json, logging.conf}, models/model.pt (a plain state
-    dict) and docs/README.md to OUT, through OUT.partial, and prints the commands that verify and run it.
+    Writes LICENSE, configs/{metadata.json, inference.json, logging.conf}, models/model.pt (a plain state dict) and
+    docs/README.md to OUT, through a run-unique OUT.partial-<pid>-<hex>, and prints the commands that verify and run
+    it.
 
     Args:
         checkpoint: A downstream checkpoint written by a domain's ``train`` command (``domainfm export bundle

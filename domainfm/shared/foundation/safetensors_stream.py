@@ -4,8 +4,8 @@
 5 GB checkpoint is a second 5 GB in memory. The format is simple (an 8-byte little-endian header length,
 a JSON header of dtypes, shapes and byte offsets plus ``__metadata__``, then the raw little-endian data,
 https://github.com/huggingface/safetensors#format), so this module writes the header from the shapes and
-then each tensor as it is produced. Files are written under a ``.partial`` sibling and renamed into
-place; the result is read back by ``safetensors`` itself in the tests.
+then each tensor as it is produced. Files are written under a run-unique ``FILE.partial-<pid>-<hex>`` sibling and
+renamed into place; the result is read back by ``safetensors`` itself in the tests.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
+
+from domainfm.shared.outputs import partial_path
 
 DTYPES = {
     torch.float64: "F64",
@@ -56,7 +58,7 @@ def write_streaming(
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)  # unique to this run: never a user's own FILE.partial
     try:
         with partial.open("wb") as handle:
             handle.write(struct.pack("<Q", len(encoded)))

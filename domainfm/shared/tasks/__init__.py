@@ -9,8 +9,9 @@
   ``configure_optimizers`` format).
 * :mod:`.probes`: linear probes on frozen features (softmax for one label of many classes, logistic for
   several binary labels) sharing one training loop, and the cosine kNN probe.
-* :mod:`.checkpoint`: the one safetensors checkpoint format: tensors plus JSON metadata entries, written
-  atomically (a ``.partial`` sibling renamed into place) and read back with errors that name the file.
+* :mod:`.checkpoint`: the one safetensors checkpoint format: tensors plus JSON metadata entries, written atomically
+  (a sibling ``FILE.partial-<pid>-<hex>`` unique to the run, renamed into place) and read back with errors that name
+  the file.
 * :mod:`.finetune`: the supervised fine-tuning loop of the domains' ``train`` commands (an encoder in any
   PEFT state plus a head, AdamW over a ``TileStream``) and prediction over chosen tiles.
 

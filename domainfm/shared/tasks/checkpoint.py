@@ -3,8 +3,8 @@
 Every domainfm command that saves weights writes them with :func:`save_checkpoint`: the tensors (or a
 module, whose tensors shared between submodules, like DVPT's prompts, are stored once) and one or more
 metadata entries, each a JSON document under its own key (``domainfm_backbone``, ``domainfm_convirt``,
-...). The file is written under a ``.partial`` sibling and renamed into place, so a crash never leaves a
-half-written checkpoint under the final name. Reading raises an error that names the file when it is
+...). The file is written under a run-unique ``FILE.partial-<pid>-<hex>`` sibling and renamed into place, so a crash
+never leaves a half-written checkpoint under the final name. Reading raises an error that names the file when it is
 missing, not safetensors, lacks the expected entry (naming the command that writes such files), holds an
 entry that is not a JSON object or lacks a field its model needs, or holds tensors that do not fit the model
 its metadata describes.
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from domainfm.shared.backbones.checkpoint import CheckpointError
+from domainfm.shared.outputs import partial_path
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
@@ -37,7 +38,7 @@ def save_checkpoint(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)  # unique to this run: never a user's own FILE.partial
     encoded = {key: json.dumps(value) for key, value in metadata.items()}
     try:
         if isinstance(weights, nn.Module):

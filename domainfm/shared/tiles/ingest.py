@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from domainfm.shared.outputs import lock_output
 from domainfm.shared.tiles.fragments import (
     Reader,
     fingerprint,
@@ -98,8 +99,15 @@ def _read_store_attrs(out: Path) -> dict | None:
     meta_path = out / "zarr.json"
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        return None  # half-written by a killed run: the staging fragments still hold everything
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        if (out / STAGING).is_dir():
+            return None  # half-written by a killed run: the staging fragments still hold everything
+        raise StoreError(
+            f"{meta_path} is not valid zarr metadata and no ingest staging is beside it, so it is not a store an "
+            f"ingest left; domainfm does not replace it: choose another --out, or move it away yourself"
+        ) from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{out} holds zarr data that is not a domainfm tile store; choose another --out")
     if meta.get("node_type") != "group" or "schema_version" not in meta.get("attributes", {}):
         raise StoreError(f"{out} holds zarr data that is not a domainfm tile store; choose another --out")
     return meta["attributes"]
@@ -153,6 +161,21 @@ def _refuse_changed_inputs(
         )
 
 
+STORE_MEMBERS = ("zarr.json", STAGING)
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """What in ``out`` a store does not hold: its metadata, staging, zarr nodes and ``_``-named files are its own."""
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name in STORE_MEMBERS or entry.name.startswith("_"):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and (entry / "zarr.json").is_file():
+            continue  # an array or group of the store (tiles, index, companions)
+        foreign.append(entry.name)
+    return foreign
+
+
 def _open_or_create(
     out: Path,
     spec: StoreSpec,
@@ -162,9 +185,18 @@ def _open_or_create(
     per_source: list[str] | None = None,
 ) -> zarr.Group:
     planned = [str(Path(s).resolve()) for s in sources]
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out} is a file, not a tile store; choose another --out")
     if out.exists() and not (out / "zarr.json").is_file() and any(out.iterdir()):
         raise StoreError(f"{out} exists and is not a tile store; choose another --out")
     attrs = _read_store_attrs(out) if (out / "zarr.json").is_file() else {}
+    foreign = _foreign_entries(out) if out.is_dir() else []
+    if foreign:
+        raise StoreError(
+            f"{out} holds files that are not part of a tile store ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); domainfm writes a store only into a new, empty or store "
+            f"folder: choose another --out, or move those files away yourself"
+        )
     if attrs is None:
         (out / "zarr.json").unlink()
         attrs = {}
@@ -342,13 +374,32 @@ def ingest(
         overwrite: Replace an existing store of other sources.
         progress: Show the progress bar.
     """
-    start = time.perf_counter()
     out = Path(out)
     names = [str(s) for s in sources]
     resolved = [Path(s).resolve() for s in sources]
     if len(set(resolved)) != len(resolved):
         twice = sorted({str(r) for r in resolved if resolved.count(r) > 1})
         raise StoreError(f"sources listed twice (under any spelling): {twice}")
+    with lock_output(out, "tile store"):  # one writer per store: a second ingest into `out` fails at once
+        return _ingest_locked(
+            out, names, spec, reader, reader_name, reader_version, workers, scheduler, processes, overwrite, progress
+        )
+
+
+def _ingest_locked(
+    out: Path,
+    names: list[str],
+    spec: StoreSpec,
+    reader: Reader,
+    reader_name: str,
+    reader_version: str,
+    workers: int,
+    scheduler: str | None,
+    processes: bool,
+    overwrite: bool,
+    progress: bool,
+) -> IngestSummary:
+    start = time.perf_counter()
     options, own = reader_options(reader, names, out)
     inputs = inputs_record(reader_name, reader_version, options)
     shared = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,6 +1,7 @@
 """The pathology CLI end to end on phantom slides: phantom, tile, pretrain, embed (resumable), probe, train, mil."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +64,15 @@ def test_embeddings_resume_and_match_the_encoder(workspace: Path, monkeypatch: p
     monkeypatch.setattr(embed_module, "prepare_tiles", failing)
     assert main(["pathology", "embed", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(out),
                  "--batch_size", "16", "--device", "cpu"]) == 130  # fmt: skip  # interrupted: exit 130
-    assert not out.exists() and (workspace / "emb.zarr.partial").exists()
+    from domainfm.shared.outputs import leftovers
+
+    (partial,) = leftovers(out)  # OUT.partial-<pid>-<hex>: a name unique to the run, never a user's OUT.partial
+    assert not out.exists() and partial.name.startswith(f"emb.zarr.partial-{os.getpid()}-")
     with pytest.raises(DomainfmError, match=r"not a complete embedding store|not an embedding store"):
-        read_embeddings(workspace / "emb.zarr.partial")
+        read_embeddings(partial)
     import zarr
 
-    assert zarr.open_group(workspace / "emb.zarr.partial", mode="r").attrs["rows_done"] == 32  # two batches kept
+    assert zarr.open_group(partial, mode="r").attrs["rows_done"] == 32  # two batches kept
     resumed = {"n": 0}
 
     def counting(tiles, normalization):
@@ -79,6 +83,7 @@ def test_embeddings_resume_and_match_the_encoder(workspace: Path, monkeypatch: p
     assert main(["pathology", "embed", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(out),
                  "--batch_size", "16", "--device", "cpu"]) == 0  # fmt: skip
     embeddings = read_embeddings(out)
+    assert not leftovers(out)  # the killed run's partial was continued and renamed, not left beside it
     tiles = TileStore(store)
     assert resumed["n"] == -(-(len(tiles) - 32) // 16)  # the rerun embedded only the rest
     encoder, meta = load_encoder(checkpoint)
