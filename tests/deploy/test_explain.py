@@ -278,11 +278,18 @@ def test_slide_overlay_from_tile_attributions(deployables, tmp_path: Path, capsy
 def test_cli_end_to_end(deployables, tmp_path: Path, capsys):
     checkpoint, inputs = deployables["radiology.classifier"]
     out = tmp_path / "explained.png"
+    out.write_bytes(b"a user's picture")
     command = ["explain", "--checkpoint", str(checkpoint), "--input", str(inputs[0]), "--out", str(out)]
+    for extra in ([], ["--overwrite"]):  # a file domainfm did not write is never replaced
+        assert main([*command, *extra]) == 2
+        assert "domainfm did not write" in capsys.readouterr().err and out.read_bytes() == b"a user's picture"
+    out.unlink()
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "logit of label" in printed and f"wrote {out}" in printed
     _valid_png(out)
+    assert main(command) == 2 and "pass --overwrite" in capsys.readouterr().err  # ours: replaced on request only
+    command.append("--overwrite")
     assert main([*command, "--method", "occlusion", "--target", "effusion", "--json"]) == 0
     numbers = json.loads(capsys.readouterr().out)
     assert numbers["target_name"] == "effusion" and numbers["method"] == "occlusion"
@@ -293,5 +300,5 @@ def test_cli_end_to_end(deployables, tmp_path: Path, capsys):
     assert "ViT-family" in capsys.readouterr().err
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a picture")
-    assert main(["explain", "--checkpoint", str(checkpoint), "--input", str(broken), "--out", str(out)]) == 2
+    assert main(["explain", "--checkpoint", str(checkpoint), "--input", str(broken), "--out", str(out), "--overwrite"]) == 2
     assert "cannot be read" in capsys.readouterr().err

@@ -20,6 +20,7 @@ def explain(
     baseline: Literal["mean", "zeros", "blur"] = "mean",
     device: str = "auto",
     json: bool = False,
+    overwrite: bool = False,
 ) -> int:
     """Explain a downstream model's output on one input (or a whole slide) as a PNG overlay (captum).
 
@@ -40,7 +41,32 @@ def explain(
         baseline: The reference input: ``mean`` (the training mean colour/value), ``zeros`` or ``blur``.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: Print the numbers as JSON.
+        overwrite: Replace an overlay that ``domainfm explain`` wrote at ``out`` (any other file is refused).
     """
+    from domainfm.shared.explain.overlay import is_overlay
+    from domainfm.shared.explain.targets import ExplainError
+    from domainfm.shared.outputs import check_output, lock_output
+
+    out, input = Path(out), Path(input)
+    if out.suffix.lower() != ".png":
+        raise ExplainError(f"--out {out}: the overlay is a PNG; give a file name ending in .png")
+    with lock_output(out, "explanation overlay"):
+        check_output(out, "explanation overlay", overwrite, is_overlay)  # never replaces a user's picture
+        return _explain(checkpoint=checkpoint, input=input, out=out, method=method, target=target,
+                        steps=steps, baseline=baseline, device=device, json=json)  # fmt: skip
+
+
+def _explain(
+    checkpoint: Path,
+    input: Path,
+    out: Path,
+    method: str,
+    target: str | None,
+    steps: int | None,
+    baseline: str,
+    device: str,
+    json: bool,
+) -> int:
     import json as json_module
 
     from PIL import Image
@@ -53,9 +79,6 @@ def explain(
     from domainfm.shared.explain.slides import explain_slide, is_slide
     from domainfm.shared.explain.targets import ExplainError
 
-    out, input = Path(out), Path(input)
-    if out.suffix.lower() != ".png":
-        raise ExplainError(f"--out {out}: the overlay is a PNG; give a file name ending in .png")
     torch_device = resolve_device(device)
     deployable = load_deployable(checkpoint)
     deployable.network.to(torch_device)

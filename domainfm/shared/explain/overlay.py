@@ -27,11 +27,14 @@ import torch
 
 from domainfm.shared.deploy.card import ModelCard
 from domainfm.shared.explain.attribution import Attribution
+from domainfm.shared.outputs import partial_path
 
 ALPHA = 0.55
 DIVERGING, SEQUENTIAL = "RdBu_r", "inferno"
 FALSE_COLOUR = ("B07", "B02", "B01")
 PANEL_INCHES, DPI = 3.6, 110
+
+SOFTWARE = "domainfm explain"  # the PNG text chunk that marks an overlay as ours (for --overwrite)
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:
@@ -132,13 +135,24 @@ def write_figure(
     fig.suptitle(title, fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = partial_path(path)  # unique to this run: never a user's file
     try:
-        fig.savefig(tmp, format="png", dpi=DPI)
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": SOFTWARE})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def is_overlay(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG overlay that ``domainfm explain`` wrote (its ``Software`` text chunk)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and str(image.info.get("Software", "")).startswith(SOFTWARE)
+    except Exception:  # missing, unreadable or not an image: not ours
+        return False
 
 
 def attribution_title(attribution: Attribution, title: str | None = None) -> str:

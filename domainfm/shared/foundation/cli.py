@@ -71,7 +71,15 @@ def show(name: str, /) -> int:
     return 0
 
 
-def convert(name: str, /, input: Path, out: Path, config: Path | None = None, layout: str | None = None) -> int:
+def convert(
+    name: str,
+    /,
+    input: Path,
+    out: Path,
+    config: Path | None = None,
+    layout: str | None = None,
+    overwrite: bool = False,
+) -> int:
     """Convert a publisher's checkpoint into a domainfm checkpoint carrying architecture and preprocessing.
 
     Args:
@@ -82,10 +90,15 @@ def convert(name: str, /, input: Path, out: Path, config: Path | None = None, la
             ``config.json``, pytorch-caney YAML) when it is not beside ``input``.
         layout: Read ``input`` in another layout than the catalogue's (``timm``, ``hf_vit``, ``hf_dinov2``,
             ``dinov2_github``, ``open_clip``), e.g. a model's original DINOv2-code checkpoint.
+        overwrite: Replace a domainfm checkpoint at ``out`` (any other file, the input included, is refused).
     """
     from domainfm.shared.foundation.convert import convert_checkpoint
+    from domainfm.shared.outputs import check_output, lock_output
+    from domainfm.shared.tasks.checkpoint import is_domainfm_checkpoint
 
-    report = convert_checkpoint(name, input, out, config, progress=True, layout=layout)
+    with lock_output(out, "converted checkpoint"):
+        check_output(out, "converted checkpoint", overwrite, is_domainfm_checkpoint)  # never a user's file
+        report = convert_checkpoint(name, input, out, config, progress=True, layout=layout)
     print(f"wrote {report.out}: {report.model}, {report.tensors} backbone tensors")
     print(f"  rebuild      {', '.join(f'{k}={v}' for k, v in report.build_args.items())}")
     print(f"  input        {report.transform.describe()}")

@@ -73,6 +73,14 @@ def checkpoint_metadata(path: str | Path, error: type[Exception] = CheckpointErr
     return {key: _decode(value) for key, value in raw.items()}
 
 
+def is_domainfm_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file domainfm wrote (a ``domainfm_*`` metadata entry); never raises."""
+    try:
+        return any(key.startswith("domainfm_") for key in checkpoint_metadata(path))
+    except Exception:  # missing, unreadable or foreign: not ours
+        return False
+
+
 def read_checkpoint_metadata(
     path: str | Path, key: str, producer: str, error: type[Exception] = CheckpointError
 ) -> dict[str, Any]:

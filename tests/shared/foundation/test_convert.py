@@ -147,3 +147,28 @@ def test_bench_convert_reports_both_runs_against_the_file_size(capsys):
     assert report["anon_ratio_convert_over_baseline"] == pytest.approx(
         converted["peak_anon_mb"] / baseline["peak_anon_mb"], rel=1e-6
     )
+
+
+def test_convert_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    """A user's file at --out (or a .partial sibling) is kept byte for byte; --overwrite replaces only ours."""
+    source = _write_uni(tmp_path, _tiny_uni())
+    argv = ["models", "convert", "uni", "--input", str(source), "--config", str(tmp_path / "config.json")]
+    out = tmp_path / "uni.safetensors"
+    out.write_bytes(b"a user's file")
+    sibling = tmp_path / "uni.safetensors.partial"
+    sibling.write_bytes(b"also theirs")
+    for extra in ([], ["--overwrite"]):
+        assert main([*argv, "--out", str(out), *extra]) == 2
+        assert "domainfm did not write" in capsys.readouterr().err
+        assert out.read_bytes() == b"a user's file" and sibling.read_bytes() == b"also theirs"
+    out.unlink()
+    assert main([*argv, "--out", str(out)]) == 0
+    written = out.read_bytes()
+    assert main([*argv, "--out", str(out)]) == 2  # ours, but replacing it needs --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err and out.read_bytes() == written
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    assert "blocks.0.attn.qkv.weight" in load_file(str(out))
+    assert sibling.read_bytes() == b"also theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["config.json", "pytorch_model.bin", "uni.safetensors", "uni.safetensors.partial"]
+    )
