@@ -203,11 +203,14 @@ def evaluate(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: Print JSON.
     """
+    import contextlib
     import json as json_module
 
     from domainfm.domains.segmentation.fitting import evaluate_checkpoint
+    from domainfm.shared.outputs import run_folder
 
-    result = evaluate_checkpoint(Path(checkpoint), Path(store), split, Path(out) if out else None, device)
+    with run_folder(Path(out)) if out else contextlib.nullcontext():  # QC pictures never go among other files
+        result = evaluate_checkpoint(Path(checkpoint), Path(store), split, Path(out) if out else None, device)
     if json:
         print(json_module.dumps(result, indent=2))
     else:

@@ -68,13 +68,14 @@ def study(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
     """
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.outputs import run_folder
     from domainfm.studies.pathology.workflow import run_study
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
-    run_study(
-        Path(out), slides, slide_size, test_slides, tile_size, tuple(mpp or [0.5, 1.0]), backbone, pretrain_epochs,
-        objective, mil_epochs, seed, device,
-    )  # fmt: skip
-    print((Path(out) / "results.md").read_text())
+    with run_folder(Path(out)):  # new, empty or an earlier run of domainfm: never a folder of other files
+        save_resolved_config(Path(out))
+        run_study(
+            Path(out), slides, slide_size, test_slides, tile_size, tuple(mpp or [0.5, 1.0]), backbone, pretrain_epochs,
+            objective, mil_epochs, seed, device,
+        )  # fmt: skip
+        print((Path(out) / "results.md").read_text())
     return 0

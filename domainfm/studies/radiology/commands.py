@@ -69,23 +69,24 @@ def study(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
     """
     from domainfm.shared.config import save_resolved_config
+    from domainfm.shared.outputs import run_folder
     from domainfm.studies.radiology.workflow import run_study
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(out))
-    run_study(
-        Path(out),
-        n,
-        size,
-        backbone,
-        text,
-        epochs,
-        batch_size,
-        lr,
-        hflip,
-        seed,
-        device,
-        augment_strength=augment_strength,
-    )
-    print((Path(out) / "results.md").read_text())
+    with run_folder(Path(out)):  # new, empty or an earlier run of domainfm: never a folder of other files
+        save_resolved_config(Path(out))
+        run_study(
+            Path(out),
+            n,
+            size,
+            backbone,
+            text,
+            epochs,
+            batch_size,
+            lr,
+            hflip,
+            seed,
+            device,
+            augment_strength=augment_strength,
+        )
+        print((Path(out) / "results.md").read_text())
     return 0

@@ -69,23 +69,25 @@ def compare(
     from domainfm.studies.segmentation.workflow import compare_on_phantom
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out)
-    rows = compare_on_phantom(
-        out,
-        n,
-        size,
-        vae,
-        vae_epochs,
-        mapper,
-        unet,
-        epochs,
-        batch_size,
-        lr,
-        warmup_epochs,
-        seed,
-        device,
-        vae_weights=Path(vae_weights) if vae_weights else None,
-    )
-    print((out / "results.md").read_text())
-    return 0 if rows else 1
+    from domainfm.shared.outputs import run_folder
+
+    with run_folder(out):  # new, empty or an earlier run of domainfm: never a folder of other files
+        save_resolved_config(out)
+        rows = compare_on_phantom(
+            out,
+            n,
+            size,
+            vae,
+            vae_epochs,
+            mapper,
+            unet,
+            epochs,
+            batch_size,
+            lr,
+            warmup_epochs,
+            seed,
+            device,
+            vae_weights=Path(vae_weights) if vae_weights else None,
+        )
+        print((out / "results.md").read_text())
+        return 0 if rows else 1

@@ -50,23 +50,25 @@ def compare(
     from domainfm.studies.shared.peft.phantom import build_phantom_store
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out)
-    task = (
-        TileStore(store)
-        if store
-        else build_phantom_store(out / "phantom_textures.zarr", phantom_tiles, phantom_classes, seed=seed)
-    )
-    rows = run_grid(
-        task, backbone, methods, label_fractions, out, epochs, batch_size, lr, seed, device, method_options or {}
-    )
-    header = (
-        f"PEFT comparison on `{task.path.name}` ({len(task)} tiles) with `{backbone}`, {epochs} epochs, "
-        f"AdamW lr {lr}, batch {batch_size}, seed {seed}; metrics on the val split."
-    )
-    write_results(rows, out, header)
-    print((out / "results.md").read_text())
-    bad = [r for r in rows if r["reattach_max_abs_diff"] > 1e-5]
-    for row in bad:
-        print(f"adapter of {row['method']} at {row['label_fraction']} did not re-attach exactly")
-    return 1 if bad else 0
+    from domainfm.shared.outputs import run_folder
+
+    with run_folder(out):  # new, empty or an earlier run of domainfm: never a folder of other files
+        save_resolved_config(out)
+        task = (
+            TileStore(store)
+            if store
+            else build_phantom_store(out / "phantom_textures.zarr", phantom_tiles, phantom_classes, seed=seed)
+        )
+        rows = run_grid(
+            task, backbone, methods, label_fractions, out, epochs, batch_size, lr, seed, device, method_options or {}
+        )
+        header = (
+            f"PEFT comparison on `{task.path.name}` ({len(task)} tiles) with `{backbone}`, {epochs} epochs, "
+            f"AdamW lr {lr}, batch {batch_size}, seed {seed}; metrics on the val split."
+        )
+        write_results(rows, out, header)
+        print((out / "results.md").read_text())
+        bad = [r for r in rows if r["reattach_max_abs_diff"] > 1e-5]
+        for row in bad:
+            print(f"adapter of {row['method']} at {row['label_fraction']} did not re-attach exactly")
+        return 1 if bad else 0
