@@ -3,6 +3,7 @@ readers, and random sequences of ingest operations end in a store equal to a fre
 
 import importlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import zarr
 
 from domainfm.cli import main
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.outputs import OutputError, OutputLock
 from domainfm.shared.tiles.ingest import ingest
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, TileBatch
 from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
@@ -171,7 +173,7 @@ def _same(a: TileStore, b: TileStore) -> None:
     assert a.stats == b.stats
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(4))
 def test_random_ingest_sequences_end_equal_to_a_fresh_build_or_refused(tmp_path: Path, seed: int):
     from functools import partial
 
@@ -183,7 +185,7 @@ def test_random_ingest_sequences_end_equal_to_a_fresh_build_or_refused(tmp_path:
     out = tmp_path / "store.zarr"
     sources, options = [pool[0], pool[1]], {"split": "train", "label": 0}
     for step in range(8):
-        move = rng.choice(["add", "remove", "options", "rerun", "fail", "kill"])
+        move = rng.choice(["add", "remove", "options", "rerun", "fail", "kill", "concurrent"])
         new_sources, new_options, overwrite = list(sources), dict(options), False
         if move == "add":
             new_sources.append(pool[int(rng.integers(0, 5))])
@@ -197,6 +199,12 @@ def test_random_ingest_sequences_end_equal_to_a_fresh_build_or_refused(tmp_path:
         new_sources = list(dict.fromkeys(new_sources))
         reader = partial(_labelled_reader, **new_options)
         spec = npy_spec(new_sources[0] if new_sources[0] != pool[5] else pool[0], codec="none")
+        if move == "concurrent":  # another run holds the store: refused at once, nothing written
+            before = {p: p.stat().st_mtime_ns for p in out.rglob("*")} if out.exists() else {}
+            with OutputLock(out, "tile store"), pytest.raises(OutputError, match=f"pid {os.getpid()}"):
+                ingest(new_sources, out, spec, reader, "r", overwrite=overwrite, progress=False)
+            assert ({p: p.stat().st_mtime_ns for p in out.rglob("*")} if out.exists() else {}) == before
+            continue
         if move == "kill":  # interrupted mid-ingest: fragments staged, store left 'ingesting'
             engine = importlib.import_module("domainfm.shared.tiles.ingest")
             real = engine._assemble
