@@ -107,3 +107,21 @@ def mlp_ratio_for(hidden: int, width: int) -> float:
     """The ``mlp_ratio`` for which timm's ``int(width * mlp_ratio)`` is exactly ``hidden``."""
     ratio = hidden / width
     return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
+
+
+def route_rest(source: TensorSource, prefix: str, used: set[str], weights: SourceWeights, pooler: str) -> None:
+    """Routes every tensor of a Hugging Face model not yet ``used``.
+
+    The pooler and a classifier head are dropped (``pooler`` says why); anything else goes to the backbone
+    under its own name, for the strict check to name.
+    """
+    for key in source:
+        name = key[len(prefix) :] if key.startswith(prefix) else None
+        if name in used:
+            continue
+        if name is not None and name.startswith("pooler."):
+            weights.dropped[key] = pooler
+        elif key.split(".", 1)[0] in ("classifier", "head"):
+            weights.dropped[key] = "classifier head (domainfm builds the encoder without one)"
+        else:
+            weights.backbone[name or key] = lazy(source, key)  # left for the strict check to name

@@ -38,6 +38,7 @@ from domainfm.shared.foundation.formats._common import (
     map_hf_blocks,
     mlp_ratio_for,
     published_names,
+    route_rest,
 )
 from domainfm.shared.foundation.formats.hf_vit import TOP, hf_config_for
 from domainfm.shared.foundation.layouts import Layout, SourceWeights, TargetModel, register_layout
@@ -107,16 +108,7 @@ def _convert_dinov2(path: Path, config: dict[str, Any], target: TargetModel) -> 
     if "embeddings.mask_token" in names:
         weights.extras["mask_token"] = lazy_apply(source, names["embeddings.mask_token"], lambda t: t.reshape(-1))
         used.add("embeddings.mask_token")
-    for key in source:
-        name = key[len(prefix) :] if key.startswith(prefix) else None
-        if name in used:
-            continue
-        if name is not None and name.startswith("pooler."):
-            weights.dropped[key] = "pooler (the published embedding is the class token)"
-        elif key.split(".", 1)[0] in ("classifier", "head"):
-            weights.dropped[key] = "classifier head (domainfm builds the encoder without one)"
-        else:
-            weights.backbone[name or key] = lazy(source, key)  # left for the strict check to name
+    route_rest(source, prefix, used, weights, "pooler (the published embedding is the class token)")
     weights.notes.append("query/key/value fused into timm's qkv; LayerScale lambda1 -> gamma")
     return weights
 

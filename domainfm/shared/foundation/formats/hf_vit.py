@@ -25,7 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from domainfm.shared.foundation.formats._common import hf_prefix, lazy, map_hf_blocks, mlp_ratio_for, published_names
+from domainfm.shared.foundation.formats._common import (
+    hf_prefix,
+    lazy,
+    map_hf_blocks,
+    mlp_ratio_for,
+    published_names,
+    route_rest,
+)
 from domainfm.shared.foundation.layouts import Layout, SourceWeights, TargetModel, register_layout
 from domainfm.shared.foundation.sources import ConversionError, TensorSource, hf_config
 
@@ -111,16 +118,9 @@ def _convert_vit(path: Path, config: dict[str, Any], target: TargetModel) -> Sou
     if "embeddings.mask_token" in names:
         weights.extras["mask_token"] = lazy(source, names["embeddings.mask_token"])
         used.add("embeddings.mask_token")
-    for key in source:
-        name = key[len(prefix) :] if key.startswith(prefix) else None
-        if name in used:
-            continue
-        if name is not None and name.startswith("pooler."):
-            weights.dropped[key] = "ViTModel pooler (tanh projection; the published embedding is the class token)"
-        elif key.split(".", 1)[0] in ("classifier", "head"):
-            weights.dropped[key] = "classifier head (domainfm builds the encoder without one)"
-        else:
-            weights.backbone[name or key] = lazy(source, key)  # left for the strict check to name
+    route_rest(
+        source, prefix, used, weights, "ViTModel pooler (tanh projection; the published embedding is the class token)"
+    )
     weights.notes.append("query/key/value fused into timm's qkv; LayerNorm eps 1e-12 as in ViTModel")
     return weights
 
