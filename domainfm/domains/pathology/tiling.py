@@ -42,14 +42,13 @@ from domainfm.domains.pathology.slides import (
     slide_info,
 )
 from domainfm.domains.pathology.tissue import TissueParams, tissue_fractions, tissue_mask, write_qc_png
-from domainfm.shared.tiles.ingest import IngestSummary
+from domainfm.shared.tiles.ingest import QC_FOLDER, IngestSummary
 from domainfm.shared.tiles.schema import SPLITS, Companion, StoreSpec, TileBatch, stable_split
 
 READER_NAME = "pathology.openslide"
 READER_VERSION = "1"
 THUMBNAIL_MPP = 8.0
 MAX_THUMBNAIL_SIDE = 8192
-QC_FOLDER = "qc"
 READ_BATCH_BYTES = 24 * 2**20
 
 

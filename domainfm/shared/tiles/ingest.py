@@ -161,7 +161,8 @@ def _refuse_changed_inputs(
         )
 
 
-STORE_MEMBERS = ("zarr.json", STAGING)
+QC_FOLDER = "qc"  # readers may draw QC pictures here (the slide tiler's tissue masks)
+STORE_MEMBERS = ("zarr.json", STAGING, QC_FOLDER)
 
 
 def _foreign_entries(out: Path) -> list[str]:
