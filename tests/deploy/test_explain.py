@@ -300,5 +300,8 @@ def test_cli_end_to_end(deployables, tmp_path: Path, capsys):
     assert "ViT-family" in capsys.readouterr().err
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a picture")
-    assert main(["explain", "--checkpoint", str(checkpoint), "--input", str(broken), "--out", str(out), "--overwrite"]) == 2
+    assert (
+        main(["explain", "--checkpoint", str(checkpoint), "--input", str(broken), "--out", str(out), "--overwrite"])
+        == 2
+    )
     assert "cannot be read" in capsys.readouterr().err
