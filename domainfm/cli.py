@@ -14,13 +14,15 @@ with ``DOMAINFM_DEBUG=1``, which prints the full traceback for every error, expe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import inspect
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -327,6 +329,31 @@ def _report(error: BaseException) -> int:
     return 1
 
 
+# Deprecations inside libraries that a user cannot act on (they name library internals, not the user's input).
+LIBRARY_DEPRECATIONS = (r".*isinstance\(treespec, LeafSpec\).*",)
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    return f"domainfm: warning: {' '.join(str(message).split())}\n"
+
+
+@contextlib.contextmanager
+def _user_warnings() -> Iterator[None]:
+    """Warnings as one line each without source lines, library deprecations hidden (all of it under DOMAINFM_DEBUG)."""
+    original = warnings.formatwarning
+    with warnings.catch_warnings():  # restores the filters on exit
+        if os.environ.get("DOMAINFM_DEBUG", "") in ("", "0"):
+            warnings.formatwarning = _one_line_warning
+            for pattern in LIBRARY_DEPRECATIONS:
+                warnings.filterwarnings("ignore", message=pattern)
+        try:
+            yield
+        finally:
+            warnings.formatwarning = original
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``domainfm`` with ``argv`` (``sys.argv[1:]`` when ``None``) and returns the exit status.
 
@@ -335,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     _given_paths.clear()
     try:
-        return _main(argv)
+        with _user_warnings():
+            return _main(argv)
     except KeyboardInterrupt:
         print("domainfm: interrupted", file=sys.stderr)
         return 130

@@ -397,3 +397,41 @@ def test_bundle_commands_quote_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main(["export", "bundle", "--checkpoint", str(tmp_path / "c.safetensors"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"--bundle_root '{out}'" in printed and f"'{out}/configs/metadata.json'" in printed
+
+
+NOISY = """
+import sys, warnings
+from pathlib import Path
+from domainfm import cli
+
+def noisy(out: Path) -> int:
+    warnings.warn("isinstance(treespec, LeafSpec) is deprecated", DeprecationWarning, stacklevel=1)
+    warnings.warn("3 sources failed\\n  during ingest", UserWarning, stacklevel=1)
+    return 0
+
+if __name__ == "__main__":
+    cli.COMMANDS["noisy"] = "noisy_command:noisy"
+    warnings.simplefilter("always")
+    sys.exit(cli.main(["noisy", "--out", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_warnings_are_one_line_without_source_and_library_deprecations_hidden(tmp_path: Path, debug: str):
+    import subprocess
+    import sys
+
+    (tmp_path / "noisy_command.py").write_text(NOISY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    env["DOMAINFM_DEBUG"] = debug
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "noisy_command.py"), str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    if debug:  # developers see everything, with the source line
+        assert "LeafSpec" in run.stderr and "noisy_command.py" in run.stderr
+    else:
+        assert run.stderr == "domainfm: warning: 3 sources failed during ingest\n", run.stderr
