@@ -330,7 +330,8 @@ def run_folder(out: str | Path, lead: bool = True, what: str = "run folder") -> 
 
     The folder may be new, empty, or one an earlier domainfm run wrote (a killed run resumes there);
     anything else is refused. The lead process (global rank zero) takes the lock and writes the marker;
-    the others only create the folder.
+    the others only create the folder. A run that fails before writing anything removes the folder it
+    created (bad input leaves no empty run folder behind).
     """
     out = Path(out)
     if not lead:
@@ -345,7 +346,16 @@ def run_folder(out: str | Path, lead: bool = True, what: str = "run folder") -> 
                 f"{out} holds files domainfm did not write ({_listing(out)}); a {what} must be new, empty or an "
                 f"earlier domainfm run's folder: choose another --out, or move those files away yourself"
             )
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         if read_marker(out) is None:
             write_marker(out, RUN_KIND)
-        yield out
+        try:
+            yield out
+        except BaseException:
+            own = {MARKER, "config.yaml"}  # the marker and the resolved config this run wrote first
+            if created and {p.name for p in out.iterdir()} <= own:  # failed before writing any result
+                for name in own:
+                    (out / name).unlink(missing_ok=True)
+                out.rmdir()  # only the folder this run created, and only while it holds nothing else
+            raise

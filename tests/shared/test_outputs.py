@@ -163,3 +163,23 @@ def test_run_folder_accepts_new_empty_or_domainfm_folders_only(tmp_path: Path):
         pass
     assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
     assert not lock_path(user).exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder_but_keeps_an_existing_one(tmp_path: Path):
+    from domainfm.shared.outputs import MARKER
+
+    new = tmp_path / "new"
+    with pytest.raises(ValueError, match="bad store"), run_folder(new):
+        (new / "config.yaml").write_text("# command: x\n")
+        raise ValueError("bad store")
+    assert not new.exists() and not lock_path(new).exists()
+    started = tmp_path / "started"
+    with pytest.raises(ValueError), run_folder(started):
+        (started / "model.safetensors").write_bytes(b"partial result")
+        raise ValueError("failed later")
+    assert sorted(p.name for p in started.iterdir()) == [MARKER, "model.safetensors"]  # kept for a resume
+    with run_folder(started):
+        pass
+    with pytest.raises(ValueError), run_folder(started):  # it existed before this run: never removed
+        raise ValueError("bad store")
+    assert started.is_dir() and (started / "model.safetensors").exists()
