@@ -102,7 +102,8 @@ def _from_row(row: dict[str, object], source: Path, line: int) -> Report:
     if study_column is None or not text_columns:
         raise ReportsError(
             f"{source}: a report table needs a study id column ({', '.join(STUDY_COLUMNS)}) and findings and/or "
-            f"impression (or one of {', '.join(TEXT_COLUMNS)}); it has {sorted(lowered)}: rename its columns"
+            f"impression (or one of {', '.join(TEXT_COLUMNS)}); it has {[str(k) for k in row if k is not None]}: "
+            "rename its columns"
         )
     study = str(lowered[study_column] or "").strip()
     if not study:
