@@ -2,10 +2,12 @@
 
 ``radiology ingest --labels`` reads one of:
 
-* a CSV (``.csv`` or ``.csv.gz``), NIH ChestX-ray14 style: an image column (``Image Index``, ``image``,
-  ``path``, ``file``, ``filename``) or a study id column (``study_id``, ``study``, ``id``), and either
-  ``Finding Labels`` with ``|``-separated findings, or one 0/1 column per label (blank and negative values:
-  0). A patient column (``Patient ID``, ``patient_id``, ``patient``, ``subject_id``) is kept as the split group.
+* a CSV (``.csv`` or ``.csv.gz``): an image column (``Image Index``, ``image``, ``path``, ``file``,
+  ``filename``; a relative path matches the end of an image's path) or a study id column (``study_id``,
+  ``study``, ``id``), and either ``Finding Labels`` with ``|``-separated findings (NIH ChestX-ray14), or one
+  0/1 column per label (CheXpert: blank and uncertain -1 count as 0; its ``Sex``, ``Age``,
+  ``Frontal/Lateral`` and ``AP/PA`` columns are not labels). A patient column (``Patient ID``,
+  ``patient_id``, ``patient``, ``subject_id``) is kept as the split group.
 * a COCO JSON: ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``, ``category_id``) and
   ``categories`` (``id``, ``name``); an image is positive for every category it has an annotation of;
 * a folder whose subfolders are the classes (the images folder itself may be it): an image's label is the
@@ -31,7 +33,11 @@ IMAGE_COLUMNS = ("image index", "image", "image_id", "path", "file", "filename",
 STUDY_COLUMNS = ("study_id", "study id", "study", "id")
 PATIENT_COLUMNS = ("patient id", "patient_id", "patientid", "patient", "subject_id")
 FINDINGS_COLUMN = "finding labels"
-SPLIT_COLUMNS = ("split",)
+# columns of public label tables that describe the image, not a finding (NIH, CheXpert); never labels
+METADATA_COLUMNS = (
+    "split", "sex", "age", "frontal/lateral", "ap/pa", "view position", "follow-up #", "patient age",
+    "patient gender", "originalimage[width", "height]", "originalimagepixelspacing[x", "y]",
+)  # fmt: skip
 
 
 class LabelsError(DomainfmError, ValueError):
@@ -46,13 +52,34 @@ class LabelTable:
     names: list[str]
     rows: dict[str, np.ndarray]
     patients: dict[str, str] = field(default_factory=dict)
+    _by_name: dict[str, list[str]] | None = field(default=None, repr=False, compare=False)
 
     def key_of(self, image: Path, study_id: str) -> str | None:
-        """The table key of ``image`` (resolved path, file name, stem, then study id), or ``None``."""
-        for key in (str(Path(image).resolve()), Path(image).name, Path(image).stem, study_id):
+        """The table key of ``image``, or ``None``.
+
+        Tried in order: its resolved path, a relative path the image's path ends with (CheXpert's
+        ``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``), its file name, stem, study id.
+        """
+        resolved = Path(image).resolve()
+        if str(resolved) in self.rows:
+            return str(resolved)
+        for key in self._relative_keys().get(resolved.name, []):
+            parts = Path(key).parts
+            if resolved.parts[-len(parts) :] == parts:
+                return key
+        for key in (resolved.name, resolved.stem, study_id):
             if key in self.rows:
                 return key
         return None
+
+    def _relative_keys(self) -> dict[str, list[str]]:
+        """Keys that are relative paths of several parts, by their file name (built once)."""
+        if self._by_name is None:
+            self._by_name = {}
+            for key in self.rows:
+                if "/" in key and not Path(key).is_absolute():
+                    self._by_name.setdefault(Path(key).name, []).append(key)
+        return self._by_name
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -85,7 +112,7 @@ def read_label_csv(path: Path) -> LabelTable:
         names = sorted(set().union(*findings.values()))
         table = {k: np.array([int(n in found) for n in names], np.uint8) for k, found in findings.items()}
         return LabelTable(path, names, table, patients)
-    skip = {key, patient, *(columns[c] for c in SPLIT_COLUMNS if c in columns)}
+    skip = {key, patient, *(columns[c] for c in METADATA_COLUMNS if c in columns)}
     names = [c for c in header if c not in skip]
     if not names:
         raise LabelsError(

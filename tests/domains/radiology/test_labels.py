@@ -55,8 +55,8 @@ def test_zero_one_columns_and_a_text_column_is_refused_by_name(tmp_path: Path):
     (tmp_path / "l.csv").write_text("image,effusion,nodule\na.png,1,\nb.png,0,1.0\n")
     table = read_labels(tmp_path / "l.csv")
     assert table.names == ["effusion", "nodule"] and table.rows["b.png"].tolist() == [0, 1]
-    (tmp_path / "bad.csv").write_text("image,effusion,sex\na.png,1,F\n")
-    with pytest.raises(LabelsError, match=r"bad\.csv, line 2: column 'sex' holds 'F'"):
+    (tmp_path / "bad.csv").write_text("image,effusion,comment\na.png,1,F\n")
+    with pytest.raises(LabelsError, match=r"bad\.csv, line 2: column 'comment' holds 'F'"):
         read_labels(tmp_path / "bad.csv")
     (tmp_path / "nokey.csv").write_text("name_of_file,effusion\na.png,1\n")
     with pytest.raises(LabelsError, match=r"nokey\.csv: a labels CSV needs an image column.*name_of_file"):
@@ -130,3 +130,50 @@ def test_label_only_store_trains_a_classifier_and_refuses_convirt_in_one_line(
     result = json.loads(capsys.readouterr().out)
     assert (result["train_images"], result["test_images"]) == (8, 4)
     assert (tmp_path / "clf" / "classifier.safetensors").is_file()
+
+
+def test_chexpert_csv_matches_relative_paths_and_skips_its_metadata_columns(tmp_path: Path):
+    root = tmp_path / "CheXpert-v1.0-small" / "train"
+    _pngs(root, ["patient00001/study1/view1_frontal.jpg", "patient00002/study1/view1_frontal.jpg"])
+    (tmp_path / "train.csv").write_text(
+        "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Pleural Effusion\n"
+        "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,\n"
+        "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Male,87,Frontal,AP,,-1.0\n"
+        "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Male,41,Frontal,PA,,1.0\n"
+    )
+    table = read_labels(tmp_path / "train.csv")
+    assert table.names == ["No Finding", "Pleural Effusion"]
+    first, second = sorted(root.rglob("*.jpg"))
+    assert table.rows[table.key_of(first, "study1")].tolist() == [1, 0]
+    assert table.rows[table.key_of(second, "study1")].tolist() == [0, 0]  # uncertain (-1) is not positive
+    assert table.key_of(tmp_path / "elsewhere" / "view1_frontal.jpg", "study1") is None
+
+
+def test_a_label_only_store_is_probed_with_a_convirt_checkpoint_and_needs_a_test_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    reports = tmp_path / "reports"
+    _pngs(reports, [f"r{i}.png" for i in range(4)])
+    (tmp_path / "r.csv").write_text("study,report\n" + "".join(f"r{i},Finding {i} is seen.\n" for i in range(4)))
+    ingest = ["radiology", "ingest", "--images", str(reports), "--reports", str(tmp_path / "r.csv")]
+    ingest += ["--out", str(tmp_path / "r.zarr"), "--size", "16", "--val_fraction", "0", "--test_fraction", "0"]
+    assert main(ingest) == 0
+    text = "{hidden: 16, layers: 1, heads: 2, intermediate: 32, vocab_size: 100, frozen_layers: 0}"
+    run = ["--store", str(tmp_path / "r.zarr"), "--out", str(tmp_path / "c"), "--text", text, "--epochs", "1"]
+    assert main(["radiology", "pretrain", *run, "--batch_size", "4", "--projection_dim", "8", "--device", "cpu"]) == 0
+    names = [f"{c}/{c}{i}.png" for c in ("normal", "effusion") for i in range(4)]
+    _pngs(tmp_path / "x", names)
+    for name, rows in (("split", "normal0,test\neffusion0,test\n"), ("all_train", "")):
+        rows += "".join(f"{Path(n).stem},train\n" for n in names if f"{Path(n).stem},test" not in rows)
+        (tmp_path / f"{name}.csv").write_text(f"image,split\n{rows}")
+        ingest = ["radiology", "ingest", "--images", str(tmp_path / "x"), "--labels", str(tmp_path / "x")]
+        assert main([*ingest, "--splits", str(tmp_path / f"{name}.csv"), "--out", str(tmp_path / f"{name}.zarr")]) == 0
+    capsys.readouterr()
+    probe = ["radiology", "eval", "knn", "--checkpoint", str(tmp_path / "c" / "convirt.safetensors")]
+    probe += ["--fractions", "[1.0]", "--neighbours", "2", "--device", "cpu", "--json"]
+    assert main([*probe, "--store", str(tmp_path / "split.zarr")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["init"], r["train_images"]) for r in rows] == [("convirt", 6), ("random", 6)]
+    assert main([*probe, "--store", str(tmp_path / "all_train.zarr")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "radiology eval knn needs images in train, test" in error
