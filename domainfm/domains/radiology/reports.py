@@ -123,9 +123,14 @@ def read_table(path: Path) -> list[Report]:
             for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():
                     try:
-                        rows.append((number, json.loads(line)))
+                        row = json.loads(line)
                     except json.JSONDecodeError as error:
                         raise ReportsError(f"{path}, line {number}: not JSON ({error.msg})") from error
+                    if not isinstance(row, dict):
+                        raise ReportsError(
+                            f"{path}, line {number}: a JSONL report is one object per line, not {row!r:.40}"
+                        )
+                    rows.append((number, row))
         else:
             with open(path, newline="", encoding="utf-8-sig") as handle:
                 rows = list(enumerate(csv.DictReader(handle), 2))
@@ -182,7 +187,16 @@ def read_report_file(path: Path) -> list[Report]:
 def read_report_folder(folder: Path) -> tuple[list[Report], list[Path]]:
     """Reports of every supported file in ``folder`` (recursive), and the files skipped (other formats)."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
-    reports = [r for p in files if p.suffix.lower() in REPORT_SUFFIXES for r in read_report_file(p)]
+    reports, source = [], {}
+    for path in (p for p in files if p.suffix.lower() in REPORT_SUFFIXES):
+        for report in read_report_file(path):
+            if report.study_id in source:
+                raise ReportsError(
+                    f"{path}: study {report.study_id!r} has a report in {source[report.study_id]} too; keep one "
+                    "report per study in the folder"
+                )
+            source[report.study_id] = path
+            reports.append(report)
     return reports, [p for p in files if p.suffix.lower() not in REPORT_SUFFIXES]
 
 

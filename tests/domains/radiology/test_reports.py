@@ -104,3 +104,13 @@ def test_a_mixed_report_folder_ingests_and_pairs_every_study(tmp_path: Path):
         )
     )
     assert sentences["s4"] == "No pneumothorax." and sentences["CXR1"].startswith("Heart normal.\n1. Increased")
+
+
+def test_a_study_reported_twice_in_a_folder_and_a_jsonl_line_that_is_no_object_are_named(tmp_path: Path):
+    (tmp_path / "a.csv").write_text("study_id,report\ns1,Clear.\n")
+    (tmp_path / "s1.txt").write_text("Effusion.")
+    with pytest.raises(ReportsError, match=r"s1\.txt: study 's1' has a report in \S*a\.csv too"):
+        read_report_folder(tmp_path)
+    (tmp_path / "r.jsonl").write_text('{"id": "a", "text": "Clear."}\n[1, 2]\n')
+    with pytest.raises(ReportsError, match=r"r\.jsonl, line 2: a JSONL report is one object per line"):
+        read_reports(tmp_path / "r.jsonl")
