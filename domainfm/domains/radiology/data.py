@@ -84,12 +84,26 @@ class StudyImage:
     labels: tuple[int, ...] | None
 
 
+def _is_radiograph(path: Path) -> bool:
+    """DICOM or raster by suffix, or a file without a suffix that is DICOM (``DICM`` at byte 128; not a DICOMDIR)."""
+    if path.suffix.lower() in DICOM_SUFFIXES + RASTER_SUFFIXES:
+        return True
+    if path.suffix or path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def find_images(folder: Path) -> list[Path]:
-    """Radiographs under ``folder`` (recursive): DICOM by suffix, or raster images."""
+    """Radiographs under ``folder`` (recursive): DICOM (by suffix, or suffix-less with a DICOM preamble) or rasters."""
     if not Path(folder).is_dir():
         raise PairingError(f"{folder} is not a folder of images")
-    suffixes = DICOM_SUFFIXES + RASTER_SUFFIXES
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    return sorted(
+        p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".") and _is_radiograph(p)
+    )
 
 
 def study_of(image: Path, study_from: Literal["stem", "parent"] = "stem") -> str:

@@ -177,3 +177,15 @@ def test_a_label_only_store_is_probed_with_a_convirt_checkpoint_and_needs_a_test
     assert main([*probe, "--store", str(tmp_path / "all_train.zarr")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "radiology eval knn needs images in train, test" in error
+
+
+def test_dicom_files_without_a_suffix_are_found_and_dicomdir_is_not(tmp_path: Path):
+    from domainfm.domains.radiology.data import find_images
+    from domainfm.studies.radiology.phantom import write_dicom
+
+    (tmp_path / "series").mkdir()
+    write_dicom(tmp_path / "series" / "x.dcm", np.ones((8, 8)), monochrome1=False, study_id="s")
+    (tmp_path / "series" / "x.dcm").rename(tmp_path / "series" / "IM000001")
+    (tmp_path / "series" / "DICOMDIR").write_bytes((tmp_path / "series" / "IM000001").read_bytes())
+    (tmp_path / "series" / "notes").write_text("not an image")
+    assert [p.name for p in find_images(tmp_path)] == ["IM000001"]
