@@ -160,9 +160,8 @@ def radiology_spec(size: int, label_names: list[str] | None = None, reports: boo
 
 
 def _pairing(
-    images: Path, reports: Path | None, table: LabelTable | None, study_from: Literal["stem", "parent"]
+    found: list[Path], reports: Path | None, table: LabelTable | None, study_from: Literal["stem", "parent"]
 ) -> Pairing:
-    found = find_images(Path(images))
     if reports is None:
         pairing = Pairing(pairs=[(image, Report(study_of(image, study_from))) for image in found])
     elif Path(reports).is_dir():
@@ -212,9 +211,10 @@ def ingest_studies(
 
     if reports is None and labels is None:
         raise PairingError(f"{images}: give --reports (for ConVIRT) and/or --labels (for probes and fine-tuning)")
-    table = read_labels(Path(labels), find_images(Path(images))) if labels else None
+    found = find_images(Path(images))
+    table = read_labels(Path(labels), found) if labels else None
     split_table = read_splits_csv(splits) if splits else None
-    pairing = _pairing(Path(images), Path(reports) if reports else None, table, study_from)
+    pairing = _pairing(found, Path(reports) if reports else None, table, study_from)
     if not pairing.pairs:
         given = " and ".join(str(p) for p in (reports, labels) if p)
         raise PairingError(f"no image in {images} matches {given}\n{pairing.report()}")
