@@ -147,6 +147,9 @@ def test_chexpert_csv_matches_relative_paths_and_skips_its_metadata_columns(tmp_
     assert table.rows[table.key_of(first, "study1")].tolist() == [1, 0]
     assert table.rows[table.key_of(second, "study1")].tolist() == [0, 0]  # uncertain (-1) is not positive
     assert table.key_of(tmp_path / "elsewhere" / "view1_frontal.jpg", "study1") is None
+    summary, _ = ingest_studies(tmp_path, None, tmp_path / "s.zarr", 16, tmp_path / "train.csv", progress=False)
+    assert summary.ok  # every image has the same stem: the patient folder is the split group, not the stem
+    assert sorted(map(str, TileStore(tmp_path / "s.zarr").companion("group")[:])) == ["patient00001", "patient00002"]
 
 
 def test_a_label_only_store_is_probed_with_a_convirt_checkpoint_and_needs_a_test_split(
