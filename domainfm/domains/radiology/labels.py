@@ -108,7 +108,11 @@ def read_label_csv(path: Path) -> LabelTable:
     patients = {row[key].strip(): row[patient].strip() for row in rows if patient and (row[patient] or "").strip()}
     if FINDINGS_COLUMN in columns:
         column = columns[FINDINGS_COLUMN]
-        findings = {row[key].strip(): {f.strip() for f in (row[column] or "").split("|") if f.strip()} for row in rows}
+        findings: dict[str, set[str]] = {}
+        for line, row in enumerate(rows, 2):
+            found = {f.strip() for f in (row[column] or "").split("|") if f.strip()}
+            if findings.setdefault(row[key].strip(), found) != found:
+                raise LabelsError(f"{path}, line {line}: {row[key].strip()!r} is listed twice with different labels")
         names = sorted(set().union(*findings.values()))
         table = {k: np.array([int(n in found) for n in names], np.uint8) for k, found in findings.items()}
         return LabelTable(path, names, table, patients)
@@ -129,7 +133,10 @@ def read_label_csv(path: Path) -> LabelTable:
                     f"{path}, line {line}: column {name!r} holds {row[name]!r}; label columns must be 0/1 "
                     f"(remove other columns, or use a 'Finding Labels' column of '|'-separated findings)"
                 ) from error
-        table[row[key].strip()] = np.array(values, np.uint8)
+        name = row[key].strip()
+        if name in table and table[name].tolist() != values:
+            raise LabelsError(f"{path}, line {line}: {name!r} is listed twice with different labels; keep one row")
+        table[name] = np.array(values, np.uint8)
     return LabelTable(path, names, table, patients)
 
 
