@@ -93,7 +93,7 @@ def read_label_csv(path: Path) -> LabelTable:
     try:
         with _open_text(path) as handle:
             reader = csv.DictReader(handle)
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader]  # the file's line of each row (blank lines skipped)
             header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise LabelsError(f"{path}: cannot be read as a labels CSV ({error})") from error
@@ -104,26 +104,42 @@ def read_label_csv(path: Path) -> LabelTable:
             f"{path}: a labels CSV needs an image column ({', '.join(IMAGE_COLUMNS)}) or a study id column "
             f"({', '.join(STUDY_COLUMNS)}) and one row per image; it has {header or 'no header'}"
         )
+    for line, row in rows:
+        row[key] = (row[key] or "").strip()
+        if not row[key]:
+            raise LabelsError(f"{path}, line {line}: the {key!r} column is empty; every row names its image or study")
     patient = next((columns[c] for c in PATIENT_COLUMNS if c in columns), None)
-    patients = {row[key].strip(): row[patient].strip() for row in rows if patient and (row[patient] or "").strip()}
+    patients = {row[key]: row[patient].strip() for _, row in rows if patient and (row[patient] or "").strip()}
     if FINDINGS_COLUMN in columns:
-        column = columns[FINDINGS_COLUMN]
-        findings: dict[str, set[str]] = {}
-        for line, row in enumerate(rows, 2):
-            found = {f.strip() for f in (row[column] or "").split("|") if f.strip()}
-            if findings.setdefault(row[key].strip(), found) != found:
-                raise LabelsError(f"{path}, line {line}: {row[key].strip()!r} is listed twice with different labels")
-        names = sorted(set().union(*findings.values()))
-        table = {k: np.array([int(n in found) for n in names], np.uint8) for k, found in findings.items()}
-        return LabelTable(path, names, table, patients)
-    skip = {key, patient, *(columns[c] for c in METADATA_COLUMNS if c in columns)}
-    names = [c for c in header if c not in skip]
-    if not names:
-        raise LabelsError(
-            f"{path}: no label columns besides {sorted(c for c in skip if c)}; add one 0/1 column per label"
-        )
-    table = {}
-    for line, row in enumerate(rows, 2):
+        names, table = _findings_table(path, rows, key, columns[FINDINGS_COLUMN])
+    else:
+        skip = {key, patient, *(columns[c] for c in METADATA_COLUMNS if c in columns)}
+        names = [c for c in header if c not in skip]
+        if not names:
+            raise LabelsError(
+                f"{path}: no label columns besides {sorted(c for c in skip if c)}; add one 0/1 column per label"
+            )
+        table = _columns_table(path, rows, key, names)
+    return LabelTable(path, names, table, patients)
+
+
+def _findings_table(
+    path: Path, rows: list[tuple[int, dict]], key: str, column: str
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """NIH style: one column of ``|``-separated findings; the label names are every finding named."""
+    findings: dict[str, set[str]] = {}
+    for line, row in rows:
+        found = {f.strip() for f in (row[column] or "").split("|") if f.strip()}
+        if findings.setdefault(row[key], found) != found:
+            raise LabelsError(f"{path}, line {line}: {row[key]!r} is listed twice with different labels")
+    names = sorted(set().union(*findings.values()))
+    return names, {k: np.array([int(n in found) for n in names], np.uint8) for k, found in findings.items()}
+
+
+def _columns_table(path: Path, rows: list[tuple[int, dict]], key: str, names: list[str]) -> dict[str, np.ndarray]:
+    """One 0/1 column per label (blank, 0 and negative values are 0)."""
+    table: dict[str, np.ndarray] = {}
+    for line, row in rows:
         values = []
         for name in names:
             try:
@@ -133,11 +149,10 @@ def read_label_csv(path: Path) -> LabelTable:
                     f"{path}, line {line}: column {name!r} holds {row[name]!r}; label columns must be 0/1 "
                     f"(remove other columns, or use a 'Finding Labels' column of '|'-separated findings)"
                 ) from error
-        name = row[key].strip()
-        if name in table and table[name].tolist() != values:
-            raise LabelsError(f"{path}, line {line}: {name!r} is listed twice with different labels; keep one row")
-        table[name] = np.array(values, np.uint8)
-    return LabelTable(path, names, table, patients)
+        if row[key] in table and table[row[key]].tolist() != values:
+            raise LabelsError(f"{path}, line {line}: {row[key]!r} is listed twice with different labels; keep one row")
+        table[row[key]] = np.array(values, np.uint8)
+    return table
 
 
 def read_coco(path: Path) -> LabelTable:

@@ -61,6 +61,9 @@ def test_zero_one_columns_and_a_text_column_is_refused_by_name(tmp_path: Path):
     (tmp_path / "twice.csv").write_text("Image Index,Finding Labels\na.png,Mass\nb.png,No Finding\na.png,Nodule\n")
     with pytest.raises(LabelsError, match=r"twice\.csv, line 4: 'a\.png' is listed twice with different labels"):
         read_labels(tmp_path / "twice.csv")
+    (tmp_path / "short.csv").write_text("image,effusion\na.png,1\n\n,0\n")
+    with pytest.raises(LabelsError, match=r"short\.csv, line 4: the 'image' column is empty"):
+        read_labels(tmp_path / "short.csv")
     (tmp_path / "nokey.csv").write_text("name_of_file,effusion\na.png,1\n")
     with pytest.raises(LabelsError, match=r"nokey\.csv: a labels CSV needs an image column.*name_of_file"):
         read_labels(tmp_path / "nokey.csv")
