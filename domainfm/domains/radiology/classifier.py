@@ -80,6 +80,7 @@ def train_classifier(
 
     ``text_model`` allows a ConVIRT checkpoint's text-tower folder that lies outside the checkpoint's folder.
     """
+    from domainfm.domains.radiology.groups import require_splits
     from domainfm.domains.radiology.images import display_transform
     from domainfm.domains.radiology.pretrain import (
         foundation_image_encoder,
@@ -100,6 +101,7 @@ def train_classifier(
     store = TileStore(store_path)
     if "labels" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no labels: ingest it with --labels LABELS.csv")
+    require_splits(store, ("train",), "radiology train")
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     size = store.spec.tile_shape[-1]

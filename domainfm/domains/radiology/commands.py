@@ -24,10 +24,11 @@ from domainfm.shared.config import (
 
 def ingest(
     images: Path,
-    reports: Path,
     out: Path,
+    reports: Path | None = None,
     size: PositiveInt = 224,
     labels: Path | None = None,
+    splits: Path | None = None,
     study_from: Literal["stem", "parent"] = "stem",
     allow_unpaired: bool = False,
     val_fraction: HoldOutFraction = 0.15,
@@ -37,18 +38,26 @@ def ingest(
     processes: bool = False,
     overwrite: bool = False,
 ) -> int:
-    """Ingest DICOM/PNG/JPEG radiographs with their reports (CSV, JSONL or Open-i XML) into a tile store.
+    """Ingest DICOM/PNG/JPEG radiographs with their reports and/or labels into a tile store.
+
+    With --reports the store serves ConVIRT pretraining; with --labels alone it serves `radiology train` and
+    `radiology eval probe|knn|finetune`.
 
     Args:
         images: Folder of radiographs (searched recursively).
-        reports: Reports: a CSV/JSONL (study_id, findings, impression), an Open-i XML file or a folder of them.
         out: Store folder.
+        reports: Reports: a CSV/JSONL (a study id column and findings/impression or report/text; any case),
+            an Open-i XML file, a .txt report, or a folder of them in any mix.
         size: Side of the stored square (aspect kept, padded black).
-        labels: Optional CSV of study_id and 0/1 label columns (for probes).
+        labels: Image labels: a CSV (NIH ``Image Index`` + ``Finding Labels``, or an image/study column and
+            one 0/1 column per label), a COCO JSON, or a folder of class subfolders (may be --images itself).
+        splits: CSV assigning groups to splits (a patient, study or image column and ``split``); else a
+            stable hash of the patient (DICOM PatientID or the labels' patient column), or of the study.
         study_from: Study id of an image: its file ``stem``, or its ``parent`` folder name (MIMIC-CXR).
-        allow_unpaired: Ingest the pairs even if some images or reports have no partner (listed and recorded).
-        val_fraction: Fraction of studies in the val split (stable hash of the study id).
-        test_fraction: Fraction of studies in the test split.
+        allow_unpaired: Ingest the pairs even if some images, reports or label rows have no partner
+            (listed and recorded).
+        val_fraction: Fraction of groups in the val split (stable hash of the group key).
+        test_fraction: Fraction of groups in the test split.
         workers: Local parallel tasks.
         scheduler: A dask.distributed scheduler address; local when unset.
         processes: Local processes instead of threads.
@@ -57,10 +66,11 @@ def ingest(
     from domainfm.domains.radiology.data import ingest_studies
 
     summary, pairing = ingest_studies(
-        Path(images), Path(reports), Path(out), size, Path(labels) if labels else None, study_from, allow_unpaired,
-        val_fraction, test_fraction, workers, scheduler, processes, overwrite,
+        Path(images), Path(reports) if reports else None, Path(out), size, Path(labels) if labels else None,
+        study_from, allow_unpaired, val_fraction, test_fraction, workers, scheduler, processes, overwrite,
+        splits=Path(splits) if splits else None,
     )  # fmt: skip
-    if not pairing.complete:
+    if not pairing.complete or pairing.skipped_files:
         print(pairing.report())
     print(summary.report())
     return 0 if summary.ok else 1

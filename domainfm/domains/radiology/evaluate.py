@@ -29,11 +29,13 @@ import torch
 from torch import nn
 
 from domainfm.domains.radiology.convirt import ConVIRT
+from domainfm.domains.radiology.groups import require_splits
 from domainfm.domains.radiology.images import ingest_tile
 from domainfm.domains.radiology.pretrain import radiograph_transform
 from domainfm.domains.radiology.text import SentenceTokenizer
 from domainfm.shared.backbones import create_backbone
 from domainfm.shared.engine import resolve_device
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model import InputTransform
 from domainfm.shared.model.encoders import fit_store, tile_input
 from domainfm.shared.tasks.metrics import multilabel_macro_auroc
@@ -212,7 +214,8 @@ def probe(
     foundation checkpoint from :func:`.pretrain.foundation_image_encoder` (rows named by ``meta["init"]``).
     """
     if "labels" not in store.spec.companions:
-        raise ValueError(f"{store.path} has no labels: ingest it with --labels LABELS.csv")
+        raise DomainfmError(f"{store.path} has no labels: ingest it with --labels LABELS.csv")
+    require_splits(store, ("train", "test"), f"radiology eval {'probe' if method == 'linear' else method}")
     torch_device = resolve_device(device)
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.int64))
     test = np.flatnonzero(store.index["split"] == SPLITS["test"])

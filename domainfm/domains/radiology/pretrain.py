@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from domainfm.domains.radiology.convirt import ConVIRT, augment_images, convirt_loss
+from domainfm.domains.radiology.groups import require_splits
 from domainfm.domains.radiology.images import display_transform
 from domainfm.domains.radiology.text import SentenceTokenizer, create_text_tower, text_options, train_tokenizer
 from domainfm.shared.backbones import create_backbone
@@ -263,7 +264,12 @@ def pretrain(
     """
     store, out = TileStore(store_path), Path(out)
     if "sentences" not in store.spec.companions:
-        raise DomainfmError(f"{store.path} has no report sentences: ingest it with `domainfm radiology ingest`")
+        raise DomainfmError(
+            f"{store.path} holds no reports (ingested with labels only): ConVIRT pretraining needs radiographs "
+            "with reports; ingest again with --reports FILE, or use this store for `radiology train` and "
+            "`radiology eval probe|knn|finetune`"
+        )
+    require_splits(store, ("train",), "radiology pretrain")
     data_parallel_only(strategy, "radiology pretrain")
     trainer, resume = resumable_trainer(
         out, epochs, resolve_device(device), progress, callbacks, devices=devices, strategy=strategy,
