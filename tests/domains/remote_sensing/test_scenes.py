@@ -140,3 +140,18 @@ def test_the_contact_sheet_shows_true_colour_with_a_percentile_stretch(patches: 
     sheet = np.asarray(Image.open(contact_sheet(store, tmp_path / "sheet.png", n=4)).convert("L"), np.float32)
     # values 900-1200 stretched by their own 2-98 % (not by 0..max): mid-grey tiles, not black ones
     assert np.percentile(sheet[sheet < 250], 50) > 60
+
+
+def test_pretraining_without_train_chips_names_the_split_not_the_batch_size(patches: Path, tmp_path: Path, capsys):
+    splits = tmp_path / "splits.csv"
+    splits.write_text(f"scene,split\n{SCENE_A},val\n{SCENE_B},test\n")
+    out = tmp_path / "s2.zarr"
+    assert (
+        main(["remote-sensing", "ingest", str(patches), "--out", str(out), "--chip", "32", "--splits", str(splits)])
+        == 0
+    )
+    capsys.readouterr()
+    run = ["remote-sensing", "pretrain", "--store", str(out), "--out", str(tmp_path / "simmim"), "--epochs", "1"]
+    assert main([*run, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "pretraining: split(s) train hold no tiles (train 0, val 18, test 18)" in err and "batch_size" not in err
