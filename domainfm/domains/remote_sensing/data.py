@@ -240,6 +240,8 @@ def ingest_chips(
             bands=bands or spec_band_names(spec), min_valid=min_valid, labels=label_map, splits=table,
         )  # fmt: skip
         sources, name = list(groups), "remote_sensing.gdal_raster"
+    for source in sources:  # a scene missing from --splits is refused before anything is written
+        source_split(source, table, modis=kinds == {True})
     summary = ingest(
         sources, out, spec, reader, name, READER_VERSION, workers, scheduler, processes, overwrite, progress
     )

@@ -328,6 +328,8 @@ def ingest_pairs(
         splits=table,
     )
     sources = [image for image, _ in pairing.pairs]
+    for image in sources:  # every case named by the pattern and listed in --splits, before anything is written
+        group_split(case_key(image, case_pattern), table, aliases=(Path(image).stem, Path(image).name))
     summary = ingest(
         sources,
         out,

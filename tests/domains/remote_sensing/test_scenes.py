@@ -155,3 +155,14 @@ def test_pretraining_without_train_chips_names_the_split_not_the_batch_size(patc
     assert main([*run, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "pretraining: split(s) train hold no tiles (train 0, val 18, test 18)" in err and "batch_size" not in err
+
+
+def test_a_scene_missing_from_the_splits_csv_is_refused_before_writing(patches: Path, tmp_path: Path, capsys):
+    splits = tmp_path / "splits.csv"
+    splits.write_text(f"scene,split\n{SCENE_A},train\n")
+    out = tmp_path / "s2.zarr"
+    assert (
+        main(["remote-sensing", "ingest", str(patches), "--out", str(out), "--splits", str(splits), "--chip", "32"])
+        == 2
+    )
+    assert f"{SCENE_B!r} is not listed" in capsys.readouterr().err and not out.exists()

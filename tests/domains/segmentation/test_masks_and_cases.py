@@ -117,3 +117,13 @@ def test_training_without_a_val_split_is_refused_before_any_epoch(tmp_path: Path
     err = capsys.readouterr().err
     assert "segmentation training" in err and "split(s) val hold no tiles (train 2, val 0, test 1)" in err
     assert "Traceback" not in err
+
+
+def test_a_case_missing_from_the_splits_csv_is_refused_before_writing(tmp_path: Path, capsys):
+    for i in range(2):
+        jpeg_pair(tmp_path, f"case{i}", size=32)
+    splits = tmp_path / "splits.csv"
+    splits.write_text("case,split\ncase0,train\n")
+    args = ["segmentation", "ingest", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks")]
+    assert main([*args, "--out", str(tmp_path / "s.zarr"), "--splits", str(splits)]) == 2
+    assert "'case1' is not listed" in capsys.readouterr().err and not (tmp_path / "s.zarr").exists()
