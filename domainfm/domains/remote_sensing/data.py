@@ -43,7 +43,9 @@ from domainfm.shared.tiles.schema import TEXT, Companion, StoreSpec, TileBatch
 from domainfm.shared.tiles.splits import SplitTable, group_split
 
 READER_VERSION = "2"  # 2: splits per scene (was per chip), group key recorded per source
-TRUE_COLOUR = {"raster": ("B04", "B03", "B02"), "modis": ("B01", "B04", "B03")}  # red, green, blue
+# Contact-sheet composites, first that the bands allow: true colour (red, green, blue); for SatVision's 14
+# MODIS bands, which lack B04 (green), NASA Worldview's 7-2-1 false colour.
+DISPLAY_BANDS = {"raster": [("B04", "B03", "B02")], "modis": [("B01", "B04", "B03"), ("B07", "B02", "B01")]}
 __all__ = ["HDF_SUFFIXES", "ingest_chips", "read_label_csv"]
 
 
@@ -186,11 +188,10 @@ def raster_spec(first: list[Path], chip: int, bands: list[str] | None, label_nam
 
 
 def display(band_names: Iterable[str], kind: str) -> dict[str, object]:
-    """The contact sheet's true-colour bands (``kind`` raster: B04/B03/B02, modis: B01/B04/B03), 2-98 % stretch."""
+    """The contact sheet's composite (:data:`DISPLAY_BANDS` of ``kind``: raster or modis) and its 2-98 % stretch."""
     names = {n.upper() for n in band_names}
-    rgb = TRUE_COLOUR[kind]
-    chosen = {"display_channels": list(rgb)} if set(rgb) <= names else {}
-    return chosen | {"display_stretch": [2, 98]}
+    rgb = next((list(bands) for bands in DISPLAY_BANDS[kind] if set(bands) <= names), None)
+    return ({"display_channels": rgb} if rgb else {}) | {"display_stretch": [2, 98]}
 
 
 def ingest_chips(

@@ -166,3 +166,13 @@ def test_a_scene_missing_from_the_splits_csv_is_refused_before_writing(patches: 
         == 2
     )
     assert f"{SCENE_B!r} is not listed" in capsys.readouterr().err and not out.exists()
+
+
+def test_contact_sheet_composites_follow_the_bands_a_store_holds():
+    from domainfm.domains.remote_sensing.bands import BY_NAME
+    from domainfm.domains.remote_sensing.data import display
+
+    assert display(["B01", "B02", "B03", "B04", "B08"], "raster")["display_channels"] == ["B04", "B03", "B02"]
+    assert display(["B01", "B03", "B04"], "modis")["display_channels"] == ["B01", "B04", "B03"]  # MODIS true colour
+    assert display(BY_NAME, "modis")["display_channels"] == ["B07", "B02", "B01"]  # SatVision lacks B04: 7-2-1
+    assert "display_channels" not in display(["b1", "b2"], "raster")  # unnamed bands: the first three
