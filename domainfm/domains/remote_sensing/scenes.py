@@ -23,6 +23,7 @@ import json
 import re
 from pathlib import Path
 
+from domainfm.domains.remote_sensing.rasters import BAND_SUFFIX
 from domainfm.shared.errors import DomainfmError
 
 HDF_SUFFIXES = (".hdf", ".hdf4", ".h4")
@@ -31,7 +32,6 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 CHIP_MULTIPLE = 32
 BIGEARTHNET_LABELS = "_labels_metadata.json"
 SENTINEL2_SCENE = re.compile(r"^(?P<scene>S2[A-D]_MSIL(?:1C|2A)_\d{8}T\d{4,6})(?:_|$)", re.IGNORECASE)
-BAND_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<band>B\d{1,2}A?)$", re.IGNORECASE)
 
 
 class RemoteSensingInputError(DomainfmError, ValueError):
