@@ -163,11 +163,12 @@ def simmim_check(
     from domainfm.shared.backbones import create_backbone
     from domainfm.shared.tiles.store import TileStore
     from domainfm.shared.tiles.stream import TileStream
-    from domainfm.studies.remote_sensing.phantom import write_granule
+    from domainfm.studies.remote_sensing.phantom import write_granule, write_phantom_splits
 
     paths = [write_granule(folder / f"granule_{i}.hdf", (chip * 4, chip * 4), seed=i) for i in range(granules)]
     store_path = folder / "chips.zarr"
-    summary = ingest_chips(paths, store_path, chip=chip, min_valid=0.5, progress=False)
+    splits = write_phantom_splits(paths, folder / "splits.csv")
+    summary = ingest_chips(paths, store_path, chip=chip, min_valid=0.5, progress=False, splits=splits)
     if not summary.ok:
         raise RuntimeError(summary.report())
     store = TileStore(store_path)

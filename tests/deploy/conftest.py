@@ -13,6 +13,7 @@ from PIL import Image
 from domainfm.cli import main
 from domainfm.shared.tiles.schema import SPLITS
 from domainfm.shared.tiles.store import TileStore
+from domainfm.studies.remote_sensing.phantom import write_phantom_splits
 
 
 def _test_tiles(store: Path, n: int = 2) -> np.ndarray:
@@ -78,7 +79,9 @@ def _remote_sensing(root: Path) -> tuple[dict[str, Path], list[Path]]:
         assert main(["remote-sensing", "phantom", "--out", str(granule), "--size", "96", "--seed", str(seed)]) == 0
         granules.append(str(granule))
     store = root / "chips.zarr"
-    assert main(["remote-sensing", "ingest", *granules, "--out", str(store), "--chip", "32", "--curtains"]) == 0
+    splits = str(write_phantom_splits(granules, root / "splits.csv"))  # g0 train, g1 test: chips split per granule
+    ingest = ["remote-sensing", "ingest", *granules, "--out", str(store), "--chip", "32", "--curtains"]
+    assert main([*ingest, "--splits", splits]) == 0
     checkpoints = {}
     for task in ("curtain", "segment"):
         out = root / task

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from domainfm.shared.errors import DomainfmError
+
 PLANCK = 6.6260755e-34  # J s
 LIGHT = 2.9979246e8  # m / s
 BOLTZMANN = 1.380658e-23  # J / K
@@ -48,6 +50,10 @@ TERRA_EMISSIVE = {
     35: (718.8681, 0.9999191, 0.01817817),
     36: (704.5367, 0.9999281, 0.01583042),
 }
+
+
+class BandError(DomainfmError, ValueError):
+    """A band name that is not one of the SatVision-TOA bands; the message lists them."""
 
 
 @dataclass(frozen=True)
@@ -130,5 +136,5 @@ def select_bands(names: list[str] | None) -> tuple[Band, ...]:
         return SATVISION_BANDS
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
-        raise ValueError(f"unknown bands {unknown}; SatVision-TOA bands: {list(BY_NAME)}")
+        raise BandError(f"unknown band(s) {', '.join(unknown)}; the SatVision-TOA bands are {', '.join(BY_NAME)}")
     return tuple(b for b in SATVISION_BANDS if b.name in names)

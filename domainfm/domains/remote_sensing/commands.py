@@ -32,6 +32,7 @@ def ingest(
     min_valid: Probability = 0.9,
     curtains: bool = False,
     labels: Path | None = None,
+    splits: Path | None = None,
     workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
@@ -39,26 +40,34 @@ def ingest(
 ) -> int:
     """Chip MODIS L1B granules (.hdf) or GDAL rasters (GeoTIFF/COG, band sets split over files) into a tile store.
 
+    Chips of one scene (granule, band set, or Sentinel-2 datatake) share a split; an empty split is warned about.
+
     Args:
-        files: Granules, or raster files (``<stem>_B02.tif``-style single-band files are grouped by stem).
+        files: Granules, raster files (``<stem>_B02.tif``-style single-band files are grouped by stem), or
+            folders of them.
         out: Store folder.
-        chip: Chip side in pixels (SatVision-TOA: 128).
+        chip: Chip side in pixels, a multiple of 32 that fits the sources (SatVision-TOA: 128; 120-pixel
+            BigEarthNet patches: 32, 64 or 96).
         bands: Band subset by name (MODIS: B01, B02, ..., B33; rasters: file band names).
         min_valid: Drop chips with a smaller fraction of valid (non-fill, non-nodata) pixels.
         curtains: MODIS: add each chip's 91x40 cloud curtain and cloud mask from FILE.truth.npz.
-        labels: Rasters: CSV of ``name`` (source stem) and 0/1 label columns (multi-label scenes).
+        labels: Rasters: CSV of ``name`` (source stem) and 0/1 label columns (multi-label scenes), or
+            BigEarthNet ``*_labels_metadata.json`` (one file, or a folder searched for them).
+        splits: CSV of scene (or patch or file name) -> split (train, val, test); scenes hash when unset.
         workers: Local parallel tasks.
         scheduler: A dask.distributed scheduler address; local when unset.
         processes: Local processes instead of threads.
         overwrite: Replace an existing store of other sources.
     """
     from domainfm.domains.remote_sensing.data import ingest_chips
+    from domainfm.shared.tiles.split_counts import warn_empty_splits
 
     summary = ingest_chips(
         [Path(f) for f in files], Path(out), chip, bands, min_valid, curtains, Path(labels) if labels else None,
-        workers, scheduler, processes, overwrite,
+        workers, scheduler, processes, overwrite, splits=Path(splits) if splits else None,
     )  # fmt: skip
     print(summary.report())
+    warn_empty_splits(Path(out))
     return 0 if summary.ok else 1
 
 

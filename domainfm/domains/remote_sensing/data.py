@@ -8,13 +8,18 @@ valid), are left out of the store's statistics, and a chip with less than ``min_
 dropped. Band names, wavelengths and scalings go into the store's channel table. Extra companions:
 ``curtain`` (91 x 40 cloud curtain) and ``cloud_mask`` (per pixel), when the granules carry cloud
 ground truth (``--curtains``), ``transform`` (the chip's
-affine transform) and ``crs`` (rasters), ``labels`` (multi-hot, rasters with a labels CSV).
+affine transform) and ``crs`` (rasters), ``labels`` (multi-hot, rasters with a labels CSV or BigEarthNet
+``labels_metadata.json`` files).
+
+Splits are decided per scene (:func:`.scenes.scene_key`: the granule, the band set, or a Sentinel-2 datatake),
+from a ``--splits`` CSV or a stable hash of the scene, and each source records its ``group`` (scene) key in
+the sources table. The chip size is checked against the encoders' geometry before anything is written, and
+an ingest that writes no chip is an error naming the cause.
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -22,12 +27,33 @@ import numpy as np
 
 from domainfm.domains.remote_sensing.bands import select_bands
 from domainfm.domains.remote_sensing.curtain import CURTAIN_SHAPE, curtain
+from domainfm.domains.remote_sensing.scenes import (
+    HDF_SUFFIXES,
+    RemoteSensingInputError,
+    check_chip,
+    expand_inputs,
+    patch_name,
+    read_label_csv,
+    read_labels,
+    scene_key,
+)
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.ingest import IngestSummary
-from domainfm.shared.tiles.schema import TEXT, Companion, StoreSpec, TileBatch, stable_split
+from domainfm.shared.tiles.schema import TEXT, Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.splits import SplitTable, group_split
 
-HDF_SUFFIXES = (".hdf", ".hdf4", ".h4")
-READER_VERSION = "1"
+READER_VERSION = "2"  # 2: splits per scene (was per chip), group key recorded per source
+# Contact-sheet composites, first that the bands allow: true colour (red, green, blue); for SatVision's 14
+# MODIS bands, which lack B04 (green), NASA Worldview's 7-2-1 false colour.
+DISPLAY_BANDS = {"raster": [("B04", "B03", "B02")], "modis": [("B01", "B04", "B03"), ("B07", "B02", "B01")]}
+__all__ = ["HDF_SUFFIXES", "ingest_chips", "read_label_csv"]
+
+
+def source_split(path: str | Path, splits: SplitTable | None, modis: bool) -> tuple[int, str]:
+    """``(split id, scene key)`` of one source: the CSV's entry (scene, patch or file name) or the scene's hash."""
+    scene = scene_key(path, modis)
+    aliases = (patch_name(path), Path(path).name, Path(path).stem)
+    return group_split(scene, splits, aliases=aliases), scene
 
 
 def chip_origins(height: int, width: int, chip: int) -> list[tuple[int, int]]:
@@ -42,8 +68,10 @@ def _batches(
     min_valid: float,
     source: str,
     pixel_size: float,
+    split: tuple[int, str],
     **companions: object,
 ) -> Iterator[TileBatch]:
+    yield TileBatch(np.zeros((0, values.shape[0], chip, chip), np.float32), source_meta={"group": split[1]})
     for y, x in chip_origins(values.shape[1], values.shape[2], chip):
         window = (slice(None), slice(y, y + chip), slice(x, x + chip))
         ok = valid[window]
@@ -59,7 +87,7 @@ def _batches(
                 "x": np.array([x]),
                 "y": np.array([y]),
                 "scale": np.array([pixel_size]),
-                "split": np.array([stable_split(f"{Path(source).name}:{y}:{x}")]),
+                "split": np.array([split[0]]),
             },
             companions=chip_companions,
             valid=ok.all(axis=0)[None, None],
@@ -67,7 +95,7 @@ def _batches(
 
 
 def read_granule_chips(
-    path: Path, chip: int, bands: list[str] | None, min_valid: float, curtains: bool
+    path: Path, chip: int, bands: list[str] | None, min_valid: float, curtains: bool, splits: SplitTable | None = None
 ) -> Iterator[TileBatch]:
     """Reader for the ingest engine: SatVision-scaled chips of one L1B granule."""
     from domainfm.domains.remote_sensing.modis import read_l1b
@@ -83,12 +111,13 @@ def read_granule_chips(
             top, base = truth["cloud_top_km"], truth["cloud_base_km"]
         extra["curtain"] = lambda y, x: curtain(top[y : y + chip, x : x + chip], base[y : y + chip, x : x + chip])[None]
         extra["cloud_mask"] = lambda y, x: (~np.isnan(top[y : y + chip, x : x + chip]))[None, None].astype(np.uint8)
-    yield from _batches(scaled, granule.valid, chip, min_valid, str(path), 1000.0, **extra)
+    split = source_split(path, splits, modis=True)
+    yield from _batches(scaled, granule.valid, chip, min_valid, str(path), 1000.0, split, **extra)
 
 
 def read_raster_chips(
     path: Path, groups: dict[str, list[str]], chip: int, bands: list[str] | None, min_valid: float,
-    labels: dict[str, list[int]] | None = None,
+    labels: dict[str, list[int]] | None = None, splits: SplitTable | None = None,
 ) -> Iterator[TileBatch]:  # fmt: skip
     """Reader for the ingest engine: chips of one raster band set (grouped files resampled to one grid)."""
     from domainfm.domains.remote_sensing.rasters import read_stack
@@ -101,11 +130,12 @@ def read_raster_chips(
         "crs": lambda y, x: [stack.crs],
     }
     if labels is not None:
-        key = Path(path).stem.split("_B")[0] if len(files) > 1 else Path(path).stem
+        key = patch_name(path) if len(files) > 1 else Path(path).stem
         if key not in labels:
-            raise ValueError(f"{path}: no row {key!r} in the labels CSV")
+            raise RemoteSensingInputError(f"{path}: no labels for {key!r} (no CSV row or {key}_labels_metadata.json)")
         extra["labels"] = lambda y, x: np.asarray([labels[key]], np.uint8)
-    yield from _batches(stack.values, stack.valid, chip, min_valid, str(path), stack.resolution, **extra)
+    split = source_split(path, splits, modis=False)
+    yield from _batches(stack.values, stack.valid, chip, min_valid, str(path), stack.resolution, split, **extra)
 
 
 def modis_spec(chip: int, bands: list[str] | None, curtains: bool) -> StoreSpec:
@@ -126,7 +156,10 @@ def modis_spec(chip: int, bands: list[str] | None, curtains: bool) -> StoreSpec:
     if curtains:
         companions["curtain"] = Companion(CURTAIN_SHAPE, "uint8")
         companions["cloud_mask"] = Companion((1, chip, chip), "uint8")
-    scaling = {"tiles": "SatVision-TOA: (x - low) / (high - low) per band, not clipped; invalid = 0, see valid"}
+    scaling = {
+        "tiles": "SatVision-TOA: (x - low) / (high - low) per band, not clipped; invalid = 0, see valid",
+        **display((b.name for b in selected), "modis"),
+    }
     return StoreSpec("remote_sensing", (len(selected), chip, chip), "float32", channels, scaling, [], companions)
 
 
@@ -135,6 +168,7 @@ def raster_spec(first: list[Path], chip: int, bands: list[str] | None, label_nam
     from domainfm.domains.remote_sensing.rasters import read_stack
 
     stack = read_stack(first, bands)
+    check_chip(chip, *stack.values.shape[1:], source=str(first[0]))
     channels = [{"name": name} for name in stack.band_names]
     companions = {
         "valid": Companion((len(channels), chip, chip), "uint8"),
@@ -146,20 +180,18 @@ def raster_spec(first: list[Path], chip: int, bands: list[str] | None, label_nam
     scaling = {
         "tiles": "values as stored in the rasters; invalid (nodata) = 0, see valid",
         "resolution": stack.resolution,
+        **display(stack.band_names, "raster"),
     }
     return StoreSpec(
         "remote_sensing", (len(channels), chip, chip), "float32", channels, scaling, label_names, companions
     )
 
 
-def read_label_csv(path: Path) -> tuple[list[str], dict[str, list[int]]]:
-    """``(label names, source stem -> multi-hot)`` from a CSV with a ``name`` column and 0/1 columns."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "name" not in rows[0]:
-        raise ValueError(f"{path}: a labels CSV needs a name column (the source's stem) and 0/1 label columns")
-    names = [k for k in rows[0] if k != "name"]
-    return names, {r["name"]: [int(float(r[n] or 0) > 0) for n in names] for r in rows}
+def display(band_names: Iterable[str], kind: str) -> dict[str, object]:
+    """The contact sheet's composite (:data:`DISPLAY_BANDS` of ``kind``: raster or modis) and its 2-98 % stretch."""
+    names = {n.upper() for n in band_names}
+    rgb = next((list(bands) for bands in DISPLAY_BANDS[kind] if set(bands) <= names), None)
+    return ({"display_channels": rgb} if rgb else {}) | {"display_stretch": [2, 98]}
 
 
 def ingest_chips(
@@ -175,30 +207,52 @@ def ingest_chips(
     processes: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    splits: Path | None = None,
 ) -> IngestSummary:
-    """Chips MODIS L1B granules (``.hdf``) or GDAL rasters into one store (all sources of one kind)."""
-    from domainfm.shared.tiles.ingest import ingest
+    """Chips MODIS L1B granules (``.hdf``) or GDAL rasters into one store (all sources of one kind).
 
-    files = [Path(f) for f in files]
+    Folders expand to their rasters or granules; ``splits`` is a CSV of scene (or patch or file name) ->
+    split. Raises :class:`RemoteSensingInputError` for a chip size the encoders cannot use, and when no chip
+    was written.
+    """
+    from domainfm.shared.tiles.ingest import ingest
+    from domainfm.shared.tiles.splits import read_splits_csv
+
+    files = expand_inputs([Path(f) for f in files])
+    table = read_splits_csv(splits) if splits else None
     kinds = {f.suffix.lower() in HDF_SUFFIXES for f in files}
     if len(kinds) != 1:
         raise DomainfmError("give either MODIS L1B granules (.hdf) or GDAL rasters in one ingest, not both")
     if kinds == {True}:
+        check_chip(chip)  # granules are read whole by the reader; rasters are checked against their size below
         spec = modis_spec(chip, bands, curtains)
-        reader = partial(read_granule_chips, chip=chip, bands=bands, min_valid=min_valid, curtains=curtains)
+        reader = partial(
+            read_granule_chips, chip=chip, bands=bands, min_valid=min_valid, curtains=curtains, splits=table
+        )
         sources, name = files, "remote_sensing.modis_l1b"
     else:
         from domainfm.domains.remote_sensing.rasters import group_band_files
 
         groups = group_band_files(files)
-        label_names, label_map = read_label_csv(labels) if labels else ([], None)
+        label_names, label_map = read_labels(labels) if labels else ([], None)
         spec = raster_spec(next(iter(groups.values())), chip, bands, label_names)
         reader = partial(
             read_raster_chips, groups={str(k): [str(p) for p in v] for k, v in groups.items()}, chip=chip,
-            bands=bands or spec_band_names(spec), min_valid=min_valid, labels=label_map,
+            bands=bands or spec_band_names(spec), min_valid=min_valid, labels=label_map, splits=table,
         )  # fmt: skip
         sources, name = list(groups), "remote_sensing.gdal_raster"
-    return ingest(sources, out, spec, reader, name, READER_VERSION, workers, scheduler, processes, overwrite, progress)
+    for source in sources:  # a scene missing from --splits is refused before anything is written
+        source_split(source, table, modis=kinds == {True})
+    summary = ingest(
+        sources, out, spec, reader, name, READER_VERSION, workers, scheduler, processes, overwrite, progress
+    )
+    if summary.ok and summary.n_tiles == 0:
+        raise RemoteSensingInputError(
+            f"{out}: no chip written from {len(sources)} source(s): every {chip} x {chip} chip had less than "
+            f"--min_valid {min_valid} valid pixels, or the sources are smaller than the chip; lower --min_valid "
+            "or --chip"
+        )
+    return summary
 
 
 def spec_band_names(spec: StoreSpec) -> list[str]:

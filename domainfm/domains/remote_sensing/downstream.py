@@ -39,6 +39,7 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tasks.finetune import finetune, predict
 from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
+from domainfm.shared.tiles.split_counts import require_splits
 from domainfm.shared.tiles.store import TileStore
 
 TARGETS = {"curtain": "curtain", "segment": "cloud_mask", "multilabel": "labels"}
@@ -207,6 +208,7 @@ def train_task(
     if task not in TARGETS:
         raise DomainfmError(f"unknown task {task!r}; choose from {list(TARGETS)}")
     store = TileStore(store_path)
+    require_splits(store, ("train", "test"), f"training the {task} task (fits on train, scores on test)")
     target_name = TARGETS[task]
     if target_name not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no {target_name} companion for the {task} task")

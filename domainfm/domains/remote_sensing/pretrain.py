@@ -57,6 +57,7 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model import InputTransform, standardise
 from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.schema import SPLITS
+from domainfm.shared.tiles.split_counts import require_splits
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -327,6 +328,12 @@ def pretrain(
     if "valid" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no valid companion: ingest it with `domainfm remote-sensing ingest`")
     channels, size = store.spec.tile_shape[0], store.spec.tile_shape[-1]
+    require_splits(store, ("train",), "pretraining")
+    if size % mask_patch:
+        raise DomainfmError(
+            f"{store.path}: chips of {size} px do not divide into --mask_patch {mask_patch} cells; use a mask patch "
+            f"that divides {size}, or re-ingest with --chip a multiple of 32"
+        )
     torch.manual_seed(seed)
     record = None
     if init is None:
@@ -336,6 +343,12 @@ def pretrain(
         model, record = _continued_model(Path(init), store, size)
         backbone = model.backbone.name
         transform = _as_standardisation(record)
+    if size % model.stride or mask_patch % model.patch_size:
+        raise DomainfmError(
+            f"{store.path}: {backbone} reduces chips by {model.stride} and cuts {model.patch_size}-px patches, so "
+            f"{size}-px chips with {mask_patch}-px mask cells do not fit; re-ingest with --chip a multiple of "
+            f"{math.lcm(model.stride, mask_patch)} (and --mask_patch a multiple of {model.patch_size})"
+        )
     trainer, resume = resumable_trainer(
         out, epochs, resolve_device(device), progress, callbacks, devices=devices,
         strategy=_strategy(strategy, fsdp, model.backbone), num_nodes=num_nodes, precision=precision,

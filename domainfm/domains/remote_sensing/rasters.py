@@ -115,7 +115,9 @@ def read_stack(files: list[Path], band_names: list[str] | None = None) -> Raster
     if band_names:
         missing = [b for b in band_names if b not in stack.band_names]
         if missing:
-            raise ValueError(f"{files[0]}: bands {missing} not found; the files hold {stack.band_names}")
+            raise RasterError(
+                f"{files[0]}: unknown band(s) {', '.join(missing)}; the files hold {', '.join(stack.band_names)}"
+            )
         order = [stack.band_names.index(b) for b in band_names]
         stack = RasterStack(
             stack.values[order], stack.valid[order], list(band_names), stack.crs, stack.transform, stack.resolution

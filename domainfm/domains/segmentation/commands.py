@@ -8,8 +8,11 @@ The group's study verbs (phantom, compare) are in :mod:`domainfm.studies.segment
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
+
+from jsonargparse.typing import restricted_number_type
 
 from domainfm.shared.config import (
     HoldOutFraction,
@@ -21,6 +24,8 @@ from domainfm.shared.config import (
     Seed,
 )
 
+MaskThreshold = restricted_number_type("DomainfmMaskThreshold", int, [(">=", 0), ("<=", 254)])  # value > t: foreground
+
 
 def ingest(
     images: Path,
@@ -28,31 +33,41 @@ def ingest(
     out: Path,
     size: PositiveInt = 224,
     foreground: list[int] | None = None,
+    mask_threshold: MaskThreshold = 127,
     allow_unpaired: bool = False,
     val_fraction: HoldOutFraction = 0.15,
     test_fraction: HoldOutFraction = 0.15,
+    case_pattern: str | None = None,
+    splits: Path | None = None,
     workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
     overwrite: bool = False,
 ) -> int:
-    """Ingest PNG/JPEG/TIFF image + mask pairs (paired by file stem) into a segmentation tile store.
+    r"""Ingest PNG/JPEG/TIFF image + mask pairs (paired by file stem) into a segmentation tile store.
 
     Args:
         images: Folder of images.
         masks: Folder of masks (same stems, optionally ending in _mask, _segmentation, _seg, _label, _gt).
         out: Store folder.
         size: Side of the stored square tiles (GMS: 224).
-        foreground: Label values counted as foreground in label masks (default: every nonzero value).
+        foreground: Label values counted as foreground in label masks (default: every nonzero label of a PNG
+            label map or palette image, else value > ``mask_threshold``).
+        mask_threshold: 8-bit (and JPEG) masks: foreground is value > this; masks with values between
+            black and white (lossy JPEG) are named in a warning. Exact label maps ignore it.
         allow_unpaired: Ingest the pairs even if some files have no partner (they are listed and recorded).
-        val_fraction: Fraction of pairs in the val split (by a stable hash of the stem).
-        test_fraction: Fraction of pairs in the test split.
+        val_fraction: Fraction of cases in the val split (by a stable hash of the case).
+        test_fraction: Fraction of cases in the test split.
+        case_pattern: A regular expression on the image stem whose first group is the case (all images of
+            a case share a split), e.g. ``^(patient\d+)_``; the stem is the case when unset.
+        splits: CSV of case (or image stem or file name) -> split (train, val, test); every case listed.
         workers: Local parallel tasks.
         scheduler: A dask.distributed scheduler address; local when unset.
         processes: Local processes instead of threads.
         overwrite: Replace an existing store of other sources.
     """
-    from domainfm.domains.segmentation.data import ingest_pairs
+    from domainfm.domains.segmentation.data import ingest_pairs, mask_notes
+    from domainfm.shared.tiles.split_counts import warn_empty_splits
 
     summary, pairing = ingest_pairs(
         Path(images),
@@ -67,10 +82,17 @@ def ingest(
         scheduler,
         processes,
         overwrite,
+        mask_threshold=mask_threshold,
+        case_pattern=case_pattern,
+        splits=Path(splits) if splits else None,
     )
-    if not pairing.complete:
+    if not pairing.complete or pairing.skipped:
         print(pairing.report())
     print(summary.report())
+    if summary.ok:
+        for note in mask_notes(Path(out)):
+            print(f"warning: {note}", file=sys.stderr)
+        warn_empty_splits(Path(out))
     return 0 if summary.ok else 1
 
 

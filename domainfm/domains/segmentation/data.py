@@ -1,4 +1,4 @@
-"""Image + mask pairs (PNG, JPEG, TIFF) -> a segmentation tile store.
+r"""Image + mask pairs (PNG, JPEG, TIFF) -> a segmentation tile store.
 
 Pairs are found by file stem (``case_01.png`` + ``case_01.png`` in the mask folder; a mask stem may carry
 one of :data:`MASK_SUFFIXES`, as in BUSI's ``benign (1)_mask.png`` or ISIC's ``..._segmentation.png``).
@@ -6,12 +6,18 @@ Images are stored RGB uint8 at ``size x size`` (greyscale replicated; 16-bit and
 their 0.5-99.5 percentiles), masks as the ``mask`` companion (``[1, size, size]``, 0/1) resized with
 nearest neighbour, the original image size as ``source_shape``. GMS resizes every input to a square
 (224 x 224) without keeping the aspect ratio; the store does the same and keeps the original size, so
-metrics can also be reported at native resolution. Splits are a stable hash of the stem, so adding files
-never moves an existing pair to another split.
+metrics can also be reported at native resolution.
+
+Splits are per **case**: the image stem, or the first group of ``case_pattern`` matched on it (e.g.
+``^(patient\d+)_`` keeps every image of a patient together); a ``--splits`` CSV (case, stem or file name ->
+split) overrides the stable hash of the case, and each source records its ``group`` (case). Masks are
+binarised as :mod:`.masks` describes (threshold 127 for 8-bit pictures, exact for label maps), with a note
+per mask that is not clean; files that are not 2-D pictures are listed as skipped with the reason.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,14 +29,21 @@ import numpy as np
 if TYPE_CHECKING:
     from domainfm.shared.model import InputTransform
 
+from domainfm.domains.segmentation.masks import (
+    DEFAULT_THRESHOLD,
+    MaskError,
+    check_single_frame,
+    unsupported_reason,
+)
+from domainfm.domains.segmentation.masks import read_mask as read_mask_noted
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import unpaired_report
 from domainfm.shared.tiles.ingest import IngestSummary
-from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch, stable_split
+from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.splits import SplitTable, group_split
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = ("_mask", "_segmentation", "_seg", "_label", "_gt")
-READER_VERSION = "1"
+READER_VERSION = "2"  # 2: masks thresholded (127) unless label maps; splits per case with the case recorded
 
 
 class PairingError(DomainfmError, ValueError):
@@ -44,6 +57,7 @@ class Pairing:
     pairs: list[tuple[Path, Path]] = field(default_factory=list)
     images_without_mask: list[Path] = field(default_factory=list)
     masks_without_image: list[Path] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -56,15 +70,26 @@ class Pairing:
             "images without a mask": self.images_without_mask,
             "masks without an image": self.masks_without_image,
         }
-        return unpaired_report(len(self.pairs), unpaired, limit)
+        report = unpaired_report(len(self.pairs), unpaired, limit)
+        skipped = [f"  skipped {path}: {reason}" for path, reason in list(self.skipped.items())[:limit]]
+        if len(self.skipped) > limit:
+            skipped.append(f"  ... and {len(self.skipped) - limit} more skipped files")
+        return "\n".join([report, *skipped]) if skipped else report
 
 
-def _by_stem(folder: Path, strip_suffixes: Sequence[str] = ()) -> dict[str, Path]:
+def _by_stem(
+    folder: Path, strip_suffixes: Sequence[str] = (), skipped: dict[Path, str] | None = None
+) -> dict[str, Path]:
     if not folder.is_dir():
         raise PairingError(f"{folder} is not a folder of images")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        reason = unsupported_reason(path)
+        if reason is not None:
+            if skipped is not None:
+                skipped[path] = reason
             continue
         stem = path.stem
         for suffix in strip_suffixes:
@@ -79,8 +104,9 @@ def _by_stem(folder: Path, strip_suffixes: Sequence[str] = ()) -> dict[str, Path
 
 def find_pairs(images: Path, masks: Path) -> Pairing:
     """Matches images to masks by stem (mask stems may end in one of :data:`MASK_SUFFIXES`)."""
-    image_files = _by_stem(Path(images))
-    mask_files = _by_stem(Path(masks))
+    skipped: dict[Path, str] = {}
+    image_files = _by_stem(Path(images), skipped=skipped)
+    mask_files = _by_stem(Path(masks), skipped=skipped)
     if not set(image_files) & set(mask_files):
         mask_files = _by_stem(Path(masks), MASK_SUFFIXES)
     stems = sorted(set(image_files) & set(mask_files))
@@ -88,6 +114,7 @@ def find_pairs(images: Path, masks: Path) -> Pairing:
         [(image_files[s], mask_files[s]) for s in stems],
         [image_files[s] for s in sorted(set(image_files) - set(mask_files))],
         [mask_files[s] for s in sorted(set(mask_files) - set(image_files))],
+        skipped,
     )
 
 
@@ -109,6 +136,7 @@ def read_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
+            check_single_frame(image, Path(path))
             if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr"):
                 image = image.convert("RGB")
             array = np.asarray(image)
@@ -122,18 +150,23 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def read_mask(path: Path, foreground: Sequence[int] | None = None) -> np.ndarray:
-    """A mask as ``[H, W]`` bool: nonzero pixels, or pixels whose label is in ``foreground``."""
-    from PIL import Image, UnidentifiedImageError
+def read_mask(path: Path, foreground: Sequence[int] | None = None, threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
+    """A mask as ``[H, W]`` bool by :mod:`.masks`' rule.
 
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path} is not a readable mask: {error}") from error
-    if array.ndim != 2:
-        raise ValueError(f"{path}: a mask must have one channel, found shape {array.shape}")
-    return np.isin(array, list(foreground)) if foreground else array > 0
+    ``threshold`` 0 takes every nonzero pixel, as stores of reader version 1 were made.
+    """
+    return read_mask_noted(Path(path), foreground, threshold)[0]
+
+
+def case_key(image_path: str | Path, case_pattern: str | None = None) -> str:
+    """The case of an image: its stem, or the first group (else the match) of ``case_pattern`` on the stem."""
+    stem = Path(image_path).stem
+    if not case_pattern:
+        return stem
+    match = re.search(case_pattern, stem)
+    if match is None:
+        raise PairingError(f"{image_path}: --case_pattern {case_pattern!r} does not match its stem {stem!r}")
+    return match.group(1) if match.groups() else match.group(0)
 
 
 def image_transform(size: int) -> InputTransform:
@@ -186,15 +219,21 @@ def read_pair(
     foreground: tuple[int, ...] | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    threshold: int = DEFAULT_THRESHOLD,
+    case_pattern: str | None = None,
+    splits: SplitTable | None = None,
 ) -> Iterator[TileBatch]:
     """Reader for the ingest engine: one image and its mask (found in ``masks`` by image path) as one tile."""
     mask_path = Path(masks[str(image_path)])
-    image, mask = read_image(Path(image_path)), read_mask(mask_path, foreground)
+    image = read_image(Path(image_path))
+    mask, note = read_mask_noted(mask_path, foreground, threshold)
     try:
         tile, tile_mask = resize_pair(image, mask, size)
     except ValueError as error:
         raise ValueError(f"{image_path} and {mask_path}: {error}") from error
-    split = stable_split(Path(image_path).stem, val_fraction, test_fraction)
+    case = case_key(image_path, case_pattern)
+    aliases = (Path(image_path).stem, Path(image_path).name)
+    split = group_split(case, splits, val_fraction, test_fraction, aliases=aliases)
     yield TileBatch(
         tile.transpose(2, 0, 1)[None],
         index={"label": np.array([int(tile_mask.any())]), "split": np.array([split])},
@@ -203,7 +242,13 @@ def read_pair(
             "source_shape": np.array([image.shape[:2]], np.int32),
         },
         # where the full-size mask is, so evaluation can also score at each image's own size
-        source_meta={"mask": str(mask_path), "foreground": list(foreground) if foreground else None},
+        source_meta={
+            "mask": str(mask_path),
+            "foreground": list(foreground) if foreground else None,
+            "mask_threshold": threshold,
+            "mask_note": note,
+            "group": case,
+        },
     )
 
 
@@ -234,17 +279,35 @@ def ingest_pairs(
     processes: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    mask_threshold: int = DEFAULT_THRESHOLD,
+    case_pattern: str | None = None,
+    splits: Path | None = None,
 ) -> tuple[IngestSummary, Pairing]:
     """Pairs images with masks and ingests the pairs (see the module docstring).
 
     Unpaired files are refused before anything is written, unless ``allow_unpaired``; then they are
     listed in the returned pairing (and by the CLI) and recorded in the store's ``unpaired`` attribute.
+    Files that are not 2-D pictures are skipped and listed (``pairing.skipped``); when nothing else is
+    there, the error names them instead of "no mask". ``splits`` is a CSV of case (or stem) -> split.
     """
     import zarr
 
     from domainfm.shared.tiles.ingest import ingest
+    from domainfm.shared.tiles.splits import read_splits_csv
 
+    if case_pattern:
+        try:
+            re.compile(case_pattern)
+        except re.error as error:
+            raise PairingError(f"--case_pattern {case_pattern!r} is not a regular expression: {error}") from error
+    table = read_splits_csv(splits) if splits else None
     pairing = find_pairs(images, masks)
+    if not pairing.pairs and pairing.skipped:
+        first, reason = next(iter(pairing.skipped.items()))
+        raise MaskError(
+            f"no image/mask pair of 2-D pictures in {images} and {masks}: {len(pairing.skipped)} file(s) skipped, "
+            f"e.g. {first}: {reason}"
+        )
     if not pairing.pairs:
         raise PairingError(f"no image in {images} has a mask in {masks} with the same stem\n{pairing.report()}")
     if not pairing.complete and not allow_unpaired:
@@ -260,8 +323,13 @@ def ingest_pairs(
         foreground=foreground,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        threshold=mask_threshold,
+        case_pattern=case_pattern,
+        splits=table,
     )
     sources = [image for image, _ in pairing.pairs]
+    for image in sources:  # every case named by the pattern and listed in --splits, before anything is written
+        group_split(case_key(image, case_pattern), table, aliases=(Path(image).stem, Path(image).name))
     summary = ingest(
         sources,
         out,
@@ -281,3 +349,11 @@ def ingest_pairs(
             "masks_without_image": [str(p) for p in pairing.masks_without_image],
         }
     return summary, pairing
+
+
+def mask_notes(store: Path) -> list[str]:
+    """The notes of masks that were not clean, as recorded per source by the reader."""
+    import zarr
+
+    sources = zarr.open_group(store, mode="r").attrs.get("sources", [])
+    return [note for source in sources if (note := (source.get("meta") or {}).get("mask_note"))]

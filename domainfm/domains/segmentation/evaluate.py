@@ -83,7 +83,9 @@ def native_scores(store: TileStore, predictions: dict[str, torch.Tensor]) -> dic
         mask_path = recorded.get("mask")
         if not mask_path or not Path(mask_path).is_file():
             return {"native": None, "native_missing": f"mask file of {source.get('path')} not recorded or gone"}
-        mask = torch.from_numpy(read_mask(Path(mask_path), recorded.get("foreground")))[None, None]
+        mask = torch.from_numpy(
+            read_mask(Path(mask_path), recorded.get("foreground"), recorded.get("mask_threshold", 0))
+        )[None, None]
         native = map_to_input(probability[None].float(), tuple(mask.shape[-2:]), transform)
         for name, value in score(native, mask).items():
             values[name].append(value)

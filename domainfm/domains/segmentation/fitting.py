@@ -25,6 +25,7 @@ from domainfm.domains.segmentation.models import (
 from domainfm.domains.segmentation.train import train_segmenter, write_history
 from domainfm.shared.engine.distributed import is_launch_zero, world_size
 from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.split_counts import require_splits
 from domainfm.shared.tiles.store import TileStore
 
 
@@ -78,6 +79,7 @@ def fit(
     others return ``None``.
     """
     store = TileStore(store_path)
+    require_splits(store, ("train", "val"), "segmentation training (it keeps the epoch with the best val Dice)")
     model = build_model(kind, vae, mapper, unet)
     _check_size(model, store)
     resume_dir = Path(out) / "resume"  # last.ckpt after every epoch: a killed run continues from there

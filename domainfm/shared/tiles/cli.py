@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from domainfm.shared.config import PositiveInt
 
@@ -18,8 +19,12 @@ def ingest_arrays(
     processes: bool = False,
     overwrite: bool = False,
     codec: str = "auto",
+    layout: Literal["auto", "nchw", "nhwc"] = "auto",
+    splits: Path | None = None,
 ) -> int:
-    """Ingest .npy tile arrays [N, C, H, W] into a tile store (parallel, resumable).
+    """Ingest .npy tile arrays [N, C, H, W] (or [N, H, W, C] with --layout nhwc) into a tile store.
+
+    Parallel and resumable. Tiles are unassigned to splits unless ``--splits`` gives each file's split.
 
     Args:
         sources: ``.npy`` files; their tiles appear in the store in this order.
@@ -32,13 +37,27 @@ def ingest_arrays(
         overwrite: Replace an existing store of other sources.
         codec: ``auto`` (Blosc-LZ4 if it saves 10 % on the first source's tiles, else none),
             ``blosc-lz4``, ``zstd-1`` or ``none``.
+        layout: ``nchw`` ([N, C, H, W]), ``nhwc`` ([N, H, W, C], e.g. arrays of RGB pictures) or ``auto``
+            (``nchw``, but an array whose last axis looks like channels is refused, naming ``--layout``).
+        splits: CSV of source file (name or stem) -> split (train, val, test); every file listed. Each
+            file's stem is recorded as its group.
     """
+    from functools import partial
+
     from domainfm.shared.tiles.ingest import ingest
     from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
+    from domainfm.shared.tiles.split_counts import warn_empty_splits
+    from domainfm.shared.tiles.splits import group_split, read_splits_csv
 
-    spec = npy_spec(sources[0], domain, channel_names, codec)
-    summary = ingest(sources, out, spec, read_npy_tiles, "generic.npy", "1", workers, scheduler, processes, overwrite)
+    table = read_splits_csv(splits) if splits else None
+    for source in sources if table else []:  # every file listed, before anything is written
+        group_split(Path(source).stem, table, aliases=(Path(source).name, str(source)))
+    spec = npy_spec(sources[0], domain, channel_names, codec, layout)
+    reader = partial(read_npy_tiles, layout=layout, splits=table)
+    summary = ingest(sources, out, spec, reader, "generic.npy", "1", workers, scheduler, processes, overwrite)
     print(summary.report())
+    if summary.ok and table is not None:
+        warn_empty_splits(Path(out))
     return 0 if summary.ok else 1
 
 

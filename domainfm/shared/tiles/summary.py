@@ -41,7 +41,14 @@ def describe(store: TileStore) -> dict[str, Any]:
 
 
 def _display_channels(store: TileStore) -> list[int]:
+    """The channels shown: the spec's ``display_channels``, else R/G/B by name, else the first three (or one).
+
+    A multispectral store names its true-colour bands in ``value_scaling["display_channels"]``.
+    """
     names = [c["name"].lower() for c in store.spec.channels]
+    wanted = [str(n).lower() for n in store.spec.value_scaling.get("display_channels", [])]
+    if wanted and set(wanted) <= set(names):
+        return [names.index(n) for n in wanted]
     if {"r", "g", "b"} <= set(names):
         return [names.index(c) for c in "rgb"]
     if {"red", "green", "blue"} <= set(names):
@@ -50,7 +57,11 @@ def _display_channels(store: TileStore) -> list[int]:
 
 
 def contact_sheet(store: TileStore, out: Path, n: int = 64, seed: int = 0) -> Path:
-    """A PNG grid of ``n`` sample tiles (seeded), each labelled with tile id and source row."""
+    """A PNG grid of ``n`` sample tiles (seeded), each labelled with tile id and source row.
+
+    Values are scaled per channel by the store's min and max, or, when the spec's ``value_scaling`` holds
+    ``display_stretch`` (``[2, 98]``), by those percentiles of each channel over the sampled tiles.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,17 +77,25 @@ def contact_sheet(store: TileStore, out: Path, n: int = 64, seed: int = 0) -> Pa
     data = store.read(ids) if count else {"tiles": np.zeros((0,)), "source": []}
     for ax in axes.flat:
         ax.axis("off")
+    stretch = store.spec.value_scaling.get("display_stretch")  # [low, high] percentiles over the sampled tiles
+    if stretch and count:
+        sample = np.asarray(data["tiles"])[:, channels].astype(np.float32)
+        low_high = np.percentile(sample.transpose(1, 0, 2, 3).reshape(len(channels), -1), stretch, axis=1)
     for ax, tile_id, tile, source in zip(axes.flat, ids, data["tiles"], data["source"], strict=False):
         image = tile[channels].astype(np.float32)
-        lo = np.array([stats["min"][c] if stats.get("min") else image.min() for c in channels], np.float32)
-        hi = np.array([stats["max"][c] if stats.get("max") else image.max() for c in channels], np.float32)
+        if stretch:
+            lo, hi = low_high[0].astype(np.float32), low_high[1].astype(np.float32)
+        else:
+            lo = np.array([stats["min"][c] if stats.get("min") else image.min() for c in channels], np.float32)
+            hi = np.array([stats["max"][c] if stats.get("max") else image.max() for c in channels], np.float32)
         image = np.clip((image - lo[:, None, None]) / np.maximum(hi - lo, 1e-6)[:, None, None], 0, 1)
         ax.imshow(
             image.transpose(1, 2, 0) if len(channels) == 3 else image[0], cmap=None if len(channels) == 3 else "gray"
         )
         ax.set_title(f"#{tile_id} src {source}", fontsize=6)
     names = ", ".join(store.spec.channels[c]["name"] for c in channels)
-    fig.suptitle(f"{store.path.name}: {count} of {len(store)} tiles (channels {names})", fontsize=8)
+    how = f", {stretch[0]}-{stretch[1]} % stretch" if stretch else ""
+    fig.suptitle(f"{store.path.name}: {count} of {len(store)} tiles (channels {names}{how})", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

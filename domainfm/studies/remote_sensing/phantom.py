@@ -176,3 +176,16 @@ def write_granule(path: Path, shape: tuple[int, int] = (256, 256), seed: int = 0
     )
     partial.replace(path)
     return path
+
+
+def write_phantom_splits(granules: list[Path], path: Path) -> Path:
+    """A ``--splits`` CSV for phantom granules: whole granules to train, test, train, val, ... in turn.
+
+    Chips are split per granule (a scene), so a few phantom granules need their splits assigned, or all of
+    them may hash into one split.
+    """
+    cycle = ("train", "test", "train", "val")
+    rows = [f"{Path(g).name},{cycle[i % len(cycle)]}" for i, g in enumerate(granules)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("granule,split\n" + "\n".join(rows) + "\n")
+    return Path(path)

@@ -19,7 +19,7 @@ from domainfm.domains.remote_sensing.pretrain import heldout_loss, pretrain
 from domainfm.shared.config import settings_unchanged
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.report import markdown_table
-from domainfm.studies.remote_sensing.phantom import write_granule
+from domainfm.studies.remote_sensing.phantom import write_granule, write_phantom_splits
 
 
 def run_study(
@@ -50,7 +50,8 @@ def run_study(
             write_granule(path, (granule_size, granule_size), seed=seed * 1000 + i)
         marker.write_text(json.dumps(data_settings))
     store = out / "chips.zarr"
-    summary = ingest_chips(files, store, chip, curtains=True, overwrite=fresh, progress=progress)
+    splits = write_phantom_splits(files, out / "granules" / "splits.csv")
+    summary = ingest_chips(files, store, chip, curtains=True, overwrite=fresh, progress=progress, splits=splits)
     if not summary.ok:
         raise DomainfmError(summary.report())
     train_settings = {

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from domainfm.cli import main
+from domainfm.studies.remote_sensing.phantom import write_phantom_splits
 
 
 def test_granules_to_simmim_to_curtain_from_the_command_line(
@@ -26,7 +27,9 @@ def test_granules_to_simmim_to_curtain_from_the_command_line(
     for seed, path in enumerate(granules):
         assert main(["remote-sensing", "phantom", "--out", str(path), "--size", "128", "--seed", str(seed)]) == 0
     store = str(tmp_path / "chips.zarr")
-    assert main(["remote-sensing", "ingest", *map(str, granules), "--out", store, "--chip", "32", "--curtains"]) == 0
+    splits = str(write_phantom_splits(granules, tmp_path / "splits.csv"))  # chips split per granule
+    ingest = ["remote-sensing", "ingest", *map(str, granules), "--out", store, "--chip", "32", "--curtains"]
+    assert main([*ingest, "--splits", splits]) == 0
     run = ["--store", store, "--out", str(tmp_path / "simmim"), "--epochs", "1", "--device", "cpu"]
     assert main(["remote-sensing", "pretrain", *run]) == 0
     checkpoint = str(tmp_path / "simmim" / "simmim.safetensors")
@@ -70,6 +73,10 @@ def test_rasters_with_scene_labels_train_a_multilabel_head(tmp_path: Path, capsy
     (tmp_path / "labels.csv").write_text(
         "name,forest,water\n" + "".join(f"{n},{i % 2},{(i + 1) % 2}\n" for i, n in enumerate(names))
     )
+    splits = tmp_path / "splits.csv"  # scenes, not chips, are split: six scenes need their splits given
+    splits.write_text(
+        "scene,split\n" + "".join(f"{n},{'test' if i % 3 == 0 else 'train'}\n" for i, n in enumerate(names))
+    )
     store = str(tmp_path / "s2.zarr")
     files = [str(p) for p in sorted(tmp_path.glob("*.tif"))]
     assert (
@@ -84,6 +91,8 @@ def test_rasters_with_scene_labels_train_a_multilabel_head(tmp_path: Path, capsy
                 "32",
                 "--labels",
                 str(tmp_path / "labels.csv"),
+                "--splits",
+                str(splits),
             ]
         )
         == 0

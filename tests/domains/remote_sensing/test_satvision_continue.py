@@ -23,7 +23,7 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.foundation.convert import read_extras
 from domainfm.shared.model import InputTransform
 from domainfm.shared.tasks.checkpoint import read_checkpoint
-from domainfm.studies.remote_sensing.phantom import write_granule
+from domainfm.studies.remote_sensing.phantom import write_granule, write_phantom_splits
 from domainfm.studies.remote_sensing.satvision_release import write_satvision_release
 
 pytest.importorskip("pyhdf")
@@ -35,7 +35,8 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("satvision")
     granules = [write_granule(folder / f"MOD021KM.{i}.hdf", (128, 128), seed=i) for i in range(2)]
     store = folder / "chips.zarr"
-    assert ingest_chips(granules, store, chip=64, curtains=True, progress=False).ok
+    splits = write_phantom_splits(granules, folder / "splits.csv")
+    assert ingest_chips(granules, store, chip=64, curtains=True, progress=False, splits=splits).ok
     weights, config = write_satvision_release(folder / "release", img_size=64, dtype=torch.bfloat16)
     converted = folder / "satvision.safetensors"
     argv = ["models", "convert", "satvision_toa_giant", "--input", str(weights), "--config", str(config)]
@@ -118,7 +119,8 @@ def test_the_release_transform_maps_physical_values_as_satvision_scales_them():
 
 def test_other_bands_or_a_foreign_decoder_are_refused_by_name(release, tmp_path):
     subset = tmp_path / "two_bands.zarr"
-    assert ingest_chips(release["granules"], subset, chip=64, bands=["B01", "B31"], progress=False).ok
+    splits = write_phantom_splits(release["granules"], tmp_path / "splits.csv")
+    assert ingest_chips(release["granules"], subset, chip=64, bands=["B01", "B31"], progress=False, splits=splits).ok
     with pytest.raises(DomainfmError, match=r"\['B01', 'B31'\] are not .*satvision.safetensors's"):
         pretrain(subset, tmp_path / "a", epochs=1, device="cpu", progress=False, init=release["converted"])
     source = torch.load(release["weights"], weights_only=True)
