@@ -80,7 +80,6 @@ def train_classifier(
 
     ``text_model`` allows a ConVIRT checkpoint's text-tower folder that lies outside the checkpoint's folder.
     """
-    from domainfm.domains.radiology.groups import require_splits
     from domainfm.domains.radiology.images import display_transform
     from domainfm.domains.radiology.pretrain import (
         foundation_image_encoder,
@@ -96,12 +95,13 @@ def train_classifier(
     from domainfm.shared.tasks.metrics import multilabel_macro_auroc
     from domainfm.shared.tasks.subsets import label_fraction as choose_labelled
     from domainfm.shared.tiles.schema import SPLITS
+    from domainfm.shared.tiles.split_counts import require_splits
     from domainfm.shared.tiles.store import TileStore
 
     store = TileStore(store_path)
     if "labels" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no labels: ingest it with --labels LABELS.csv")
-    require_splits(store, ("train",), "radiology train")
+    require_splits(store, ("train",), "radiology train needs images in train")
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     size = store.spec.tile_shape[-1]

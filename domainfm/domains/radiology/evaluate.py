@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from domainfm.domains.radiology.convirt import ConVIRT
-from domainfm.domains.radiology.groups import require_splits
 from domainfm.domains.radiology.images import ingest_tile
 from domainfm.domains.radiology.pretrain import radiograph_transform
 from domainfm.domains.radiology.text import SentenceTokenizer
@@ -42,6 +41,7 @@ from domainfm.shared.tasks.metrics import multilabel_macro_auroc
 from domainfm.shared.tasks.probes import fit_logistic_probe, knn_scores
 from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
+from domainfm.shared.tiles.split_counts import require_splits
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -215,7 +215,11 @@ def probe(
     """
     if "labels" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no labels: ingest it with --labels LABELS.csv")
-    require_splits(store, ("train", "test"), f"radiology eval {'probe' if method == 'linear' else method}")
+    require_splits(
+        store,
+        ("train", "test"),
+        f"radiology eval {'probe' if method == 'linear' else method} needs images in train, test",
+    )
     torch_device = resolve_device(device)
     labels = torch.from_numpy(store.companion("labels")[:].astype(np.int64))
     test = np.flatnonzero(store.index["split"] == SPLITS["test"])

@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from domainfm.domains.radiology.images import DICOM_SUFFIXES
-from domainfm.shared.errors import DomainfmError
-from domainfm.shared.tiles.schema import SPLITS
-from domainfm.shared.tiles.splits import SplitTable, group_split, split_counts_problem
-
-if TYPE_CHECKING:
-    from domainfm.shared.tiles.store import TileStore
+from domainfm.shared.tiles.splits import SplitTable, group_split
 
 PATIENT_FOLDER = re.compile(r"patient\d+|p\d{8}")  # CheXpert patient00001, MIMIC-CXR p10000032
 
@@ -69,20 +61,3 @@ def image_split(
     """The split id of an image: the splits table's row for its group, study, file name or stem, else the hash."""
     aliases = (study_id, Path(image).name, Path(image).stem)
     return group_split(group, table, val_fraction, test_fraction, aliases=aliases)
-
-
-class EmptySplitError(DomainfmError):
-    """A split a command needs holds no images; the message names the store, the split and the fix."""
-
-
-def split_counts(store: TileStore) -> dict[str, int]:
-    """Images per split name of a store."""
-    ids = np.asarray(store.index["split"])
-    return {name: int((ids == number).sum()) for name, number in SPLITS.items()}
-
-
-def require_splits(store: TileStore, needed: tuple[str, ...], command: str) -> None:
-    """Raises :class:`EmptySplitError` when one of the ``needed`` splits of ``store`` is empty."""
-    problem = split_counts_problem(split_counts(store), needed)
-    if problem:
-        raise EmptySplitError(f"{store.path}: {command} needs images in {', '.join(needed)}, but {problem}")

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from domainfm.domains.radiology.convirt import ConVIRT, augment_images, convirt_loss
-from domainfm.domains.radiology.groups import require_splits
 from domainfm.domains.radiology.images import display_transform
 from domainfm.domains.radiology.text import SentenceTokenizer, create_text_tower, text_options, train_tokenizer
 from domainfm.shared.backbones import create_backbone
@@ -51,6 +50,7 @@ from domainfm.shared.model.encoders import (
 )
 from domainfm.shared.tasks.checkpoint import load_weights, read_checkpoint_metadata, save_checkpoint
 from domainfm.shared.tiles.schema import SPLITS
+from domainfm.shared.tiles.split_counts import require_splits
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -269,7 +269,7 @@ def pretrain(
             "with reports; ingest again with --reports FILE, or use this store for `radiology train` and "
             "`radiology eval probe|knn|finetune`"
         )
-    require_splits(store, ("train",), "radiology pretrain")
+    require_splits(store, ("train",), "radiology pretrain needs images in train")
     data_parallel_only(strategy, "radiology pretrain")
     trainer, resume = resumable_trainer(
         out, epochs, resolve_device(device), progress, callbacks, devices=devices, strategy=strategy,
