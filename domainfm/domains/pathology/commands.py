@@ -10,6 +10,7 @@ The group's study verbs (phantom, study) are in :mod:`domainfm.studies.pathology
 from __future__ import annotations
 
 import json as json_module
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +57,28 @@ def tile(
         assume_mpp: Level-0 mpp for slides that record none (never used when the slide has one).
         min_tissue: Keep tiles with at least this tissue fraction.
         truth_labels: Phantom slides: label tiles by their ground-truth class (FILE.truth.npz).
-        splits: CSV with columns slide,split (train/val/test); a stable hash of each slide's name when unset.
+        splits: CSV of slide,split rows (key column slide, source or group; split train/val/test in any
+            case) that every slide must be listed in; a stable hash of each slide's name when unset.
         threads: Region-reading threads per slide.
         workers: Slides tiled in parallel.
         scheduler: A dask.distributed scheduler address; local when unset.
         processes: Local processes instead of threads.
         overwrite: Replace an existing store of other slides.
     """
-    from domainfm.domains.pathology.tiling import TilingParams, read_splits, tile_slides
+    from domainfm.domains.pathology.tiling import TilingParams, empty_split_warning, tile_slides
     from domainfm.domains.pathology.tissue import TissueParams
-    from domainfm.shared.errors import DomainfmError
+    from domainfm.shared.tiles.splits import read_splits_csv
 
-    try:
-        split_table = read_splits(Path(splits)) if splits else None
-    except (OSError, ValueError) as error:
-        raise DomainfmError(str(error)) from error
+    split_table = read_splits_csv(Path(splits)) if splits else None
     params = TilingParams(
         tuple(mpp or [0.5]), tile_size, overlap, assume_mpp, TissueParams(min_tissue=min_tissue), threads,
         truth_labels=truth_labels, splits=split_table,
     )  # fmt: skip
     summary = tile_slides([Path(s) for s in slides], Path(out), params, workers, scheduler, processes, overwrite)
     print(summary.report())
+    warning = empty_split_warning(Path(out))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0 if summary.ok else 1
 
 
@@ -103,7 +105,7 @@ def pretrain(
     the teacher centres use the batch mean of every process (docs/distributed.md).
 
     Args:
-        store: A store from ``pathology tile`` (train split; every mpp level mixed).
+        store: A store from ``pathology tile`` (every tile outside the test split; every mpp level mixed).
         out: Output folder.
         backbone: A ViT/FlexiViT of the shared registry (``flexivit_small`` is PLUTO's).
         objective: PLUTO objective options (crop sizes, loss weights; see docs/pathology.md).
@@ -132,7 +134,10 @@ def pretrain(
             teacher_momentum, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
         )  # fmt: skip
     if is_launch_zero():
-        print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
+        print(
+            f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f} "
+            f"on {result['tiles']} tiles of split(s) {', '.join(result['splits'])} (test held out)"
+        )
     return 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,8 +42,10 @@ from domainfm.domains.pathology.slides import (
     slide_info,
 )
 from domainfm.domains.pathology.tissue import TissueParams, tissue_fractions, tissue_mask, write_qc_png
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.ingest import QC_FOLDER, IngestSummary
-from domainfm.shared.tiles.schema import SPLITS, Companion, StoreSpec, TileBatch, stable_split
+from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.splits import SplitTable, group_split
 
 READER_NAME = "pathology.openslide"
 READER_VERSION = "1"
@@ -64,7 +66,7 @@ class TilingParams:
     threads: int = 2
     batch: int | None = None  # tiles per read batch; by default about READ_BATCH_BYTES of tiles, at most 128
     truth_labels: bool = False
-    splits: dict[str, str] | None = None
+    splits: SplitTable | Mapping[str, str] | None = None  # slide name or stem -> split; else a hash
 
     def __post_init__(self) -> None:
         if not self.mpps or any(m <= 0 for m in self.mpps):
@@ -228,28 +230,11 @@ def truth_labels(path: Path, coords: np.ndarray, side: float) -> np.ndarray:
     )
 
 
-def read_splits(path: Path) -> dict[str, str]:
-    """Slide name (file name or stem) -> split, from a CSV with columns ``slide,split`` (train/val/test)."""
-    import csv
-
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"slide", "split"} <= set(rows[0]):
-        raise ValueError(f"{path}: a splits CSV needs the columns slide,split")
-    bad = sorted({r["split"] for r in rows} - set(SPLITS))
-    if bad:
-        raise ValueError(f"{path}: unknown split(s) {bad}; use {list(SPLITS)}")
-    return {r["slide"]: r["split"] for r in rows}
-
-
-def slide_split(path: Path, splits: dict[str, str] | None) -> int:
+def slide_split(path: Path, splits: SplitTable | Mapping[str, str] | None) -> int:
     """The slide's split: from ``splits`` (by file name or stem) when given, else a stable hash of its name."""
-    if splits is None:
-        return stable_split(path.name)
-    name = splits.get(path.name, splits.get(path.stem))
-    if name is None:
-        raise ValueError(f"{path}: not listed in the splits CSV (add a row 'slide,split' for it)")
-    return SPLITS[name]
+    if splits is not None and not isinstance(splits, SplitTable):
+        splits = SplitTable(Path("splits"), "slide", dict(splits))
+    return group_split(path.name, splits, aliases=(path.stem,))
 
 
 def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = None) -> Iterator[TileBatch]:
@@ -350,3 +335,23 @@ def tile_slides(
         slides, out, tile_spec(params), reader, READER_NAME, READER_VERSION, workers, scheduler, processes,
         overwrite, progress,
     )  # fmt: skip
+
+
+def empty_split_warning(out: Path) -> str | None:
+    """The sentence naming the store's empty train/val/test splits, or ``None`` (also when no store was written)."""
+    import warnings
+
+    from domainfm.domains.pathology.data_splits import split_counts
+    from domainfm.shared.tiles.splits import split_counts_problem
+    from domainfm.shared.tiles.store import TileStore
+
+    try:
+        with warnings.catch_warnings():  # failed slides are already listed by the summary
+            warnings.simplefilter("ignore")
+            store = TileStore(out)
+    except (DomainfmError, OSError, ValueError):  # no complete store (every slide failed): the summary says why
+        return None
+    problem = split_counts_problem(split_counts(store.index["split"]))
+    if problem is None:
+        return None
+    return f"{out}: {problem}; `pathology pretrain` uses every tile outside test, the heads need train and test"
