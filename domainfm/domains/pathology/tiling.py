@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from domainfm.domains.pathology.annotations import TileLabels
 from domainfm.domains.pathology.slides import (
+    SlideError,
     SlideInfo,
     best_level,
     bgra_to_rgb,
@@ -67,12 +69,16 @@ class TilingParams:
     batch: int | None = None  # tiles per read batch; by default about READ_BATCH_BYTES of tiles, at most 128
     truth_labels: bool = False
     splits: SplitTable | Mapping[str, str] | None = None  # slide name or stem -> split; else a hash
+    labels: TileLabels | None = None  # annotations (GeoJSON, masks, CSV, class folders): annotations.py
+    allow_upsample: bool = False
 
     def __post_init__(self) -> None:
         if not self.mpps or any(m <= 0 for m in self.mpps):
             raise ValueError(f"target mpps must be positive, got {list(self.mpps)}")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"batch must be at least 1 tile, got {self.batch}")
+        if self.labels is not None and self.truth_labels:
+            raise ValueError("give either annotations (--labels) or --truth_labels, not both")
         if self.tile_px < 8 or not 0 <= self.overlap < self.tile_px:
             raise ValueError(f"need tile_px >= 8 and 0 <= overlap < tile_px, got {self.tile_px} and {self.overlap}")
 
@@ -115,6 +121,13 @@ class SlidePlan:
 def plan_slide(slide: Any, path: Path, params: TilingParams) -> SlidePlan:
     """Resolves the slide's mpp, detects tissue and keeps the grid tiles with enough of it."""
     info = slide_info(slide, path, params.assume_mpp)
+    finer = [m for m in params.mpps if m < info.mpp * (1 - 1e-3)]
+    if finer and not params.allow_upsample:
+        raise SlideError(
+            f"{path}: --mpp {', '.join(f'{m:g}' for m in finer)} is finer than the scan's {info.mpp:g} mpp "
+            f"({info.mpp_source}), so tiles would be upsampled; ask for {info.mpp:g} mpp or coarser, or pass "
+            "--allow_upsample"
+        )
     thumbnail, downsample = read_thumbnail(slide, thumbnail_downsample(info, params))
     mask = tissue_mask(thumbnail, downsample * info.mpp, params.tissue)
     grids = {}
@@ -246,6 +259,7 @@ def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = Non
     finally:
         slide.close()
     meta = {**plan.info.to_meta(), "tiles_per_mpp": {str(m): len(g[0]) for m, g in plan.grids.items()}}
+    meta["upsampled_mpps"] = [m for m in params.mpps if m < plan.info.mpp * (1 - 1e-3)]
     yield TileBatch(np.zeros((0, 3, params.tile_px, params.tile_px), np.uint8), source_meta=meta)
     split = slide_split(path, params.splits)
     qc = _draw_qc_in_background(plan, path, qc_dir) if qc_dir is not None else None
@@ -253,6 +267,8 @@ def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = Non
     try:
         for mpp, (coords, fraction, side) in plan.grids.items():
             labels = truth_labels(path, coords, side) if params.truth_labels else None
+            if params.labels is not None:
+                labels = params.labels.for_tiles(path, (plan.info.width, plan.info.height), coords, side)
             start = 0
             for tiles in read_tiles(reader, plan.info, coords, mpp, side, params):
                 stop = start + len(tiles)
@@ -308,6 +324,9 @@ def tile_spec(params: TilingParams) -> StoreSpec:
         from domainfm.domains.pathology.region_labels import CLASS_NAMES
 
         labels = list(CLASS_NAMES)
+    if params.labels is not None:
+        labels = list(params.labels.names)
+        scaling["labels"] = params.labels.to_dict()
     companions = {"tissue": Companion((), "float32")}
     # RGB tissue tiles barely compress (1.0-1.07x with LZ4, docs/tiles.md), so the store skips the codec:
     # assembly and streaming then cost a copy, not a compression pass.
@@ -337,8 +356,8 @@ def tile_slides(
     )  # fmt: skip
 
 
-def empty_split_warning(out: Path) -> str | None:
-    """The sentence naming the store's empty train/val/test splits, or ``None`` (also when no store was written)."""
+def tiling_warnings(out: Path) -> list[str]:
+    """Sentences about a finished store: empty train/val/test splits, and slides tiled finer than their scan."""
     import warnings
 
     from domainfm.domains.pathology.data_splits import split_counts
@@ -350,8 +369,18 @@ def empty_split_warning(out: Path) -> str | None:
             warnings.simplefilter("ignore")
             store = TileStore(out)
     except (DomainfmError, OSError, ValueError):  # no complete store (every slide failed): the summary says why
-        return None
+        return []
+    found = []
     problem = split_counts_problem(split_counts(store.index["split"]))
-    if problem is None:
-        return None
-    return f"{out}: {problem}; `pathology pretrain` uses every tile outside test, the heads need train and test"
+    if problem is not None:
+        found.append(
+            f"{out}: {problem}; `pathology pretrain` uses every tile outside test, the heads need train and test"
+        )
+    for source in store.sources:
+        meta = source.get("meta") or {}
+        if meta.get("upsampled_mpps"):
+            found.append(
+                f"{source['path']}: tiles at {meta['upsampled_mpps']} mpp are upsampled from the scan's "
+                f"{meta['mpp']:g} mpp (--allow_upsample)"
+            )
+    return found
