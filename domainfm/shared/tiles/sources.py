@@ -17,6 +17,7 @@ from domainfm.shared.tiles.layout import choose_codec
 from domainfm.shared.tiles.schema import StoreSpec, TileBatch
 
 BATCH = 64
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 
 class SourceError(DomainfmError, ValueError):
@@ -31,6 +32,11 @@ def open_npy(path: Path) -> np.ndarray:
     except OSError as error:
         raise SourceError(f"{path} is not a readable .npy array: {error.strerror or error}") from error
     if magic != b"\x93NUMPY":  # numpy would otherwise blame "pickled (object) data" for any non-.npy bytes
+        if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+            raise SourceError(
+                f"{path} is an image, not a .npy tile array: tile images with their domain's verb, e.g. "
+                "`domainfm pathology tile IMAGES_OR_FOLDER --out STORE --assume-mpp MPP` for H&E patches"
+            )
         reason = "it is empty" if not magic else "it has no .npy header (save tiles with numpy.save)"
         raise SourceError(f"{path} is not a readable .npy array: {reason}")
     try:
