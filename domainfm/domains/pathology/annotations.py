@@ -8,7 +8,8 @@
   Polygons of one class are merged first, so overlapping annotations are not counted twice; features
   without a class or without area (points, lines) label nothing.
 * **A label mask** (``.png``/``.tif``/``.tiff``/``.bmp``): class ids at ``mask_downsample`` level-0 pixels
-  per mask pixel; a tile takes the most frequent id under it (255 = unlabelled). Class ``k`` is named ``"k"``.
+  per mask pixel; a tile takes the most frequent id under it (255 = unlabelled; a 0/255 mask is refused, as
+  it is ambiguous). Class ``k`` is named ``"k"``.
 * **A CSV** with a key column (``slide`` or ``image``; file name, stem or path) and ``label``; with ``x,y``
   columns each row is a point (a tile corner, or any point inside a tile) and a tile takes the most frequent
   label of the points inside it; without them every tile of the listed image takes its label.
@@ -193,6 +194,10 @@ def read_mask(path: Path) -> np.ndarray:
         mask = mask[..., 0]
     if mask.dtype.kind not in "ui" and mask.dtype != bool:
         raise LabelError(f"{path}: a label mask must hold integer class ids, not {mask.dtype}")
+    if mask.dtype == np.uint8 and set(np.unique(mask).tolist()) == {0, UNLABELLED_MASK_VALUE}:
+        raise LabelError(
+            f"{path}: a 0/255 mask reads as class 0 and unlabelled (255); save class ids (0 and 1) for a binary mask"
+        )
     return mask.astype(np.int64)
 
 

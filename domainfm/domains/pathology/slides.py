@@ -25,6 +25,7 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.optional import require
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # plain images: one-level slides
+IMAGE_VENDOR = "image"  # the vendor recorded for a plain image (no slide properties)
 LEVEL_TOLERANCE = 1.01  # a level whose downsample is within 1 % of the target still counts as "not finer"
 
 
@@ -134,7 +135,7 @@ def slide_info(slide: Any, path: str | Path, assume_mpp: float | None = None) ->
     width, height = slide.dimensions
     return SlideInfo(
         path=str(path),
-        vendor=properties.get("openslide.vendor", "generic" if properties else "image"),
+        vendor=properties.get("openslide.vendor", "generic" if properties else IMAGE_VENDOR),
         width=int(width),
         height=int(height),
         mpp=mpp,

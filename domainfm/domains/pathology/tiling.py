@@ -33,6 +33,7 @@ import numpy as np
 
 from domainfm.domains.pathology.annotations import TileLabels
 from domainfm.domains.pathology.slides import (
+    IMAGE_VENDOR,
     SlideError,
     SlideInfo,
     best_level,
@@ -262,7 +263,9 @@ def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = Non
     meta["upsampled_mpps"] = [m for m in params.mpps if m < plan.info.mpp * (1 - 1e-3)]
     yield TileBatch(np.zeros((0, 3, params.tile_px, params.tile_px), np.uint8), source_meta=meta)
     split = slide_split(path, params.splits)
-    qc = _draw_qc_in_background(plan, path, qc_dir) if qc_dir is not None else None
+    # a plain image is its own picture: a QC drawing per patch of a patch set would cost more than its tiles
+    draw_qc = qc_dir is not None and plan.info.vendor != IMAGE_VENDOR
+    qc = _draw_qc_in_background(plan, path, qc_dir) if draw_qc else None
     reader = RegionReader(path, params.threads)
     try:
         for mpp, (coords, fraction, side) in plan.grids.items():

@@ -68,6 +68,9 @@ def test_a_mask_labels_tiles_by_majority_at_its_downsample(tmp_path: Path):
     assert labels.tolist() == [0, 0, 1, -1]  # at 80: 5 px of 0, 5 of 2 (a tie: the lower id); at 84: 4 and 6
     with pytest.raises(LabelError, match=r"m\.png: the mask is 50x25 px, .* 200x100; pass --label_downsample"):
         mask_labels(tmp_path / "m.png", names, coords, 40, 1.0, (200, 100))
+    Image.fromarray(np.where(mask == 2, 255, mask).astype(np.uint8)).save(tmp_path / "binary.png")
+    with pytest.raises(LabelError, match=r"binary\.png: a 0/255 mask .* save class ids \(0 and 1\)"):
+        mask_labels(tmp_path / "binary.png", names, coords, 40, 4.0, (200, 100))
 
 
 def test_csv_points_label_the_tiles_they_fall_in(tmp_path: Path):
@@ -112,3 +115,30 @@ def test_tiling_a_slide_with_geojson_labels_the_tiles_inside(tmp_path: Path, cap
     assert store.spec.label_names == ["A"] and len(x) > 10
     assert ((label == 0) == (x + 64 <= 512)).all()  # tiles wholly left of x=512 are A, the others unlabelled
     assert store.spec.value_scaling["labels"]["overlap"] == 0.5
+    assert (out / "qc" / "s.svs.png").is_file()  # slides keep their QC picture
+
+
+def test_a_tile_classifier_trains_on_annotation_labels(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from domainfm.studies.pathology.phantom import write_phantom_slide
+
+    slides, ring = [], [[0, 0], [384, 0], [384, 768], [0, 768], [0, 0]]
+    (tmp_path / "ann").mkdir()
+    for i in range(2):
+        slides.append(str(write_phantom_slide(tmp_path / f"s{i}.svs", 768, seed=i, mpp=0.5).path))
+        right = _shift(ring, 384)
+        features = [_feature(ring, "left"), _feature(right, "right")]
+        (tmp_path / "ann" / f"s{i}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    (tmp_path / "splits.csv").write_text("slide,split\ns0,train\ns1,test\n")
+    out = tmp_path / "t.zarr"
+    assert main(["pathology", "tile", *slides, "--out", str(out), "--tile_size", "64", "--min_tissue", "0.1",
+                 "--labels", str(tmp_path / "ann"), "--splits", str(tmp_path / "splits.csv")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["pathology", "train", "--store", str(out), "--out", str(tmp_path / "clf"), "--epochs", "1",
+                 "--batch_size", "16", "--device", "cpu", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    store = TileStore(out)
+    test_labelled = int(((store.index["split"] == 2) & (store.index["label"] >= 0)).sum())
+    assert result["test_tiles"] == test_labelled > 0 and result["train_tiles"] > 0
+    from domainfm.domains.pathology.heads import load_tile_classifier
+
+    assert load_tile_classifier(Path(result["classifier"]))[1]["label_names"] == ["left", "right"]

@@ -54,6 +54,7 @@ def test_a_patch_set_with_class_folders_tiles_every_patch_with_its_class(patch_s
     expected = [store.spec.label_names.index(names[s]) for s in store.index["source"]]
     assert store.index["label"].tolist() == expected
     assert store.sources[0]["meta"]["mpp_source"] == "--assume-mpp" and store.sources[0]["meta"]["vendor"] == "image"
+    assert not list((out / "qc").glob("*.png"))  # a patch is its own picture: no QC drawing per patch
 
 
 def test_images_without_assume_mpp_fail_by_name(patch_set: Path, tmp_path: Path, capsys):
