@@ -33,10 +33,9 @@ def open_npy(path: Path) -> np.ndarray:
         raise SourceError(f"{path} is not a readable .npy array: {error.strerror or error}") from error
     if magic != b"\x93NUMPY":  # numpy would otherwise blame "pickled (object) data" for any non-.npy bytes
         if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-            raise SourceError(
-                f"{path} is an image, not a .npy tile array: tile images with their domain's verb, e.g. "
-                "`domainfm pathology tile IMAGES_OR_FOLDER --out STORE --assume-mpp MPP` for H&E patches"
-            )
+            from domainfm.shared.plugins import image_readers
+
+            raise SourceError(f"{path} is an image, not a .npy tile array: read images with {image_readers()}")
         reason = "it is empty" if not magic else "it has no .npy header (save tiles with numpy.save)"
         raise SourceError(f"{path} is not a readable .npy array: {reason}")
     try:
