@@ -26,7 +26,7 @@ import csv
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ def label_file(source: Path, slide: Path, single_slide: bool) -> Path:
 # ------------------------------------------------------------------------------------------- polygons
 
 
-@cache
+@lru_cache(maxsize=8)  # read once per slide for every mpp, a few slides at a time
 def read_polygons(path: Path) -> tuple[tuple[str, Any], ...]:
     """``(class name, shapely geometry)`` of each classified areal feature of a GeoJSON/QuPath file."""
     import shapely
@@ -252,7 +252,7 @@ class LabelTable:
         return np.array([i for i, k in enumerate(self.keys) if k in candidates], np.int64)
 
 
-@cache
+@lru_cache(maxsize=8)
 def read_label_csv(path: Path) -> LabelTable:
     """Reads ``slide,x,y,label`` (points) or ``image,label`` (whole images); columns in any case."""
     try:

@@ -142,3 +142,14 @@ def test_a_tile_classifier_trains_on_annotation_labels(tmp_path: Path, capsys: p
     from domainfm.domains.pathology.heads import load_tile_classifier
 
     assert load_tile_classifier(Path(result["classifier"]))[1]["label_names"] == ["left", "right"]
+
+
+def test_an_image_label_csv_labels_every_tile_of_the_image(tmp_path: Path):
+    path = tmp_path / "labels.csv"
+    path.write_text("Image,Class\ntumor/p1.png,tumor\np2.png,normal\n")  # by folder/name or by name
+    table = read_label_csv(path)
+    names = ("normal", "tumor")
+    coords = np.array([[0, 0], [64, 0]])
+    assert csv_labels(table, Path("/d/tumor/p1.png"), names, coords, 64).tolist() == [1, 1]
+    assert csv_labels(table, Path("/d/x/p2.png"), names, coords, 64).tolist() == [0, 0]
+    assert csv_labels(table, Path("/d/normal/p1.png"), names, coords, 64).tolist() == [-1, -1]  # not this p1
