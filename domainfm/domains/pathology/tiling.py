@@ -12,6 +12,10 @@ a ``tissue`` companion (the tile's tissue fraction) and, with ``truth_labels``, 
 phantom slide's ground truth. Each slide's resolved mpp and its provenance, level-0 size and pyramid go
 into the store's sources table; a QC picture per slide goes to ``STORE/qc/<slide>.png``.
 
+Plain images (patch sets) are one-level slides (:func:`.slides.open_image`); folder arguments expand in
+:mod:`.inputs`; ``--labels`` annotations label the tiles (:mod:`.annotations`); an mpp finer than the scan's
+is refused unless ``allow_upsample``.
+
 Regions are read by a small thread pool per slide (OpenSlide releases the GIL while decoding; every
 thread has its own handle), a bounded number of tiles ahead of the writer, so memory does not grow with
 the slide. Slides run in parallel through the shared ingest engine, which also makes the run resumable
@@ -51,7 +55,7 @@ from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch
 from domainfm.shared.tiles.splits import SplitTable, group_split
 
 READER_NAME = "pathology.openslide"
-READER_VERSION = "1"
+READER_VERSION = "2"  # 2: all-tissue images keep their tissue (no Otsu split), plain images, labels
 THUMBNAIL_MPP = 8.0
 MAX_THUMBNAIL_SIDE = 8192
 READ_BATCH_BYTES = 24 * 2**20
