@@ -1,8 +1,8 @@
 """Suite-wide markers: ``gpu`` skips without CUDA.
 
 ``realdata`` marks tests on real files that registry packages ship (the ``dev`` extra: pydicom-data,
-torchxrayvision, bigearthnet-common), read offline; they run wherever the dev extra is installed, CI
-included, and are never skipped: a missing package fails them with the install hint.
+torchxrayvision, bigearthnet-common; scikit-image's bundled micrographs), read offline; they run wherever the
+dev extra is installed, CI included, and are never skipped (select them with ``-m realdata``).
 """
 
 import pytest

@@ -36,6 +36,8 @@ class DomainPlugin:
             that tiles inputs too large for one forward pass (whole-slide images) for explanations.
         foundation_models: ``"module:attribute"`` of a sequence of
             :class:`~domainfm.shared.foundation.catalogue.FoundationModel` the domain's verbs take.
+        image_readers: Commands that read plain image files (PNG, JPEG, TIFF) into a store, each with what it
+            is for, e.g. ``"<domain> tile IMAGES --assume-mpp MPP (H&E patches)"`` (for messages that say what to run).
     """
 
     name: str
@@ -45,6 +47,7 @@ class DomainPlugin:
     modality: str = "n/a"
     large_inputs: str | None = None
     foundation_models: str | None = None
+    image_readers: tuple[str, ...] = ()
 
 
 DOMAINS: Registry[DomainPlugin] = Registry("domain")
@@ -102,6 +105,13 @@ def producers() -> str:
     return ", ".join(names) if names else "a domain's train command"
 
 
+def image_readers() -> str:
+    """Every registered command that reads plain images into a store, for messages."""
+    registry = domains()
+    names = [f"`domainfm {command}`" for name in registry for command in registry.get(name).image_readers]
+    return ", ".join(names) if names else "a domain's ingest command"
+
+
 def load(spec: str) -> Any:
     """``"module"`` -> the module, ``"module:attribute"`` -> the attribute (imported now)."""
     module, _, attribute = spec.partition(":")
@@ -117,6 +127,7 @@ __all__ = [
     "domain",
     "domain_of_kind",
     "domains",
+    "image_readers",
     "load",
     "producers",
     "register_domain",

@@ -10,6 +10,7 @@ The group's study verbs (phantom, study) are in :mod:`domainfm.studies.pathology
 from __future__ import annotations
 
 import json as json_module
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +36,26 @@ def tile(
     assume_mpp: PositiveFloat | None = None,
     min_tissue: Probability = 0.5,
     truth_labels: bool = False,
+    labels: Path | None = None,
+    label_overlap: Fraction = 0.5,
+    label_downsample: PositiveFloat = 1.0,
     splits: Path | None = None,
+    allow_upsample: bool = False,
     threads: PositiveInt = 2,
     workers: PositiveInt = 2,
     scheduler: str | None = None,
     processes: bool = False,
     overwrite: bool = False,
 ) -> int:
-    """Tile whole slides (any OpenSlide format) at one or more resolutions into a tile store.
+    """Tile whole slides (any OpenSlide format) or plain images at one or more resolutions into a tile store.
 
     Rerunning the same command after a kill resumes; a corrupt slide is reported and the others are tiled
-    (exit status 1 when any slide failed). A QC picture per slide goes to OUT/qc/.
+    (exit status 1 when any slide failed). A QC picture per slide goes to OUT/qc/. Tile labels come from
+    ``--labels`` (GeoJSON/QuPath polygons, label masks, a CSV; docs/data/pathology.md), from class
+    subfolders of a folder argument, or from a ``masks/`` folder beside the images.
 
     Args:
-        slides: Slide files.
+        slides: Slide files, plain images (PNG, JPEG, TIFF, BMP; need ``--assume-mpp``) or folders of them.
         out: Store folder.
         mpp: Target microns per pixel, one or more (default 0.5).
         tile_size: Tile side in pixels at the target resolution.
@@ -56,27 +63,45 @@ def tile(
         assume_mpp: Level-0 mpp for slides that record none (never used when the slide has one).
         min_tissue: Keep tiles with at least this tissue fraction.
         truth_labels: Phantom slides: label tiles by their ground-truth class (FILE.truth.npz).
-        splits: CSV with columns slide,split (train/val/test); a stable hash of each slide's name when unset.
+        labels: Annotations: a GeoJSON/QuPath, mask or CSV file (one slide, or a CSV for all), or a folder of
+            files named by slide stem.
+        label_overlap: A tile takes a polygon's class when the class covers at least this fraction of it.
+        label_downsample: Level-0 pixels per pixel of the label masks.
+        splits: CSV of slide,split rows (key column slide, source or group; split train/val/test in any
+            case) that every slide must be listed in; a stable hash of each slide's name when unset.
+        allow_upsample: Tile at an mpp finer than the scan's (refused otherwise; warned about when allowed).
         threads: Region-reading threads per slide.
         workers: Slides tiled in parallel.
         scheduler: A dask.distributed scheduler address; local when unset.
         processes: Local processes instead of threads.
         overwrite: Replace an existing store of other slides.
     """
-    from domainfm.domains.pathology.tiling import TilingParams, read_splits, tile_slides
+    from domainfm.domains.pathology.annotations import collect_labels
+    from domainfm.domains.pathology.inputs import expand_inputs
+    from domainfm.domains.pathology.tiling import TilingParams, tile_slides, tiling_warnings
     from domainfm.domains.pathology.tissue import TissueParams
     from domainfm.shared.errors import DomainfmError
+    from domainfm.shared.tiles.splits import read_splits_csv
 
-    try:
-        split_table = read_splits(Path(splits)) if splits else None
-    except (OSError, ValueError) as error:
-        raise DomainfmError(str(error)) from error
+    split_table = read_splits_csv(Path(splits)) if splits else None
+    inputs = expand_inputs([Path(s) for s in slides])
+    source = Path(labels) if labels else inputs.masks
+    classes = {} if labels else inputs.image_classes  # explicit annotations win over class folders
+    tile_labels = None
+    if source is not None or classes:
+        if truth_labels:
+            raise DomainfmError("give either --labels (or labelled folders) or --truth_labels, not both")
+        tile_labels = collect_labels(inputs.files, source, label_overlap, label_downsample, classes)
     params = TilingParams(
         tuple(mpp or [0.5]), tile_size, overlap, assume_mpp, TissueParams(min_tissue=min_tissue), threads,
-        truth_labels=truth_labels, splits=split_table,
+        truth_labels=truth_labels, splits=split_table, labels=tile_labels, allow_upsample=allow_upsample,
     )  # fmt: skip
-    summary = tile_slides([Path(s) for s in slides], Path(out), params, workers, scheduler, processes, overwrite)
+    summary = tile_slides(inputs.files, Path(out), params, workers, scheduler, processes, overwrite)
     print(summary.report())
+    if tile_labels is not None:
+        print(f"classes: {', '.join(tile_labels.names)}")
+    for warning in tiling_warnings(Path(out)):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0 if summary.ok else 1
 
 
@@ -103,7 +128,7 @@ def pretrain(
     the teacher centres use the batch mean of every process (docs/distributed.md).
 
     Args:
-        store: A store from ``pathology tile`` (train split; every mpp level mixed).
+        store: A store from ``pathology tile`` (every tile outside the test split; every mpp level mixed).
         out: Output folder.
         backbone: A ViT/FlexiViT of the shared registry (``flexivit_small`` is PLUTO's).
         objective: PLUTO objective options (crop sizes, loss weights; see docs/pathology.md).
@@ -132,7 +157,10 @@ def pretrain(
             teacher_momentum, seed, device, devices=devices, strategy=strategy, num_nodes=num_nodes,
         )  # fmt: skip
     if is_launch_zero():
-        print(f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
+        print(
+            f"wrote {result['checkpoint']}: loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f} "
+            f"on {result['tiles']} tiles of split(s) {', '.join(result['splits'])} (test held out)"
+        )
     return 0
 
 

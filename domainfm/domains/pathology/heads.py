@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainfm.domains.pathology.data_splits import require_splits
 from domainfm.domains.pathology.embed import Embeddings
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tasks.probes import fit_softmax_probe
@@ -26,6 +27,7 @@ from domainfm.shared.tasks.subsets import label_fraction
 from domainfm.shared.tiles.schema import SPLITS
 
 CLASSIFIER_KEY = "domainfm_pathology_tile_classifier"
+NO_LABELS = "tiles carry no labels (tile with --labels FILE, or phantom slides with --truth_labels)"
 
 
 def classification_scores(probabilities: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, float]:
@@ -53,10 +55,11 @@ def linear_probe(
     """
     names = embeddings.attrs.get("label_names") or []
     if not names or (embeddings.label < 0).all():
-        raise DomainfmError(f"{embeddings.path}: tiles carry no labels (tile phantom slides with --truth_labels)")
+        raise DomainfmError(f"{embeddings.path}: {NO_LABELS}")
     keep = embeddings.label >= 0
     if mpp is not None:
         keep &= np.isclose(embeddings.mpp, mpp)
+    require_splits(embeddings.path, embeddings.split[keep], ("train", "test"), "a linear probe of labelled tiles")
     train = np.flatnonzero(keep & (embeddings.split == SPLITS["train"]))
     test = np.flatnonzero(keep & (embeddings.split == SPLITS["test"]))
     if len(train) < 2 or len(test) < 1:
@@ -150,7 +153,8 @@ def train_tile_classifier(
     names = list(store.spec.label_names)
     labels = store.index["label"]
     if not names or (labels < 0).all():
-        raise DomainfmError(f"{store.path}: tiles carry no labels (tile phantom slides with --truth_labels)")
+        raise DomainfmError(f"{store.path}: {NO_LABELS}")
+    require_splits(store.path, store.index["split"][labels >= 0], ("train", "test"), "a tile classifier")
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     tile_px, mpps = store.spec.tile_shape[-1], store.spec.value_scaling.get("mpps")

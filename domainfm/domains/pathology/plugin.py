@@ -14,4 +14,5 @@ PLUGIN = DomainPlugin(
     modality="SM",
     large_inputs="domainfm.domains.pathology.slide_inputs:SLIDES",
     foundation_models="domainfm.domains.pathology.foundation:FOUNDATION_MODELS",
+    image_readers=("pathology tile IMAGES_OR_FOLDER --out STORE --assume-mpp MPP",),
 )

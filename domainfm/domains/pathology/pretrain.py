@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from domainfm.domains.pathology.data_splits import pretraining_tiles
 from domainfm.shared.backbones import Backbone, create_backbone, load_backbone
 from domainfm.shared.backbones.checkpoint import METADATA_KEY
 from domainfm.shared.engine import resolve_device
@@ -132,14 +133,14 @@ def pretrain(
     num_nodes: int = 1,
     callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """PLUTO-style pretraining on the store's train split; writes ``encoder.safetensors`` and ``history.json``.
+    """PLUTO-style pretraining on every tile outside the test split; writes ``encoder.safetensors``, ``history.json``.
 
     Args:
         store_path: A store from ``pathology tile``.
         out: Output folder.
         backbone: A ViT/FlexiViT of the shared registry (``flexivit_small`` is PLUTO's).
         objective: Fields of :class:`~domainfm.domains.pathology.pluto.PlutoConfig` (crop sizes, loss weights).
-        epochs: Passes over the train split.
+        epochs: Passes over the tiles outside the test split (train, val and unassigned).
         batch_size: Tiles per step and process.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay on weight matrices.
@@ -176,14 +177,13 @@ def pretrain(
     torch.manual_seed(seed)
     model = Pluto(create_backbone(backbone, in_chans=3, img_size=tile_px), config).to(torch_device)
     normalization = store_normalization(store)
-    stream = TileStream(
-        store, batch_size, split="train", seed=seed, device=torch_device, normalize=False, drop_last=True
-    )
+    ids, used = pretraining_tiles(store.path, store.index["split"])  # every tile outside test; none: the fix
+    stream = TileStream(store, batch_size, indices=ids, seed=seed, device=torch_device, normalize=False, drop_last=True)
     steps_per_epoch = len(stream.tile_ids) // trainer.world_size // batch_size  # the stream's length per process
     if steps_per_epoch == 0:
         raise DomainfmError(
-            f"{store.path}: fewer train tiles than one batch of {batch_size} in each of {trainer.world_size} "
-            "processes; lower --batch_size"
+            f"{store.path}: {len(ids)} tiles outside the test split (in {', '.join(used)}), fewer than one batch "
+            f"of {batch_size} in each of {trainer.world_size} processes; lower --batch_size or tile more slides"
         )
     total_steps = max(1, epochs * steps_per_epoch)
 
@@ -206,8 +206,10 @@ def pretrain(
         "mpps": store.spec.value_scaling.get("mpps"),
         "epochs": epochs,
         "trained_on": str(store.path),
+        "splits": used,
     }
-    history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
+    history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs, "splits": used}
+    history["tiles"] = len(ids)
     checkpoint = out / "encoder.safetensors"
     if trainer.is_global_zero:
         save_encoder(model.encoder().cpu(), meta, checkpoint)

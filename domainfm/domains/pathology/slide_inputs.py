@@ -76,6 +76,7 @@ class SlideInputs:
             tile_px=int(card.build.get("tile_px") or card.spatial_shape[0]),  # the store's tile (the model may resize)
             tissue=tissue.TissueParams(min_tissue=min_tissue),
             batch=batch,
+            allow_upsample=True,  # explanations follow the model's mpp, as before (#19 refuses it only when tiling)
         )
         path = Path(path)
         slide = tiling.open_slide(path)

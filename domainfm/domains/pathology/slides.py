@@ -2,6 +2,8 @@
 
 Every format OpenSlide 4 reads (Aperio SVS, Hamamatsu NDPI/VMS, 3DHistech MRXS, Leica SCN, Ventana BIF,
 Philips TIFF, DICOM-WSI, generic tiled TIFF) opens here; ``openslide-bin`` ships the library as a wheel.
+Plain images (PNG, JPEG, BMP, untiled TIFF: patch datasets) open as one-level slides through
+``openslide.ImageSlide`` and need ``--assume-mpp``.
 
 Microns per pixel are resolved in this order, and the key that answered is recorded (``mpp_source``):
 ``openslide.mpp-x``/``-y`` (OpenSlide's normalised value, vendor keys already folded in), ``aperio.MPP``,
@@ -22,6 +24,8 @@ import numpy as np
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.optional import require
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # plain images: one-level slides
+IMAGE_VENDOR = "image"  # the vendor recorded for a plain image (no slide properties)
 LEVEL_TOLERANCE = 1.01  # a level whose downsample is within 1 % of the target still counts as "not finer"
 
 
@@ -65,9 +69,27 @@ def open_slide(path: str | Path) -> Any:
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError as error:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return open_image(path)
         raise SlideError(f"{path}: not a slide format OpenSlide reads ({error or 'unrecognised'})") from error
     except openslide.OpenSlideError as error:
         raise SlideError(f"{path}: OpenSlide cannot read it, the file may be corrupt or truncated ({error})") from error
+
+
+def open_image(path: Path) -> Any:
+    """A plain image (PNG, JPEG, BMP, untiled TIFF) as a one-level slide (``openslide.ImageSlide``).
+
+    It records no microns per pixel, so tiling needs ``--assume-mpp``.
+    """
+    openslide = require("openslide", "pathology")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()  # a truncated or foreign file fails here, by name, not later in a reading thread
+        return openslide.ImageSlide(str(path))
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise SlideError(f"{path}: not a readable image ({error})") from error
 
 
 def _tiff_resolution_mpp(properties: dict[str, str]) -> float | None:
@@ -113,7 +135,7 @@ def slide_info(slide: Any, path: str | Path, assume_mpp: float | None = None) ->
     width, height = slide.dimensions
     return SlideInfo(
         path=str(path),
-        vendor=properties.get("openslide.vendor", "generic"),
+        vendor=properties.get("openslide.vendor", "generic" if properties else IMAGE_VENDOR),
         width=int(width),
         height=int(height),
         mpp=mpp,

@@ -12,6 +12,10 @@ a ``tissue`` companion (the tile's tissue fraction) and, with ``truth_labels``, 
 phantom slide's ground truth. Each slide's resolved mpp and its provenance, level-0 size and pyramid go
 into the store's sources table; a QC picture per slide goes to ``STORE/qc/<slide>.png``.
 
+Plain images (patch sets) are one-level slides (:func:`.slides.open_image`); folder arguments expand in
+:mod:`.inputs`; ``--labels`` annotations label the tiles (:mod:`.annotations`); an mpp finer than the scan's
+is refused unless ``allow_upsample``.
+
 Regions are read by a small thread pool per slide (OpenSlide releases the GIL while decoding; every
 thread has its own handle), a bounded number of tiles ahead of the writer, so memory does not grow with
 the slide. Slides run in parallel through the shared ingest engine, which also makes the run resumable
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from domainfm.domains.pathology.annotations import TileLabels
 from domainfm.domains.pathology.slides import (
+    IMAGE_VENDOR,
+    SlideError,
     SlideInfo,
     best_level,
     bgra_to_rgb,
@@ -42,11 +49,13 @@ from domainfm.domains.pathology.slides import (
     slide_info,
 )
 from domainfm.domains.pathology.tissue import TissueParams, tissue_fractions, tissue_mask, write_qc_png
+from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.ingest import QC_FOLDER, IngestSummary
-from domainfm.shared.tiles.schema import SPLITS, Companion, StoreSpec, TileBatch, stable_split
+from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch
+from domainfm.shared.tiles.splits import SplitTable, group_split
 
 READER_NAME = "pathology.openslide"
-READER_VERSION = "1"
+READER_VERSION = "2"  # 2: all-tissue images keep their tissue (no Otsu split), plain images, labels
 THUMBNAIL_MPP = 8.0
 MAX_THUMBNAIL_SIDE = 8192
 READ_BATCH_BYTES = 24 * 2**20
@@ -64,13 +73,17 @@ class TilingParams:
     threads: int = 2
     batch: int | None = None  # tiles per read batch; by default about READ_BATCH_BYTES of tiles, at most 128
     truth_labels: bool = False
-    splits: dict[str, str] | None = None
+    splits: SplitTable | Mapping[str, str] | None = None  # slide name or stem -> split; else a hash
+    labels: TileLabels | None = None  # annotations (GeoJSON, masks, CSV, class folders): annotations.py
+    allow_upsample: bool = False
 
     def __post_init__(self) -> None:
         if not self.mpps or any(m <= 0 for m in self.mpps):
             raise ValueError(f"target mpps must be positive, got {list(self.mpps)}")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"batch must be at least 1 tile, got {self.batch}")
+        if self.labels is not None and self.truth_labels:
+            raise ValueError("give either annotations (--labels) or --truth_labels, not both")
         if self.tile_px < 8 or not 0 <= self.overlap < self.tile_px:
             raise ValueError(f"need tile_px >= 8 and 0 <= overlap < tile_px, got {self.tile_px} and {self.overlap}")
 
@@ -113,6 +126,13 @@ class SlidePlan:
 def plan_slide(slide: Any, path: Path, params: TilingParams) -> SlidePlan:
     """Resolves the slide's mpp, detects tissue and keeps the grid tiles with enough of it."""
     info = slide_info(slide, path, params.assume_mpp)
+    finer = [m for m in params.mpps if m < info.mpp * (1 - 1e-3)]
+    if finer and not params.allow_upsample:
+        raise SlideError(
+            f"{path}: --mpp {', '.join(f'{m:g}' for m in finer)} is finer than the scan's {info.mpp:g} mpp "
+            f"({info.mpp_source}), so tiles would be upsampled; ask for {info.mpp:g} mpp or coarser, or pass "
+            "--allow_upsample"
+        )
     thumbnail, downsample = read_thumbnail(slide, thumbnail_downsample(info, params))
     mask = tissue_mask(thumbnail, downsample * info.mpp, params.tissue)
     grids = {}
@@ -228,28 +248,11 @@ def truth_labels(path: Path, coords: np.ndarray, side: float) -> np.ndarray:
     )
 
 
-def read_splits(path: Path) -> dict[str, str]:
-    """Slide name (file name or stem) -> split, from a CSV with columns ``slide,split`` (train/val/test)."""
-    import csv
-
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"slide", "split"} <= set(rows[0]):
-        raise ValueError(f"{path}: a splits CSV needs the columns slide,split")
-    bad = sorted({r["split"] for r in rows} - set(SPLITS))
-    if bad:
-        raise ValueError(f"{path}: unknown split(s) {bad}; use {list(SPLITS)}")
-    return {r["slide"]: r["split"] for r in rows}
-
-
-def slide_split(path: Path, splits: dict[str, str] | None) -> int:
+def slide_split(path: Path, splits: SplitTable | Mapping[str, str] | None) -> int:
     """The slide's split: from ``splits`` (by file name or stem) when given, else a stable hash of its name."""
-    if splits is None:
-        return stable_split(path.name)
-    name = splits.get(path.name, splits.get(path.stem))
-    if name is None:
-        raise ValueError(f"{path}: not listed in the splits CSV (add a row 'slide,split' for it)")
-    return SPLITS[name]
+    if splits is not None and not isinstance(splits, SplitTable):
+        splits = SplitTable(Path("splits"), "slide", dict(splits))
+    return group_split(path.name, splits, aliases=(path.stem,))
 
 
 def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = None) -> Iterator[TileBatch]:
@@ -261,13 +264,18 @@ def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = Non
     finally:
         slide.close()
     meta = {**plan.info.to_meta(), "tiles_per_mpp": {str(m): len(g[0]) for m, g in plan.grids.items()}}
+    meta["upsampled_mpps"] = [m for m in params.mpps if m < plan.info.mpp * (1 - 1e-3)]
     yield TileBatch(np.zeros((0, 3, params.tile_px, params.tile_px), np.uint8), source_meta=meta)
     split = slide_split(path, params.splits)
-    qc = _draw_qc_in_background(plan, path, qc_dir) if qc_dir is not None else None
+    # a plain image is its own picture: a QC drawing per patch of a patch set would cost more than its tiles
+    draw_qc = qc_dir is not None and plan.info.vendor != IMAGE_VENDOR
+    qc = _draw_qc_in_background(plan, path, qc_dir) if draw_qc else None
     reader = RegionReader(path, params.threads)
     try:
         for mpp, (coords, fraction, side) in plan.grids.items():
             labels = truth_labels(path, coords, side) if params.truth_labels else None
+            if params.labels is not None:
+                labels = params.labels.for_tiles(path, (plan.info.width, plan.info.height), coords, side)
             start = 0
             for tiles in read_tiles(reader, plan.info, coords, mpp, side, params):
                 stop = start + len(tiles)
@@ -323,6 +331,9 @@ def tile_spec(params: TilingParams) -> StoreSpec:
         from domainfm.domains.pathology.region_labels import CLASS_NAMES
 
         labels = list(CLASS_NAMES)
+    if params.labels is not None:
+        labels = list(params.labels.names)
+        scaling["labels"] = params.labels.to_dict()
     companions = {"tissue": Companion((), "float32")}
     # RGB tissue tiles barely compress (1.0-1.07x with LZ4, docs/tiles.md), so the store skips the codec:
     # assembly and streaming then cost a copy, not a compression pass.
@@ -350,3 +361,33 @@ def tile_slides(
         slides, out, tile_spec(params), reader, READER_NAME, READER_VERSION, workers, scheduler, processes,
         overwrite, progress,
     )  # fmt: skip
+
+
+def tiling_warnings(out: Path) -> list[str]:
+    """Sentences about a finished store: empty train/val/test splits, and slides tiled finer than their scan."""
+    import warnings
+
+    from domainfm.domains.pathology.data_splits import split_counts
+    from domainfm.shared.tiles.splits import split_counts_problem
+    from domainfm.shared.tiles.store import TileStore
+
+    try:
+        with warnings.catch_warnings():  # failed slides are already listed by the summary
+            warnings.simplefilter("ignore")
+            store = TileStore(out)
+    except (DomainfmError, OSError, ValueError):  # no complete store (every slide failed): the summary says why
+        return []
+    found = []
+    problem = split_counts_problem(split_counts(store.index["split"]))
+    if problem is not None:
+        found.append(
+            f"{out}: {problem}; `pathology pretrain` uses every tile outside test, the heads need train and test"
+        )
+    for source in store.sources:
+        meta = source.get("meta") or {}
+        if meta.get("upsampled_mpps"):
+            found.append(
+                f"{source['path']}: tiles at {meta['upsampled_mpps']} mpp are upsampled from the scan's "
+                f"{meta['mpp']:g} mpp (--allow_upsample)"
+            )
+    return found

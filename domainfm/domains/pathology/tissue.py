@@ -6,6 +6,10 @@ background is not split in two by noise), morphological closing, removal of smal
 of small holes that tissue encloses (TRIDENT's 60 px / 5000 px at 1.25x, i.e. 8 microns per pixel,
 scaled to the thumbnail's resolution; background connected to the thumbnail's border is never a hole).
 A tile is kept when its tissue fraction reaches ``min_tissue``.
+
+An image with almost no glass (less than ``min_glass_fraction`` of bright, unsaturated pixels: an all-tissue
+patch of a patch dataset, or a crop inside the tissue) has no background for Otsu to find; it would split
+tissue from tissue. There every pixel that is neither glass-like nor blank (black) is tissue.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class TissueParams:
     min_object_px_at_8mpp: int = 60
     max_hole_px_at_8mpp: int = 5000
     min_tissue: float = 0.5
+    min_glass_fraction: float = 0.05  # below this much bright, grey glass the image is all tissue (a patch)
+    glass_value: int = 200  # HSV value (brightness) at or above which an unsaturated pixel is glass
+    blank_value: int = 10  # HSV value at or below which a pixel is blank (black padding), never tissue
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -52,7 +59,11 @@ class TissueParams:
 def tissue_mask(thumbnail: np.ndarray, thumb_mpp: float, params: TissueParams | None = None) -> np.ndarray:
     """Boolean tissue mask of an ``[h, w, 3]`` uint8 thumbnail whose pixels are ``thumb_mpp`` microns."""
     params = params or TissueParams()
-    values = np.array(Image.fromarray(thumbnail).convert("HSV").getchannel("S"))
+    hsv = np.array(Image.fromarray(thumbnail).convert("HSV"))
+    glass = (hsv[..., 1] <= params.min_saturation) & (hsv[..., 2] >= params.glass_value)
+    if glass.mean() < params.min_glass_fraction:  # no glass: Otsu would split tissue from tissue
+        return ~glass & (hsv[..., 2] > params.blank_value)
+    values = hsv[..., 1]
     if params.median > 1:  # a histogram-based rank filter: O(1) per pixel in the window size
         values = _MEDIAN(values, _SQUARE((params.median | 1, params.median | 1)))
     threshold = params.min_saturation

@@ -26,6 +26,7 @@ from domainfm.shared.tiles.splits import SplitTable, group_split
 BATCH = 64
 CHANNEL_COUNTS = (1, 3, 4)
 Layout = Literal["auto", "nchw", "nhwc"]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 
 class SourceError(DomainfmError, ValueError):
@@ -55,6 +56,10 @@ def open_npy(path: Path, layout: Layout = "nchw") -> np.ndarray:
     except OSError as error:
         raise SourceError(f"{path} is not a readable .npy array: {error.strerror or error}") from error
     if magic != b"\x93NUMPY":  # numpy would otherwise blame "pickled (object) data" for any non-.npy bytes
+        if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+            from domainfm.shared.plugins import image_readers
+
+            raise SourceError(f"{path} is an image, not a .npy tile array: read images with {image_readers()}")
         reason = "it is empty" if not magic else "it has no .npy header (save tiles with numpy.save)"
         raise SourceError(f"{path} is not a readable .npy array: {reason}")
     try:

@@ -166,4 +166,4 @@ def test_bad_inputs_fail_clearly(workspace: Path, capsys: pytest.CaptureFixture[
     bad.write_text("slide,split\ns0.svs,holdout\n")
     assert main(["pathology", "tile", str(workspace / "s0.svs"), "--out", str(workspace / "y.zarr"),
                  "--splits", str(bad)]) == 2  # fmt: skip
-    assert "unknown split(s) ['holdout']" in capsys.readouterr().err
+    assert "bad_splits.csv, line 2: unknown split 'holdout'" in capsys.readouterr().err
