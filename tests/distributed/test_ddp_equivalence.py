@@ -50,9 +50,12 @@ def load_worker() -> ModuleType:
 
 
 def keep_one_batch_in_train(store: Path, n: int = GLOBAL_BATCH) -> np.ndarray:
-    """Puts the first ``n`` tiles in the train split and the others in val; returns the train ids."""
+    """Puts the first ``n`` tiles in the train split and the others in test; returns the train ids.
+
+    Pretraining reads every tile outside test, supervised training the train split: either way these ``n``.
+    """
     split = zarr.open_group(store, mode="r+")["index/split"]
-    values = np.full(split.shape, SPLITS["val"], dtype=split.dtype)
+    values = np.full(split.shape, SPLITS["test"], dtype=split.dtype)
     assert len(values) > n, f"{store} has {len(values)} tiles; the test needs more than {n}"
     values[:n] = SPLITS["train"]
     split[:] = values

@@ -15,20 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from domainfm.shared.errors import DomainfmError
-from domainfm.shared.tiles.schema import SPLITS
+from domainfm.shared.tiles.split_counts import EmptySplitError, split_counts
+from domainfm.shared.tiles.split_counts import pretraining_tiles as shared_pretraining_tiles
 from domainfm.shared.tiles.splits import split_counts_problem
-
-
-class EmptySplitError(DomainfmError):
-    """A split that a command needs holds no (labelled) tiles; the message names it and ``--splits``."""
-
-
-def split_counts(split: np.ndarray) -> dict[str, int]:
-    """Tiles per split name (``unassigned`` for -1 when any)."""
-    counts = {name: int((split == code).sum()) for name, code in SPLITS.items()}
-    unassigned = int((split < 0).sum())
-    return counts | ({"unassigned": unassigned} if unassigned else {})
 
 
 def require_splits(store: Path | str, split: np.ndarray, needed: Iterable[str], what: str) -> None:
@@ -39,16 +28,5 @@ def require_splits(store: Path | str, split: np.ndarray, needed: Iterable[str], 
 
 
 def pretraining_tiles(store: Path | str, split: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Tile ids outside the test split (train, val and unassigned) and the names of the splits they are in.
-
-    A store whose every tile is in ``test`` (one slide that hashed there) raises :class:`EmptySplitError`.
-    """
-    ids = np.flatnonzero(split != SPLITS["test"])
-    if len(ids) == 0:
-        counts = split_counts(split)
-        raise EmptySplitError(
-            f"{store}: pretraining uses every tile outside the test split, and all {counts.get('test', 0)} tiles "
-            "are in test; assign slides to train with --splits CSV (columns: slide,split) and re-tile"
-        )
-    used = [name for name, n in split_counts(split[ids]).items() if n]
-    return ids, used
+    """Tile ids outside the test split and the splits they are in; every tile in ``test`` names ``--splits``."""
+    return shared_pretraining_tiles(store, split, group="slide")

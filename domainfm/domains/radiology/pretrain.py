@@ -50,7 +50,7 @@ from domainfm.shared.model.encoders import (
 )
 from domainfm.shared.tasks.checkpoint import load_weights, read_checkpoint_metadata, save_checkpoint
 from domainfm.shared.tiles.schema import SPLITS
-from domainfm.shared.tiles.split_counts import require_splits
+from domainfm.shared.tiles.split_counts import pretraining_tiles
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -61,9 +61,10 @@ class ConVIRTCheckpointError(DomainfmError, ValueError):
     """A file that is not a domainfm ConVIRT checkpoint."""
 
 
-def store_sentences(store: TileStore, split: str = "train") -> list[str]:
-    """Every report sentence of ``split``."""
-    ids = np.flatnonzero(store.index["split"] == SPLITS[split])
+def store_sentences(store: TileStore, ids: np.ndarray | None = None) -> list[str]:
+    """Every report sentence of the studies ``ids`` (default: every study outside the test split)."""
+    if ids is None:
+        ids = np.flatnonzero(store.index["split"] != SPLITS["test"])
     texts = store.companion("sentences")[:]
     return [s for i in ids for s in str(texts[i]).split("\n") if s]
 
@@ -254,7 +255,7 @@ def pretrain(
     tokenizer: Path | None = None,
     callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Trains ConVIRT on the store's train split; writes ``convirt.safetensors`` and ``history.json``.
+    """Trains ConVIRT on every study outside the test split; writes ``convirt.safetensors`` and ``history.json``.
 
     With several processes (``devices``, ``num_nodes``), ``batch_size`` is per process and the loss is that
     of the global batch (:func:`.convirt.convirt_loss`); global rank zero writes the outputs. A tile's
@@ -269,7 +270,7 @@ def pretrain(
             "with reports; ingest again with --reports FILE, or use this store for `radiology train` and "
             "`radiology eval probe|knn|finetune`"
         )
-    require_splits(store, ("train",), "radiology pretrain needs images in train")
+    ids, used = pretraining_tiles(store.path, store.index["split"], group="patient")  # every study outside test
     data_parallel_only(strategy, "radiology pretrain")
     trainer, resume = resumable_trainer(
         out, epochs, resolve_device(device), progress, callbacks, devices=devices, strategy=strategy,
@@ -326,17 +327,17 @@ def pretrain(
     task = step_task(step, model, optimizers)
     trainer.callbacks.append(_share_tokenizer(shared, model, meta, options["max_length"]))
     stream = TileStream(
-        store, batch_size, split="train", seed=seed, device=torch_device, normalize=False,
+        store, batch_size, indices=ids, seed=seed, device=torch_device, normalize=False,
         companions=("sentences",), drop_last=True,
     )  # fmt: skip
     if len(stream.tile_ids) < batch_size * trainer.world_size:
         raise DomainfmError(
-            f"{store.path}: fewer train images than one batch of {batch_size} in each of {trainer.world_size} "
-            "processes; lower --batch_size"
+            f"{store.path}: {len(ids)} images outside the test split (in {', '.join(used)}), fewer than one batch "
+            f"of {batch_size} in each of {trainer.world_size} processes; lower --batch_size or ingest more studies"
         )
     start = time.perf_counter()
     fit(trainer, task, stream, resume / "last.ckpt")
-    history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
+    history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs, "splits": used}
     checkpoint = out / "convirt.safetensors"
     if trainer.is_global_zero:
         save_convirt(model.cpu(), {**meta, "epochs": epochs, "trained_on": str(store.path)}, checkpoint)

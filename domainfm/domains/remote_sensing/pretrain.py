@@ -57,7 +57,7 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.model import InputTransform, standardise
 from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.schema import SPLITS
-from domainfm.shared.tiles.split_counts import require_splits
+from domainfm.shared.tiles.split_counts import pretraining_tiles
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
 
@@ -298,7 +298,7 @@ def pretrain(
     callbacks: list | None = None,
     init: Path | None = None,
 ) -> dict[str, Any]:
-    """SimMIM on the store's train split; writes ``simmim.safetensors`` and ``history.json``.
+    """SimMIM on every chip outside the test split; writes ``simmim.safetensors`` and ``history.json``.
 
     Args:
         store_path: A store from ``remote-sensing ingest``.
@@ -328,7 +328,7 @@ def pretrain(
     if "valid" not in store.spec.companions:
         raise DomainfmError(f"{store.path} has no valid companion: ingest it with `domainfm remote-sensing ingest`")
     channels, size = store.spec.tile_shape[0], store.spec.tile_shape[-1]
-    require_splits(store, ("train",), "pretraining")
+    ids, used = pretraining_tiles(store.path, store.index["split"], group="scene")  # every chip outside test
     if size % mask_patch:
         raise DomainfmError(
             f"{store.path}: chips of {size} px do not divide into --mask_patch {mask_patch} cells; use a mask patch "
@@ -365,7 +365,7 @@ def pretrain(
 
     task = step_task(step, model, adamw_warmup_cosine(lr, weight_decay, epochs, warmup_epochs))
     stream = TileStream(
-        store, batch_size, split="train", seed=seed, device=torch_device, normalize=False, companions=("valid",)
+        store, batch_size, indices=ids, seed=seed, device=torch_device, normalize=False, companions=("valid",)
     )
     start = time.perf_counter()
     fit(trainer, task, stream, resume / "last.ckpt")
@@ -378,11 +378,12 @@ def pretrain(
         "input_transform": transform,
         "epochs": epochs,
         "trained_on": str(store.path),
+        "splits": used,
         "encoder": model.backbone.build_args,
     }
     if record is not None:
         meta.update(transform=record.to_dict(), init=str(init))
-    history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs}
+    history = {"losses": task.losses, "seconds": time.perf_counter() - start, "epochs": epochs, "splits": used}
     checkpoint = out / "simmim.safetensors"
     if trainer.is_global_zero:
         save_simmim(state, store.spec.channels, meta, checkpoint)

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 
 def split_counts(index_split: np.ndarray) -> dict[str, int]:
-    """Tiles per split name (``train``, ``val``, ``test``) of an ``index/split`` column."""
+    """Tiles per split name (``train``, ``val``, ``test``, and ``unassigned`` when any) of an ``index/split`` column."""
     column = np.asarray(index_split)
-    return {name: int((column == code).sum()) for name, code in SPLITS.items()}
+    counts = {name: int((column == code).sum()) for name, code in SPLITS.items()}
+    unassigned = int((column < 0).sum())
+    return counts | ({"unassigned": unassigned} if unassigned else {})
 
 
 def warn_empty_splits(store: Path, needed: Iterable[str] = ("train", "val", "test")) -> str | None:
@@ -51,3 +53,21 @@ def require_splits(store: TileStore, needed: Iterable[str], purpose: str) -> dic
     if problem is not None:
         raise EmptySplitError(f"{store.path}: {purpose}: {problem}")
     return counts
+
+
+def pretraining_tiles(store: Path | str, index_split: np.ndarray, group: str = "group") -> tuple[np.ndarray, list[str]]:
+    """Tile ids outside the test split (train, val and unassigned) and the names of the splits they are in.
+
+    Self-supervised pretraining needs no labels and no held-out tiles beyond ``test``, so one slide, scene or
+    study can be pretrained on. A store whose every tile is in ``test`` raises :class:`EmptySplitError` naming
+    the fix (``group``: what a row of ``--splits`` names, e.g. ``slide``).
+    """
+    column = np.asarray(index_split)
+    ids = np.flatnonzero(column != SPLITS["test"])
+    if len(ids) == 0:
+        raise EmptySplitError(
+            f"{store}: pretraining uses every tile outside the test split, and all {len(column)} tiles are in test; "
+            f"assign {group}s to train with --splits CSV (columns: {group},split) and ingest again"
+        )
+    used = [name for name, n in split_counts(column[ids]).items() if n]
+    return ids, used
