@@ -49,13 +49,14 @@ def load_worker() -> ModuleType:
     return module
 
 
-def keep_one_batch_in_train(store: Path, n: int = GLOBAL_BATCH) -> np.ndarray:
-    """Puts the first ``n`` tiles in the train split and the others in test; returns the train ids.
+def keep_one_batch_in_train(store: Path, n: int = GLOBAL_BATCH, rest: str = "test") -> np.ndarray:
+    """Puts the first ``n`` tiles in the train split and the others in ``rest``; returns the train ids.
 
-    Pretraining reads every tile outside test, supervised training the train split: either way these ``n``.
+    Pretraining reads every tile outside test, so the others go to test; a supervised segmenter reads the
+    train split and checks val, so there they go to val.
     """
     split = zarr.open_group(store, mode="r+")["index/split"]
-    values = np.full(split.shape, SPLITS["test"], dtype=split.dtype)
+    values = np.full(split.shape, SPLITS[rest], dtype=split.dtype)
     assert len(values) > n, f"{store} has {len(values)} tiles; the test needs more than {n}"
     values[:n] = SPLITS["train"]
     split[:] = values
@@ -176,5 +177,5 @@ def test_gms_step_over_two_processes_equals_one_process(tmp_path: Path):
     store = tmp_path / "pairs.zarr"
     summary, _ = ingest_pairs(site / "images", site / "masks", store, 32, workers=1, progress=False)
     assert summary.ok, summary.report()
-    train = keep_one_batch_in_train(store)
+    train = keep_one_batch_in_train(store, rest="val")
     check_equivalence(run_both("segmentation", store, tmp_path), train, unsupervised="mapper.heads.level3.")

@@ -142,7 +142,7 @@ def test_the_contact_sheet_shows_true_colour_with_a_percentile_stretch(patches: 
     assert np.percentile(sheet[sheet < 250], 50) > 60
 
 
-def test_pretraining_without_train_chips_names_the_split_not_the_batch_size(patches: Path, tmp_path: Path, capsys):
+def test_pretraining_reads_every_chip_outside_test_and_names_the_split_when_none(patches: Path, tmp_path: Path, capsys):
     splits = tmp_path / "splits.csv"
     splits.write_text(f"scene,split\n{SCENE_A},val\n{SCENE_B},test\n")
     out = tmp_path / "s2.zarr"
@@ -151,10 +151,25 @@ def test_pretraining_without_train_chips_names_the_split_not_the_batch_size(patc
         == 0
     )
     capsys.readouterr()
-    run = ["remote-sensing", "pretrain", "--store", str(out), "--out", str(tmp_path / "simmim"), "--epochs", "1"]
-    assert main([*run, "--device", "cpu"]) == 2
+    run = ["remote-sensing", "pretrain", "--store", str(out), "--epochs", "1", "--batch_size", "4", "--device", "cpu"]
+    assert main([*run, "--out", str(tmp_path / "simmim")]) == 0  # no train chips: the val scene is pretrained on
+    assert json.loads((tmp_path / "simmim" / "history.json").read_text())["splits"] == ["val"]
+    every = tmp_path / "all_test.csv"
+    every.write_text(f"scene,split\n{SCENE_A},test\n{SCENE_B},test\n")
+    alone = tmp_path / "test_only.zarr"
+    assert (
+        main(["remote-sensing", "ingest", str(patches), "--out", str(alone), "--chip", "32", "--splits", str(every)])
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(["remote-sensing", "pretrain", "--store", str(alone), "--out", str(tmp_path / "none"), "--device", "cpu"])
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "pretraining: split(s) train hold no tiles (train 0, val 18, test 18)" in err and "batch_size" not in err
+    assert (
+        "all 36 tiles are in test" in err and "--splits CSV (columns: scene,split)" in err and "batch_size" not in err
+    )
 
 
 def test_a_scene_missing_from_the_splits_csv_is_refused_before_writing(patches: Path, tmp_path: Path, capsys):
