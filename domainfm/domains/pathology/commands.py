@@ -280,7 +280,9 @@ def mil(
     Args:
         embeddings: An embedding store from ``pathology embed``.
         out: Output folder (mil.json, heat-map PNGs).
-        labels: A CSV with columns slide,label, or ``truth`` (phantom slides: tumour present or not).
+        labels: A CSV with columns slide,label; ``tiles:CLASS`` (from the tiles' annotation labels: CLASS
+            present in a slide or not; slides without labelled tiles are left out); or ``truth`` (phantom
+            slides: tumour present or not).
         mpp: Bag tiles at this resolution (the finest in the store when unset).
         epochs: Training epochs (one slide per step).
         lr: AdamW learning rate.

@@ -1,7 +1,10 @@
 """Slide-level MIL on an embedding store: bags per slide, slide labels, training, heat-maps.
 
 Slide labels come from a CSV (``slide,label``; ``slide`` is the file name or its stem, ``label`` any
-class name) or, for phantom slides, from their ground truth (``tumor`` when the slide has tumour tissue).
+class name), from the tile annotations the store was tiled with (``tiles:CLASS``: a slide is ``CLASS`` when
+any of its tiles carries that class and ``no_CLASS`` when it has labelled tiles but none of it; slides
+without labelled tiles are left out), or, for phantom slides, from their ground truth (``tumor`` when the
+slide has tumour tissue).
 ABMIL (Ilse et al. 2018, arXiv 1802.04712; :mod:`.mil`) trains on the train and val slides and is scored
 on the test slides; each test slide gets an attention heat-map over its thumbnail. Bags hold the tiles
 of one resolution (the finest in the store unless ``mpp`` is given).
@@ -22,11 +25,14 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.schema import SPLITS
 
 TRUTH = "truth"
+FROM_TILES = "tiles:"
 
 
 def slide_labels(embeddings: Embeddings, labels: str | Path) -> tuple[list[str], dict[int, int]]:
-    """``(class names, slide row -> class id)`` from a CSV or ``"truth"`` (phantom slides)."""
+    """``(class names, slide row -> class id)`` from a CSV, ``"tiles:CLASS"`` or ``"truth"`` (phantom slides)."""
     slides = embeddings.slides
+    if str(labels).startswith(FROM_TILES):
+        return labels_from_tiles(embeddings, str(labels)[len(FROM_TILES) :])
     if str(labels) == TRUTH:
         from domainfm.domains.pathology.region_labels import TRUTH_SUFFIX, read_truth
 
@@ -55,6 +61,26 @@ def slide_labels(embeddings: Embeddings, labels: str | Path) -> tuple[list[str],
     if not mapping:
         raise DomainfmError(f"{labels}: no row names a slide of {embeddings.path} (by file name or stem)")
     return names, mapping
+
+
+def labels_from_tiles(embeddings: Embeddings, positive: str) -> tuple[list[str], dict[int, int]]:
+    """Slide labels from the tiles' annotation labels: ``positive`` present (1) or absent (0) per slide.
+
+    Only slides with at least one labelled tile get a label: a slide nobody annotated is unknown, not negative.
+    """
+    names = list(embeddings.attrs.get("label_names") or [])
+    if positive not in names:
+        known = ", ".join(names) or "none (tile the slides with --labels to label their tiles)"
+        raise DomainfmError(f"{embeddings.path}: no tile class {positive!r}; the tiles' classes are: {known}")
+    code = names.index(positive)
+    mapping = {}
+    for row in range(len(embeddings.slides)):
+        tile_labels = embeddings.label[embeddings.slide == row]
+        if (tile_labels >= 0).any():
+            mapping[row] = int((tile_labels == code).any())
+    if not mapping:
+        raise DomainfmError(f"{embeddings.path}: no slide has labelled tiles; tile the slides with --labels")
+    return [f"no_{positive}", positive], mapping
 
 
 def bags(embeddings: Embeddings, rows: list[int], mpp: float) -> list[torch.Tensor]:

@@ -214,3 +214,25 @@ def test_attention_heatmap_writes_a_coloured_png(tmp_path: Path, shape: tuple[in
     assert (width > height) == (shape[1] > shape[0])
     hot = blend(thumb[0, 0], 1.0)  # the top-attention tile, drawn with nearest-neighbour resampling
     assert (image == hot).all(axis=2).sum() > 100
+
+
+def test_slide_labels_from_tile_annotations():
+    """``tiles:CLASS``: a slide is positive when any tile carries CLASS; slides nobody annotated are left out."""
+    from domainfm.domains.pathology.embed import Embeddings
+    from domainfm.domains.pathology.slide_heads import slide_labels
+    from domainfm.shared.errors import DomainfmError
+
+    slide = np.array([0, 0, 0, 1, 1, 2, 2, 3])
+    label = np.array([-1, 1, 0, 0, 0, -1, -1, 1])  # classes: stroma 0, tumor 1; -1 unlabelled
+    n = len(slide)
+    attrs = {"slides": [{"path": f"s{i}.svs"} for i in range(4)], "label_names": ["stroma", "tumor"]}
+    embeddings = Embeddings(
+        Path("e.zarr"), np.zeros((n, 4), np.float32), np.zeros((n, 2), np.int64), slide, np.full(n, 0.5),
+        label, np.zeros(n, np.int8), attrs,
+    )  # fmt: skip
+    names, mapping = slide_labels(embeddings, "tiles:tumor")
+    assert names == ["no_tumor", "tumor"] and mapping == {0: 1, 1: 0, 3: 1}  # slide 2 has no labelled tile
+    names, mapping = slide_labels(embeddings, "tiles:stroma")
+    assert mapping == {0: 1, 1: 1, 3: 0}
+    with pytest.raises(DomainfmError, match=r"no tile class 'necrosis'; the tiles' classes are: stroma, tumor"):
+        slide_labels(embeddings, "tiles:necrosis")
