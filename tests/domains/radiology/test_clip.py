@@ -82,26 +82,20 @@ def _standardise(tiles: np.ndarray, record) -> torch.Tensor:
     return (grey - torch.tensor(record.mean).view(1, 3, 1, 1)) / torch.tensor(record.std).view(1, 3, 1, 1)
 
 
+def _converted(tmp_path: Path):
+    """The tiny BiomedCLIP release, its tokenizer, and its ``domainfm models convert`` output."""
+    original, tokenizer = _release(tmp_path / "BiomedCLIP")
+    out = tmp_path / "biomedclip.safetensors"
+    source = tmp_path / "BiomedCLIP" / "open_clip_pytorch_model.bin"
+    assert main(["models", "convert", "biomedclip", "--input", str(source), "--out", str(out)]) == 0
+    return original, tokenizer, out
+
+
 def test_converted_biomedclip_embeds_like_open_clip(tmp_path: Path):
     from domainfm.domains.radiology.clip import load_clip
     from domainfm.shared.foundation.convert import foundation_transform
 
-    original, tokenizer = _release(tmp_path / "BiomedCLIP")
-    out = tmp_path / "biomedclip.safetensors"
-    assert (
-        main(
-            [
-                "models",
-                "convert",
-                "biomedclip",
-                "--input",
-                str(tmp_path / "BiomedCLIP" / "open_clip_pytorch_model.bin"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    original, tokenizer, out = _converted(tmp_path)
     model, text_tokenizer, meta = load_clip(out, tokenizer, max_length=64)
     record = foundation_transform(out)
     assert record.size == [224, 224] and meta["image_size"] == 224
@@ -124,22 +118,7 @@ def test_zero_shot_retrieval_ranks_as_open_clip(tmp_path: Path, monkeypatch, cap
     from domainfm.domains.radiology.images import ingest_tile
     from domainfm.shared.foundation.convert import foundation_transform
 
-    original, tokenizer = _release(tmp_path / "BiomedCLIP")
-    out = tmp_path / "biomedclip.safetensors"
-    assert (
-        main(
-            [
-                "models",
-                "convert",
-                "biomedclip",
-                "--input",
-                str(tmp_path / "BiomedCLIP" / "open_clip_pytorch_model.bin"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    original, tokenizer, out = _converted(tmp_path)
     phantom = tmp_path / "phantom"
     assert main(["radiology", "phantom", "--out", str(phantom), "--n", "24", "--retrieval_per_category", "2"]) == 0
     seen = []
@@ -190,22 +169,7 @@ def test_zero_shot_retrieval_ranks_as_open_clip(tmp_path: Path, monkeypatch, cap
 
 
 def test_zero_shot_retrieval_without_the_tokenizer_is_refused(tmp_path: Path, capsys):
-    _release(tmp_path / "BiomedCLIP")
-    out = tmp_path / "biomedclip.safetensors"
-    assert (
-        main(
-            [
-                "models",
-                "convert",
-                "biomedclip",
-                "--input",
-                str(tmp_path / "BiomedCLIP" / "open_clip_pytorch_model.bin"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    _, _, out = _converted(tmp_path)
     csvs = tmp_path / "c.csv"
     csvs.write_text("Path,x\n")
     capsys.readouterr()
