@@ -36,6 +36,7 @@ SECTIONS: dict[str, str] = {
     "backbones": "domainfm.studies.shared.backbones.quickstart:run",
     "tiles": "domainfm.studies.shared.tiles.quickstart:run",
     "peft": "domainfm.studies.shared.peft.quickstart:run",
+    "foundation": "domainfm.studies.shared.foundation.quickstart:run",
     "radiology": "domainfm.studies.radiology.quickstart:run",
     "pathology": "domainfm.studies.pathology.quickstart:run",
     "remote_sensing": "domainfm.studies.remote_sensing.quickstart:run",
