@@ -5,6 +5,7 @@ Keep this module free of heavy imports: ``domainfm --help`` reads it.
 
 _LIBRARY = "domainfm.domains.pathology.commands"
 _STUDIES = "domainfm.studies.pathology.commands"  # phantom data and studies
+_INSTANCES = "domainfm.domains.pathology.instance_commands"  # nuclei and glands (issue 21)
 
 COMMANDS: dict[str, str] = {
     "phantom": f"{_STUDIES}:phantom",
@@ -15,4 +16,9 @@ COMMANDS: dict[str, str] = {
     "train": f"{_LIBRARY}:train",
     "mil": f"{_LIBRARY}:mil",
     "study": f"{_STUDIES}:study",
+    "phantom-cells": f"{_STUDIES}:phantom_cells",
+    "instances-tile": f"{_INSTANCES}:instances_tile",
+    "instances-train": f"{_INSTANCES}:instances_train",
+    "instances-eval": f"{_INSTANCES}:instances_eval",
+    "instances-predict": f"{_INSTANCES}:instances_predict",
 }

@@ -55,8 +55,9 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class HoverHead(nn.Module):
     """Fuses multi-level maps, decodes to full resolution with input-stem skips, and predicts NP, HV and NC."""
 
-    def __init__(self, channels: list[int], n_classes: int, width: int = 64, stem: int = 24) -> None:
+    def __init__(self, channels: list[int], n_classes: int, width: int = 64) -> None:
         super().__init__()
+        stem = max(8, width * 3 // 8)
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.stem = nn.ModuleList([_block(3, stem), _block(stem, stem, 2), _block(stem, stem, 2)])
         self.up = nn.ModuleList([_block(width + stem, width), _block(width + stem, width), _block(width + stem, width)])

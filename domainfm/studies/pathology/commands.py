@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from domainfm.shared.config import PositiveFloat, PositiveInt, Seed
+from domainfm.shared.config import NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
 
 def phantom(
@@ -34,6 +34,36 @@ def phantom(
 
     slide = write_phantom_slide(Path(out), size, seed, None if no_mpp else mpp, tumor, progress=True)
     print(f"wrote {slide.path} ({slide.size[0]}x{slide.size[1]}, levels {slide.downsamples}) and {slide.truth_path}")
+    return 0
+
+
+def phantom_cells(
+    out: Path,
+    images: PositiveInt = 8,
+    size: PositiveInt = 256,
+    seed: Seed = 0,
+    mpp: PositiveFloat = 0.5,
+    glands: NonNegativeInt = 2,
+) -> int:
+    """Write phantom H&E fields with nuclei (epithelial, lymphocyte, stromal) and glands, with instance truth.
+
+    OUT/images/*.png, OUT/nuclei/*.tif and OUT/glands/*.tif (instance ids), OUT/nuclei.csv and
+    OUT/glands.csv (image,id,class): the layout ``pathology instances-tile`` reads.
+
+    Args:
+        out: Output folder (new or empty).
+        images: Fields written.
+        size: Their side in pixels.
+        seed: Random seed.
+        mpp: Microns per pixel.
+        glands: Glands attempted per field.
+    """
+    from domainfm.shared.outputs import run_folder
+    from domainfm.studies.pathology.phantom_cells import write_cell_phantom
+
+    with run_folder(Path(out), what="phantom folder"):
+        stems = write_cell_phantom(Path(out), images, size, seed, mpp, glands)
+    print(f"wrote {len(stems)} fields of {size}x{size} px at {mpp} mpp to {out} (images/, nuclei/, glands/)")
     return 0
 
 
