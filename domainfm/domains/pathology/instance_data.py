@@ -123,7 +123,9 @@ def read_instance_labels(path: Path) -> np.ndarray:
             "(PNG mode I;16 or TIFF)"
         )
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or (array < 0).any():
-        raise InstanceDataError(f"{path}: expected a 2-D image of non-negative integer ids, got {array.dtype} {array.shape}")
+        raise InstanceDataError(
+            f"{path}: expected a 2-D image of non-negative integer ids, got {array.dtype} {array.shape}"
+        )
     return array.astype(np.int64)
 
 

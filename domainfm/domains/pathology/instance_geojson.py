@@ -32,7 +32,7 @@ def _rings(mask: np.ndarray) -> list[np.ndarray]:
     from scipy import ndimage
     from skimage.measure import find_contours
 
-    parts, count = ndimage.label(mask)
+    parts, _ = ndimage.label(mask)
     rings = []
     for k, box in enumerate(ndimage.find_objects(parts), start=1):
         piece = np.pad(parts[box] == k, 1)

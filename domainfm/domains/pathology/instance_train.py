@@ -77,8 +77,8 @@ def train_instances(
 
     ``labelled`` is the seeded fraction of train tiles used (at least two).
     """
-    from domainfm.domains.pathology.pretrain import store_transform
     from domainfm.domains.pathology.heads import _init_name
+    from domainfm.domains.pathology.pretrain import store_transform
     from domainfm.shared.engine import resolve_device
     from domainfm.shared.model.encoders import downstream_transform, tile_input
     from domainfm.shared.peft.methods import apply_peft, count_parameters
@@ -207,9 +207,7 @@ def predict_maps(
     ``overlap / 2`` px, so seams carry no window edge. Pictures smaller than a window are padded with white.
     """
     height, width = image.shape[:2]
-    padded = np.pad(
-        image, ((0, max(0, tile - height)), (0, max(0, tile - width)), (0, 0)), constant_values=255
-    )
+    padded = np.pad(image, ((0, max(0, tile - height)), (0, max(0, tile - width)), (0, 0)), constant_values=255)
     h, w = padded.shape[:2]
     ramp = np.minimum(np.arange(tile) + 1, np.arange(tile)[::-1] + 1).astype(np.float32)
     ramp = np.minimum(ramp / max(1.0, overlap / 2), 1.0)

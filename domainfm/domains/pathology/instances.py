@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 INSTANCES_KEY = "domainfm_pathology_instances"
 NP, HV = slice(0, 2), slice(2, 4)
@@ -101,8 +101,11 @@ class InstanceSegmenter(nn.Module):
 
 
 def hv_targets(ids: torch.Tensor) -> torch.Tensor:
-    """HoVer-Net's HV maps ``[B, 2, H, W]`` of id maps ``[B, H, W]``: offset to the object's centre of mass
-    (pixel centres), negative and positive sides each divided by their largest magnitude in the object."""
+    """HoVer-Net's HV maps ``[B, 2, H, W]`` of id maps ``[B, H, W]``.
+
+    Each pixel's offset to its object's centre of mass (pixel centres), the negative and positive sides each
+    divided by their largest magnitude in the object, so both run to -1 and 1; 0 on the background.
+    """
     b, h, w = ids.shape
     ids = ids.long()
     slots = int(ids.max()) + 1 if ids.numel() else 1
@@ -191,7 +194,7 @@ def instances_from_maps(
     markers = ndimage.binary_opening(ndimage.binary_fill_holes(markers), np.ones((2, 2)))
     markers = remove_small_objects(ndimage.label(markers)[0], max_size=max(1, min_size // 4) - 1)
     ids = watershed(distance, markers, mask=foreground).astype(np.int32)
-    orphans, count = ndimage.label(foreground & (ids == 0))  # parts without a marker (small, cut objects)
+    orphans, _ = ndimage.label(foreground & (ids == 0))  # parts without a marker (small, cut objects)
     ids[orphans > 0] = orphans[orphans > 0] + ids.max()
     ids, _, _ = _relabel(ids)
     types = probabilities[4:]

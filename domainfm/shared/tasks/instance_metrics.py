@@ -31,9 +31,9 @@ def _contingency(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nda
     t = np.searchsorted(true_ids, true.ravel())  # 0..n for present ids; background handled below
     p = np.searchsorted(pred_ids, pred.ravel())
     inside = (true.ravel() > 0) & (pred.ravel() > 0)
-    table = np.bincount(
-        t[inside] * len(pred_ids) + p[inside], minlength=len(true_ids) * len(pred_ids)
-    ).reshape(len(true_ids), len(pred_ids))
+    table = np.bincount(t[inside] * len(pred_ids) + p[inside], minlength=len(true_ids) * len(pred_ids)).reshape(
+        len(true_ids), len(pred_ids)
+    )
     true_area = np.bincount(t[true.ravel() > 0], minlength=len(true_ids))
     pred_area = np.bincount(p[pred.ravel() > 0], minlength=len(pred_ids))
     return table.astype(np.float64), true_area.astype(np.float64), pred_area.astype(np.float64), true_ids
@@ -152,7 +152,7 @@ class InstanceScores:
             sums.add(_of_class(true, true_class, c), _of_class(pred, pred_class, c), self.threshold)
 
     def compute(self) -> dict[str, object]:
-        """Overall scores, ``mean_absolute_count_error`` per image, ``mpq`` (mean PQ over classes present) and per class."""
+        """Overall scores, ``mean_absolute_count_error`` per image, ``mpq`` (mean PQ of classes present), per class."""
         result: dict[str, object] = dict(self.overall.scores())
         result["mean_absolute_count_error"] = self.abs_count_error / self.images if self.images else float("nan")
         per_class = {self.class_names[c]: sums.scores() for c, sums in sorted(self.per_class.items())}
