@@ -11,7 +11,7 @@ import json as json_module
 from pathlib import Path
 from typing import Any
 
-from domainfm.shared.config import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, Seed
+from domainfm.shared.config import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Seed
 
 
 def _print(result: Any, json: bool) -> None:
@@ -26,41 +26,68 @@ def _print(result: Any, json: bool) -> None:
 
 def instances_tile(
     images: Path,
-    labels: Path,
     out: Path,
+    labels: Path | None = None,
+    polygons: Path | None = None,
     classes: Path | None = None,
     tile_size: PositiveInt = 256,
     overlap: NonNegativeInt = 0,
     mpp: PositiveFloat | None = None,
+    assume_mpp: PositiveFloat | None = None,
+    min_tissue: Probability = 0.5,
     max_instances: PositiveInt = 1024,
     splits: Path | None = None,
     workers: PositiveInt = 2,
     overwrite: bool = False,
 ) -> int:
-    """Tile instance-labelled pictures (nuclei, glands) into a store with instance-id maps per tile.
+    """Tile instance-annotated pictures or slides (nuclei, glands) into a store with instance-id maps per tile.
 
-    Objects cut by a tile edge are clipped, not dropped; ids are renumbered 1..n per tile and the source id
-    of each is kept (``instance_source_id``). Rerunning after a kill resumes.
+    Two kinds of annotation: instance label images (``--labels``, as MoNuSeg/PanNuke/Lizard/GlaS ship them)
+    or QuPath/GeoJSON polygons on slides (``--polygons``). Objects cut by a tile edge are clipped, not
+    dropped; ids are renumbered 1..n per tile and the source id of each is kept (``instance_source_id``).
+    Rerunning after a kill resumes.
 
     Args:
-        images: Folder of RGB pictures (PNG, JPEG, TIFF).
-        labels: Folder of instance label images paired by stem (one integer id per object, 0 background).
+        images: With --labels, a folder of RGB pictures; with --polygons, a slide (any OpenSlide format, or a
+            plain picture with --assume-mpp) or a folder of them.
         out: Store folder.
-        classes: CSV ``image,id,class`` naming each object's class; every object is ``nucleus`` when unset.
+        labels: Folder of instance label images paired by stem (one integer id per object, 0 background).
+        polygons: A GeoJSON/QuPath file (one slide) or a folder of SLIDE_STEM.geojson files.
+        classes: With --labels: CSV ``image,id,class`` naming each object's class (all ``nucleus`` when unset).
         tile_size: Tile side in pixels.
         overlap: Pixels shared by neighbouring tiles.
-        mpp: Microns per pixel of the pictures (recorded; the segmenter's resolution).
+        mpp: With --labels, the pictures' microns per pixel (recorded); with --polygons, the tiles' (default 0.5).
+        assume_mpp: With --polygons, the level-0 mpp of slides that record none.
+        min_tissue: With --polygons, keep tiles with at least this tissue fraction.
         max_instances: Most objects one tile may hold.
-        splits: CSV of image,split rows; a stable hash of each picture's stem when unset.
-        workers: Pictures read in parallel.
-        overwrite: Replace an existing store of other pictures.
+        splits: CSV of image (or slide),split rows; a stable hash of each name when unset.
+        workers: Pictures or slides read in parallel.
+        overwrite: Replace an existing store of other inputs.
     """
-    from domainfm.domains.pathology.instance_data import ingest_instances
+    from domainfm.shared.errors import DomainfmError
 
-    summary = ingest_instances(
-        Path(images), Path(labels), Path(out), Path(classes) if classes else None, tile_size, overlap, mpp,
-        max_instances, Path(splits) if splits else None, workers, overwrite,
-    )  # fmt: skip
+    if (labels is None) == (polygons is None):
+        raise DomainfmError("give exactly one of --labels (instance label images) and --polygons (GeoJSON)")
+    if labels is not None:
+        from domainfm.domains.pathology.instance_data import ingest_instances
+
+        summary = ingest_instances(
+            Path(images), Path(labels), Path(out), Path(classes) if classes else None, tile_size, overlap, mpp,
+            max_instances, Path(splits) if splits else None, workers, overwrite,
+        )  # fmt: skip
+    else:
+        from domainfm.domains.pathology.inputs import expand_inputs
+        from domainfm.domains.pathology.instance_slides import ingest_slide_instances
+        from domainfm.domains.pathology.tiling import TilingParams
+        from domainfm.domains.pathology.tissue import TissueParams
+        from domainfm.shared.tiles.splits import read_splits_csv
+
+        tiling = TilingParams(
+            (mpp or 0.5,), tile_size, overlap, assume_mpp, TissueParams(min_tissue=min_tissue),
+            splits=read_splits_csv(Path(splits)) if splits else None,
+        )  # fmt: skip
+        slides = expand_inputs([Path(images)]).files
+        summary = ingest_slide_instances(slides, Path(polygons), Path(out), tiling, max_instances, workers, overwrite)
     print(summary.report())
     return 0 if summary.ok else 1
 

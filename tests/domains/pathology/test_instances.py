@@ -236,3 +236,27 @@ def test_cli_trains_scores_and_predicts_geojson(dataset, tmp_path: Path):
     back, _ = rasterise_features(collection["features"], ids.shape, sorted(CLASSES))
     assert _ious(ids, back).mean() > 0.9
     assert Image.open(out / "f2.qc.png").size == (96, 96)
+
+
+def test_geojson_polygons_on_a_slide_become_the_same_instance_tiles(field, tmp_path: Path):
+    from domainfm.domains.pathology.instance_geojson import write_feature_collection
+
+    picture = tmp_path / "field.png"
+    Image.fromarray(field.image).save(picture)
+    features = object_features(field.nuclei, field.nucleus_class, np.ones(200), CLASSES)
+    write_feature_collection(tmp_path / "field.geojson", features)
+    store = tmp_path / "slides.zarr"
+    assert main(["pathology", "instances-tile", "--images", str(picture), "--polygons", str(tmp_path / "field.geojson"),
+                 "--out", str(store), "--tile_size", "48", "--overlap", "8", "--mpp", "0.5", "--assume_mpp", "0.5",
+                 "--min_tissue", "0"]) == 0  # fmt: skip
+    tiles = TileStore(store)
+    names = tiles.spec.value_scaling["instance_classes"]
+    assert names == sorted(CLASSES) and len(tiles) == 9  # the slide grid: origins 0, 40, 80 (tiles that fit)
+    data = tiles.read(np.arange(len(tiles)), ("instances", "instance_class", "instance_source_id"))
+    for k in range(len(tiles)):
+        x, y = int(data["x"][k]), int(data["y"][k])
+        local, sources = data["instances"][k].astype(np.int64), data["instance_source_id"][k]
+        # the n-th polygon is object n of the truth: the tile holds the truth's crop, objects clipped at its edges
+        assert np.array_equal(sources[local], field.nuclei[y : y + 48, x : x + 48])
+        for i in range(1, local.max() + 1):
+            assert names[data["instance_class"][k][i]] == CLASSES[field.nucleus_class[sources[i]]]
