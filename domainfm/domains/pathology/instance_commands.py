@@ -66,8 +66,12 @@ def instances_tile(
     """
     from domainfm.shared.errors import DomainfmError
 
+    if not Path(images).exists():
+        raise DomainfmError(f"{images} does not exist")
     if (labels is None) == (polygons is None):
-        raise DomainfmError("give exactly one of --labels (instance label images) and --polygons (GeoJSON)")
+        raise DomainfmError(
+            f"{images}: give exactly one of --labels (a folder of instance label images) and --polygons (GeoJSON)"
+        )
     if labels is not None:
         from domainfm.domains.pathology.instance_data import ingest_instances
 
