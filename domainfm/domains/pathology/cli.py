@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "mil": f"{_LIBRARY}:mil",
     "study": f"{_STUDIES}:study",
     "phantom-cells": f"{_STUDIES}:phantom_cells",
+    "instances-study": f"{_STUDIES}:instances_study",
     "instances-tile": f"{_INSTANCES}:instances_tile",
     "instances-train": f"{_INSTANCES}:instances_train",
     "instances-eval": f"{_INSTANCES}:instances_eval",

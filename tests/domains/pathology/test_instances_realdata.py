@@ -48,8 +48,10 @@ def test_real_instance_ids_survive_ingest_and_tile_edges(nuclei, tmp_path: Path)
     Image.fromarray(image).save(tmp_path / "images" / "dsb.png")
     Image.fromarray(mask.astype(np.uint16)).save(tmp_path / "labels" / "dsb.png")  # 16-bit PNG label image
     store = tmp_path / "store.zarr"
-    assert main(["pathology", "instances-tile", "--images", str(tmp_path / "images"), "--labels",
-                 str(tmp_path / "labels"), "--out", str(store), "--tile_size", "96", "--overlap", "16"]) == 0  # fmt: skip
+    inputs = ["--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
+    assert (
+        main(["pathology", "instances-tile", *inputs, "--out", str(store), "--tile_size", "96", "--overlap", "16"]) == 0
+    )
     tiles = TileStore(store)
     data = tiles.read(np.arange(len(tiles)), ("instances", "instance_source_id"))
     found = set()
