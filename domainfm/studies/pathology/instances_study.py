@@ -95,6 +95,7 @@ def run_instance_study(
     (out / "results.md").write_text(
         f"Nuclei instance segmentation on {images} phantom fields ({size}^2 px at 0.5 mpp, {test_images} held "
         f"out; {tile_size}-px tiles), frozen `{backbone}` (PLUTO-pretrained {pretrain_epochs} epochs, or "
-        f"random), HoVer-Net-style head {epochs} epochs at 100 % labels (the same steps at 10 %), seeds {list(seeds)} (mean ± std):\n\n{table}\n"
+        f"random), HoVer-Net-style head {epochs} epochs at 100 % labels (the same steps at 10 %), seeds "
+        f"{list(seeds)} (mean ± std):\n\n{table}\n"
     )
     return {"runs": runs, "table": table}
