@@ -175,7 +175,6 @@ def instances_predict(
     pictures: list[Path],
     out: Path,
     mpp: PositiveFloat | None = None,
-    overlap: NonNegativeInt | None = None,
     min_size: PositiveInt = 6,
     device: str = "auto",
     json: bool = False,
@@ -190,7 +189,6 @@ def instances_predict(
         pictures: Pictures (PNG, JPEG, TIFF) or folders of them, of any size.
         out: Output folder.
         mpp: The pictures' microns per pixel; resampled to the segmenter's when they differ.
-        overlap: Pixels shared by neighbouring windows (a quarter window when unset).
         min_size: Smallest object kept (pixels at the segmenter's mpp).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: Print JSON.
@@ -211,7 +209,7 @@ def instances_predict(
     if not files:
         raise DomainfmError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, pictures))}")
     with run_folder(Path(out)):
-        results = predict_pictures(Path(checkpoint), files, Path(out), mpp, overlap, min_size, device)
+        results = predict_pictures(Path(checkpoint), files, Path(out), mpp, min_size, device)
         (Path(out) / "predictions.json").write_text(json_module.dumps(results, indent=2))
     if json:
         print(json_module.dumps(results, indent=2))

@@ -7,8 +7,9 @@
   safetensors file, atomically, with the metadata that rebuilds it and its input transform record).
 * :func:`evaluate_instances`: PQ, AJI, object Dice and count error (:mod:`domainfm.shared.tasks.instance_metrics`)
   of the predicted instances of a split's tiles against their ``instances`` companion, overall and per class.
-* :func:`predict_pictures`: pictures of any size, in overlapping windows whose maps are averaged before one
-  watershed over the whole picture (HoVer-Net's tile-then-stitch inference); per picture an instance map
+* :func:`predict_pictures`: pictures of any size through the deployed network (:func:`contract_model`:
+  overlapping windows whose maps are blended, then one watershed over the whole picture, HoVer-Net's
+  tile-then-stitch inference); per picture an instance map
   (TIFF), a GeoJSON FeatureCollection in level-0 coordinates with class and score (QuPath imports it) and a
   QC picture with the contours.
 """
@@ -121,7 +122,8 @@ def train_instances(
         "tile_px": store.spec.tile_shape[-1],
         "mpps": mpps,
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "transform": downstream_transform(record, details={"mpps": mpps}).to_dict(),
+        # window: the dense head slides over pictures larger than a tile (maps on the input's grid)
+        "transform": downstream_transform(record, geometry="window", details={"mpps": mpps}).to_dict(),
     }
     saved = save_model_checkpoint(model.cpu(), Path(out) / "instances.safetensors", INSTANCES_KEY, meta)
     steps = max(1, math.ceil(len(train) / batch_size))
@@ -190,40 +192,16 @@ def evaluate_instances(
     return {"split": split, "tiles": len(ids), **scores.compute()}
 
 
-def _windows(extent: int, tile: int, step: int) -> list[int]:
-    starts = list(range(0, max(1, extent - tile + 1), step))
-    if starts[-1] + tile < extent:
-        starts.append(extent - tile)
-    return starts
+def contract_model(model: InstanceSegmenter, meta: dict[str, Any]) -> Any:
+    """The segmenter as its deployed network: raw RGB 0..255 pictures of any size -> maps on their grid.
 
-
-@torch.no_grad()
-def predict_maps(
-    model: InstanceSegmenter, prepare: Any, image: np.ndarray, tile: int, overlap: int, device: torch.device
-) -> np.ndarray:
-    """Probability maps ``[4 + K + 1, H, W]`` of an RGB ``[H, W, 3]`` picture: windows of ``tile``, averaged.
-
-    Windows overlap by ``overlap`` px; each contributes with a weight falling linearly over its outer
-    ``overlap / 2`` px, so seams carry no window edge. Pictures smaller than a window are padded with white.
+    The record's ``window`` geometry slides the training tile over larger pictures (MONAI's sliding
+    window, Gaussian-blended, a quarter window of overlap) and averages the maps, as HoVer-Net infers.
     """
-    height, width = image.shape[:2]
-    padded = np.pad(image, ((0, max(0, tile - height)), (0, max(0, tile - width)), (0, 0)), constant_values=255)
-    h, w = padded.shape[:2]
-    ramp = np.minimum(np.arange(tile) + 1, np.arange(tile)[::-1] + 1).astype(np.float32)
-    ramp = np.minimum(ramp / max(1.0, overlap / 2), 1.0)
-    weight = np.outer(ramp, ramp)
-    total, norm = None, np.zeros((h, w), np.float32)
-    step = max(1, tile - overlap)
-    for y in _windows(h, tile, step):
-        for x in _windows(w, tile, step):
-            window = torch.from_numpy(padded[y : y + tile, x : x + tile].transpose(2, 0, 1).copy())[None]
-            maps = probabilities_of(model(prepare(window.float().to(device))))[0].cpu().numpy()
-            if total is None:
-                total = np.zeros((maps.shape[0], h, w), np.float32)
-            total[:, y : y + tile, x : x + tile] += maps * weight
-            norm[y : y + tile, x : x + tile] += weight
-    assert total is not None
-    return (total / norm)[:, :height, :width]
+    from domainfm.domains.pathology.instances import InstanceMaps
+    from domainfm.shared.model import ContractModel, InputTransform
+
+    return ContractModel(InputTransform.from_dict(meta["transform"]), InstanceMaps(model), output_grid="input")
 
 
 def predict_pictures(
@@ -231,7 +209,6 @@ def predict_pictures(
     pictures: list[Path],
     out: Path,
     mpp: float | None = None,
-    overlap: int | None = None,
     min_size: int = 6,
     device: str = "auto",
 ) -> list[dict[str, Any]]:
@@ -249,10 +226,7 @@ def predict_pictures(
 
     model, meta = load_segmenter(Path(checkpoint))
     torch_device = resolve_device(device)
-    model.to(torch_device)
-    prepare = _prepare_for(meta)
-    tile = int(meta["tile_px"])
-    overlap = tile // 4 if overlap is None else overlap
+    network = contract_model(model, meta).to(torch_device).eval()
     model_mpp = (meta.get("mpps") or [None])[0]
     downsample = float(model_mpp) / float(mpp) if (mpp and model_mpp) else 1.0
     out = Path(out)
@@ -267,7 +241,9 @@ def predict_pictures(
                 image = np.asarray(rgb)
         except OSError as error:
             raise DomainfmError(f"{picture}: not a readable picture ({error})") from error
-        maps = predict_maps(model, prepare, image, tile, overlap, torch_device)
+        raw = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None].to(torch_device)
+        with torch.no_grad():
+            maps = network(raw)[0].cpu().numpy()
         ids, classes, scores = instances_from_maps(maps, min_size)
         stem = Path(picture).stem
         tifffile.imwrite(out / f"{stem}.instances.tif", ids.astype(np.uint32), compression="zlib")

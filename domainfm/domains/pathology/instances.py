@@ -223,6 +223,23 @@ def probabilities_of(output: torch.Tensor) -> torch.Tensor:
     return torch.cat([output[:, NP].softmax(1), output[:, HV], output[:, 4:].softmax(1)], 1)
 
 
+class InstanceMaps(nn.Module):
+    """A segmenter whose output is the maps post-processing reads: NP and NC probabilities, HV as is.
+
+    The deployed network (``ContractModel(transform, InstanceMaps(segmenter))``): on the input's pixel
+    grid, windows blended over larger pictures, so ``instances-predict``, a MONAI bundle and ``explain``
+    see the same maps; :func:`instances_from_maps` turns them into instances.
+    """
+
+    def __init__(self, segmenter: InstanceSegmenter) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 4 + K + 1, H, W]`` maps of standardised images."""
+        return probabilities_of(self.segmenter(images))
+
+
 def build_segmenter(meta: dict[str, Any]) -> InstanceSegmenter:
     """A randomly initialised segmenter of the shape a checkpoint's metadata describes."""
     from domainfm.shared.backbones import create_backbone
