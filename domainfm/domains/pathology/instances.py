@@ -40,8 +40,10 @@ NP, HV = slice(0, 2), slice(2, 4)
 
 def default_indices(backbone: nn.Module) -> list[int]:
     """Feature maps the head reads: four evenly spaced ViT blocks, or every stage of a hierarchical backbone."""
+    from domainfm.shared.backbones.specs import TOKEN_FAMILIES
+
     n = int(backbone.num_layers)
-    if backbone.spec.family in ("vit", "flexivit"):
+    if backbone.spec.family in TOKEN_FAMILIES:
         return sorted({round(n * k / 4) - 1 for k in range(1, 5)} - {-1}) or [n - 1]
     return list(range(n))
 
