@@ -176,6 +176,9 @@ def instances_from_maps(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """HoVer-Net's post-processing of one image's maps ``[4 + K + 1, H, W]`` (NP and NC as probabilities).
 
+    The HV maps are min-max scaled first, so any positive affine scale of them (``[-1, 1]`` targets, the
+    ``[0, 1]`` of :func:`probabilities_of`) gives the same instances.
+
     Returns:
         ``(ids [H, W] int32, class index per id [n + 1] (entry 0 is -1), score per id [n + 1])``; the score
         is the mean probability of the object's type over its pixels.
@@ -221,8 +224,12 @@ def _relabel(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def probabilities_of(output: torch.Tensor) -> torch.Tensor:
-    """Network output -> NP and NC softmax probabilities, HV as is (same layout)."""
-    return torch.cat([output[:, NP].softmax(1), output[:, HV], output[:, 4:].softmax(1)], 1)
+    """Network output -> NP and NC softmax probabilities and HV as ``(hv + 1) / 2`` (same layout, all in [0, 1]).
+
+    The watershed reads the HV maps after min-max scaling, so the affine map changes no instance; it keeps
+    every deployed channel in [0, 1] as a segmentation card promises.
+    """
+    return torch.cat([output[:, NP].softmax(1), (output[:, HV] + 1) / 2, output[:, 4:].softmax(1)], 1)
 
 
 class InstanceMaps(nn.Module):

@@ -170,6 +170,9 @@ def test_watershed_of_perfect_maps_separates_touching_nuclei(field):
     maps[2:4] = hv_targets(ids)[0].numpy()
     maps[4:] = np.eye(len(CLASSES) + 1)[type_targets(ids, classes)[0].numpy()].transpose(2, 0, 1)
     pred, pred_class, scores = instances_from_maps(maps, min_size=4)
+    deployed = maps.copy()
+    deployed[2:4] = (maps[2:4] + 1) / 2  # the deployed network's HV scale
+    assert np.array_equal(instances_from_maps(deployed, min_size=4)[0], pred)
     from domainfm.shared.tasks.instance_metrics import InstanceScores
 
     scores_ = InstanceScores(CLASSES)
