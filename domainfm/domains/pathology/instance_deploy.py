@@ -5,8 +5,8 @@ training tile slides over larger pictures, MONAI's Gaussian-blended sliding wind
 encoder and the HoVer-Net-style head (:class:`~.instances.InstanceMaps`). ``pred`` is ``[B, 4 + K + 1, H, W]``
 on the input's pixels: background and foreground probabilities (NP), the horizontal and vertical maps (HV,
 as ``(offset + 1) / 2`` in [0, 1]), and the type probabilities (NC: background, then each class). The
-instance map is the marker-controlled watershed of these maps, :func:`~.instances.instances_from_maps` (numpy and scikit-image, outside the
-network), which ``domainfm pathology instances-predict`` runs on the same network's output; so a MONAI
+instance map is the marker-controlled watershed of these maps, :func:`~.instances.instances_from_maps`
+(numpy and scikit-image, outside the network), which ``domainfm pathology instances-predict`` runs on the same network's output; so a MONAI
 bundle of this model writes the maps, and ``instances_from_maps(np.load(..._pred.npy))`` gives the
 instances ``instances-predict`` gives.
 """
