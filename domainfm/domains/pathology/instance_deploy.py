@@ -4,11 +4,11 @@ The network runs the segmenter's input transform (its encoder's standardisation;
 training tile slides over larger pictures, MONAI's Gaussian-blended sliding window), then the PEFT-adapted
 encoder and the HoVer-Net-style head (:class:`~.instances.InstanceMaps`). ``pred`` is ``[B, 4 + K + 1, H, W]``
 on the input's pixels: background and foreground probabilities (NP), the horizontal and vertical maps (HV,
-as ``(offset + 1) / 2`` in [0, 1]), and the type probabilities (NC: background, then each class). The
+as ``(offset + 1) / 2`` in [0, 1]) and the type probabilities (NC: background, then each class). The
 instance map is the marker-controlled watershed of these maps, :func:`~.instances.instances_from_maps`
-(numpy and scikit-image, outside the network), which ``domainfm pathology instances-predict`` runs on the same network's output; so a MONAI
-bundle of this model writes the maps, and ``instances_from_maps(np.load(..._pred.npy))`` gives the
-instances ``instances-predict`` gives.
+(NumPy and scikit-image, outside the network), which ``domainfm pathology instances-predict`` runs on this
+network's output: a MONAI bundle of this model writes the maps, and ``instances_from_maps`` of them gives
+the instances ``instances-predict`` gives.
 """
 
 from __future__ import annotations
