@@ -215,7 +215,8 @@ def predict_pictures(
     """Instances of each picture: ``OUT/STEM.instances.tif``, ``OUT/STEM.geojson`` and ``OUT/STEM.qc.png``.
 
     ``mpp`` is the pictures' resolution; when it differs from the segmenter's, each picture is resampled to
-    the segmenter's mpp, and the polygons are mapped back to the picture's own pixels (level 0).
+    the segmenter's mpp (the instance map and QC picture are at that mpp) and the polygons are mapped back
+    to the picture's own pixels (level 0).
     """
     import tifffile
     from PIL import Image
