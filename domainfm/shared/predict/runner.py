@@ -249,10 +249,11 @@ def _print_table(run: PredictionRun, title: str, limit: int = 12) -> None:
     more = f" (first {limit} shown)" if len(run.rows) > limit else ""
     console.print(
         f"{len(run.rows)} inputs predicted{more}: {run.predicted} now, {run.skipped} already done; "
-        f"{len(run.failed)} failed. Table: {run.out / TABLE}"
+        f"{len(run.failed)} failed. Table: {run.out / TABLE}",
+        soft_wrap=True,
     )
     for key, reason in run.failed.items():
-        console.print(f"  failed {key}: {reason}", markup=False)
+        console.print(f"  failed {key}: {reason}", markup=False, soft_wrap=True)
 
 
 def _cell(value: Any) -> str:
@@ -347,9 +348,7 @@ def load_for_domain(checkpoint: str | Path, domain: str, kinds: Iterable[str] | 
     kind = deployable.card.kind
     owner = kind.split(".", 1)[0]
     if owner != domain:
-        raise PredictError(
-            f"{checkpoint} is a {kind} model; run `domainfm {owner.replace('_', '-')} predict` with it"
-        )
+        raise PredictError(f"{checkpoint} is a {kind} model; run `domainfm {owner.replace('_', '-')} predict` with it")
     allowed = sorted(kinds or ())
     if allowed and kind not in allowed:
         raise PredictError(f"{checkpoint} is a {kind} model; `predict` here takes {', '.join(allowed)}")
