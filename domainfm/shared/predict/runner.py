@@ -109,9 +109,20 @@ class PredictionRun:
         }
 
 
-def collect_inputs(inputs: Sequence[str | Path], suffixes: Iterable[str], what: str) -> list[InputFile]:
-    """The input files of ``inputs`` (files, and folders searched recursively for ``suffixes``)."""
+def collect_inputs(
+    inputs: Sequence[str | Path], suffixes: Iterable[str], what: str, exclude: str | Path | None = None
+) -> list[InputFile]:
+    """The input files of ``inputs`` (files, and folders searched recursively for ``suffixes``).
+
+    Files under ``exclude`` (the output folder, when it lies inside an input folder) and in hidden folders
+    are left out, so a rerun never takes its own outputs as inputs.
+    """
     wanted = tuple(s.lower() for s in suffixes)
+    excluded = Path(exclude).resolve() if exclude is not None else None
+
+    def outside(path: Path) -> bool:
+        return excluded is None or not path.resolve().is_relative_to(excluded)
+
     found: dict[str, InputFile] = {}
 
     def add(path: Path, key: str) -> None:
@@ -122,7 +133,9 @@ def collect_inputs(inputs: Sequence[str | Path], suffixes: Iterable[str], what: 
     for given in map(Path, inputs):
         if given.is_dir():
             files = sorted(p for p in given.rglob("*") if p.is_file() and p.name.lower().endswith(wanted))
-            files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(given).parts)]
+            files = [
+                p for p in files if outside(p) and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            ]
             if not files:
                 raise PredictError(f"{given} holds no {what} ({', '.join(wanted)}); give a folder or files that do")
             for path in files:
@@ -278,7 +291,7 @@ def run_predictions(
     from tqdm.auto import tqdm
 
     out = Path(out)
-    items = collect_inputs(inputs, suffixes, what)
+    items = collect_inputs(inputs, suffixes, what, exclude=out)
     options = dict(options or {})
     checkpoint_sha = file_sha256(deployable.source)
     with lock_output(out, "predictions folder"):

@@ -49,6 +49,16 @@ def test_inputs_from_files_and_folders_keep_relative_names(tmp_path):
     assert collect_inputs([_inputs(tmp_path / "v", ["x.nii.gz"])], (".nii.gz",), "volumes")[0].stem == "x"
 
 
+def test_outputs_inside_an_input_folder_are_not_taken_as_inputs(tmp_path):
+    folder = _inputs(tmp_path / "in", ["a.png", "b.png"])
+    calls: list[str] = []
+    for _ in range(2):
+        run = run_predictions(_deployable(tmp_path), [folder], folder / "preds", _writer(calls), (".png", ".txt"),
+                              progress=False)  # fmt: skip
+        assert not run.failed and len(run.rows) == 2
+    assert calls == ["a.png", "b.png"]  # the rerun found both done, and no output as a new input
+
+
 def test_inputs_that_would_write_one_name_are_refused(tmp_path):
     folder = _inputs(tmp_path / "in", ["a.png", "a.jpg"])
     with pytest.raises(PredictError, match="outputs of one name"):
