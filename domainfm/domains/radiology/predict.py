@@ -82,6 +82,39 @@ def _read(item: InputFile, deployable: Deployable) -> torch.Tensor:
     return read_input(item.path, deployable.card)
 
 
+def _dicom_outputs(
+    item: InputFile,
+    outputs: Outputs,
+    image: torch.Tensor,
+    labels: list[str],
+    scores: np.ndarray,
+    threshold: float,
+    dicom_sr: bool,
+    dicom_sc: bool,
+    model: dict[str, str],
+) -> dict[str, str]:
+    """Writes the SR and / or SC of one DICOM input; returns their ``sr`` / ``sc`` columns."""
+    import domainfm
+    from domainfm.domains.radiology.report_sr import read_source
+
+    source = read_source(item.path)
+    columns = {}
+    if dicom_sr:
+        from domainfm.domains.radiology.report_sr import structured_report
+
+        report = structured_report(source, labels, scores.tolist(), threshold, version=domainfm.__version__, **model)
+        report.save_as(outputs.path("sr", ".dcm"))
+        columns["sr"] = f"sr/{item.stem}.dcm"
+    if dicom_sc:
+        from domainfm.domains.radiology.report_sc import secondary_capture
+
+        top = int(np.argmax(scores))
+        capture = secondary_capture(source, image[0, 0].numpy(), labels[top], float(scores[top]), domainfm.__version__)
+        capture.save_as(outputs.path("sc", ".dcm"))
+        columns["sc"] = f"sc/{item.stem}.dcm"
+    return columns
+
+
 def predict_radiograph(
     deployable: Deployable,
     item: InputFile,
@@ -95,8 +128,6 @@ def predict_radiograph(
     model_sha256: str = "",
 ) -> dict[str, Any]:
     """One radiograph's CSV row, and its SR / SC / explanation files when asked (see the module docstring)."""
-    import domainfm
-
     labels = list(deployable.card.class_names)
     is_dicom = item.path.suffix.lower() in DICOM_SUFFIXES
     header = dicom_header(item.path) if is_dicom else None
@@ -113,25 +144,11 @@ def predict_radiograph(
     row.update({key: identifiers[key] for key in DICOM_COLUMNS})
     row["sr"] = row["sc"] = ""
     if is_dicom and (dicom_sr or dicom_sc):
-        from domainfm.domains.radiology.report_sr import read_source
-
-        source = read_source(item.path)
-        model = {"model_name": deployable.source.name, "model_sha256": model_sha256}
-        if dicom_sr:
-            from domainfm.domains.radiology.report_sr import structured_report
-
-            report = structured_report(
-                source, labels, scores.tolist(), threshold, version=domainfm.__version__, **model
-            )
-            report.save_as(outputs.path("sr", ".dcm"))
-            row["sr"] = f"sr/{item.stem}.dcm"
-        if dicom_sc:
-            from domainfm.domains.radiology.report_sc import secondary_capture
-
-            picture = image[0, 0].numpy()
-            capture = secondary_capture(source, picture, labels[top], float(scores[top]), version=domainfm.__version__)
-            capture.save_as(outputs.path("sc", ".dcm"))
-            row["sc"] = f"sc/{item.stem}.dcm"
+        try:
+            model = {"model_name": deployable.source.name, "model_sha256": model_sha256}
+            row.update(_dicom_outputs(item, outputs, image, labels, scores, threshold, dicom_sr, dicom_sc, model))
+        except (AttributeError, TypeError, KeyError) as error:  # highdicom on a header it cannot use
+            raise ValueError(f"{item.path}: cannot write DICOM results for it ({error!r})") from error
     if explain:
         from domainfm.shared.explain.attribution import attribute
         from domainfm.shared.explain.overlay import render_overlay
