@@ -115,6 +115,26 @@ def _check_report(report_path: Path, source_path: Path, probabilities: dict[str,
     assert _dciodvfy_errors(report_path) == []
 
 
+def test_label_codes_fit_dicom_and_odd_labels_survive_a_report(tmp_path):
+    from domainfm.domains.radiology.report_sr import label_code, structured_report
+    from domainfm.studies.radiology.phantom import write_dicom
+
+    labels = ["Effusion", "Pleural_Thickening", "Pleural_Thickness", "Épanchement pleural", "a\\b"]
+    codes = [label_code(label) for label in labels]
+    assert codes[0].value == "Effusion" and {c.scheme_designator for c in codes} == {"99DOMAINFM"}
+    assert all(len(c.value) <= 16 and c.value.isascii() and "\\" not in c.value for c in codes)
+    assert len({c.value for c in codes}) == len(labels)  # long labels sharing a prefix stay apart
+    assert [c.meaning for c in codes] == [*labels[:4], "a/b"]  # a backslash would split the DICOM value
+    write_dicom(tmp_path / "x.dcm", np.full((16, 12), 0.5), monochrome1=False, study_id="s1")
+    source = pydicom.dcmread(tmp_path / "x.dcm", stop_before_pixels=True)
+    values = [0.1, 0.9, 0.25, 0.75, 0.5]
+    report = structured_report(source, labels, values, 0.5, "m.safetensors", "0" * 64, "0")
+    report.save_as(tmp_path / "sr.dcm")
+    meanings = [c.meaning for c in codes]
+    assert _sr_probabilities(pydicom.dcmread(tmp_path / "sr.dcm")) == dict(zip(meanings, values, strict=True))
+    assert _dciodvfy_errors(tmp_path / "sr.dcm") == []
+
+
 def test_csv_and_dicom_sr_match_the_deployable_on_inputs_of_any_size(deployables, tmp_path):
     checkpoint, inputs = deployables[KIND]
     sizes = set()

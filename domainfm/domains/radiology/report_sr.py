@@ -18,8 +18,10 @@ annotations and machine learning model outputs in pathology and radiology", J Di
 Labels are the training labels of the model; no standard code is claimed for them. They are coded in the
 local scheme :data:`SCHEME` (``99DOMAINFM``; PS3.16 8.2: designators beginning ``99`` are private), declared
 in the ``CodingSchemeIdentificationSequence``: the code value is the label itself when it fits a Short
-String code value (at most 16 characters, no backslash), else its first 8 characters, ``~`` and 7 hex
-digits of its SHA-256; the code meaning is the label.
+String code value (at most 16 ASCII characters, no backslash), else its first 8 ASCII characters, ``~``
+and 7 hex digits of its SHA-256; the code meaning is the label (first 64 characters); backslashes, which separate
+values in DICOM strings, become ``/`` in both. Labels beyond ASCII make the document UTF-8
+(``SpecificCharacterSet`` ``ISO_IR 192``); otherwise it keeps the source's character set.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ def label_code(label: str) -> Any:
     from highdicom.sr import CodedConcept
 
     text = str(label).strip()
-    fits = 0 < len(text) <= 16 and "\\" not in text and text.isprintable()
-    value = text if fits else f"{text[:8]}~{hashlib.sha256(text.encode()).hexdigest()[:7]}"
-    return CodedConcept(value=value, scheme_designator=SCHEME, meaning=text[:64])
+    safe = text.replace("\\", "/")  # a backslash separates values in DICOM strings
+    fits = 0 < len(text) <= 16 and safe == text and text.isascii() and text.isprintable()
+    prefix = "".join(c for c in safe if c.isascii() and c.isprintable())[:8]
+    value = text if fits else f"{prefix}~{hashlib.sha256(text.encode()).hexdigest()[:7]}"
+    return CodedConcept(value=value, scheme_designator=SCHEME, meaning=safe[:64])
 
 
 def read_source(path: Path) -> Any:
@@ -171,4 +175,5 @@ def structured_report(
         series_description=SERIES_DESCRIPTION,
         software_versions=version,
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(designator=SCHEME, name=SCHEME_NAME)],
+        **({} if all(str(label).isascii() for label in labels) else {"specific_character_set": "ISO_IR 192"}),
     )
