@@ -103,3 +103,18 @@ def test_a_model_of_another_domain_is_refused_by_name(deployables, tmp_path, cap
     assert code == 2
     assert "domainfm radiology predict" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_writes_the_same_overlay_as_the_explain_command(segmenter, tmp_path, capsys):
+    checkpoint, inputs = segmenter
+    picture = inputs[0]
+    out = tmp_path / "out"
+    assert main(["segmentation", "predict", "--checkpoint", str(checkpoint), "--input", str(picture),
+                 "--out", str(out), "--explain", "--json"]) == 0  # fmt: skip
+    single = tmp_path / "single.png"
+    assert main(["explain", "--checkpoint", str(checkpoint), "--input", str(picture), "--out", str(single),
+                 "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    with Image.open(out / "explanations" / f"{picture.stem}.png") as ours, Image.open(single) as theirs:
+        assert ours.size == theirs.size
+        np.testing.assert_array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs.convert("RGB")))

@@ -10,7 +10,9 @@ each input ``NAME.EXT`` the outputs are
   header, predicted slice by slice along the third array axis (each slice as stored: first array axis as
   rows; grey values mapped to 0..255 by the volume's 0.5-99.5 percentiles, as ``_to_uint8`` maps deep images);
 * ``overlays/NAME.png``: the mask tinted and outlined over the input (NIfTI: over its middle slice);
-* with ``probabilities``: ``probabilities/NAME.tif``, float32 probabilities (NIfTI: ``.nii.gz``).
+* with ``probabilities``: ``probabilities/NAME.tif``, float32 probabilities (NIfTI: ``.nii.gz``);
+* with ``explain`` (pictures): ``explanations/NAME.png``, the ``domainfm explain`` overlay of the summed
+  foreground probability (integrated gradients; docs/explain.md), the same picture ``explain`` writes.
 
 ``predictions.csv`` gives per input its size, the foreground fraction and the mask's file.
 """
@@ -40,7 +42,13 @@ def _probability(deployable: Deployable, image: np.ndarray, device: torch.device
 
 
 def _predict_picture(
-    deployable: Deployable, item: InputFile, outputs: Outputs, threshold: float, probabilities: bool, device
+    deployable: Deployable,
+    item: InputFile,
+    outputs: Outputs,
+    threshold: float,
+    probabilities: bool,
+    device: torch.device,
+    explain: bool = False,
 ) -> dict[str, Any]:
     import tifffile
 
@@ -55,6 +63,14 @@ def _predict_picture(
     save_png(overlay_labels(picture, mask.astype(np.int64), 2), outputs.path("overlays", ".png"))
     if probabilities:
         tifffile.imwrite(outputs.path("probabilities", ".tif"), probability.astype(np.float32))
+    if explain:
+        from domainfm.shared.explain.attribution import attribute
+        from domainfm.shared.explain.overlay import render_overlay
+
+        tensor = torch.from_numpy(image)[None]
+        result = attribute(deployable, tensor.to(device), "integrated_gradients", None)
+        render_overlay(tensor, result, deployable.card, f"{item.key} ({deployable.card.kind})",
+                       outputs.path("explanations", ".png"))  # fmt: skip
     height, width = mask.shape
     return {"height": height, "width": width, "slices": 1, "foreground": float(mask.mean()),
             "mask": f"masks/{item.stem}.png"}  # fmt: skip
@@ -116,6 +132,7 @@ def predict(
     out: Path,
     threshold: Fraction = 0.5,
     probabilities: bool = False,
+    explain: bool = False,
     device: str = "auto",
     overwrite: bool = False,
     json: bool = False,
@@ -133,6 +150,7 @@ def predict(
         out: The folder to write (new, empty, or an earlier ``predict`` output to resume).
         threshold: Foreground where the probability is at least this.
         probabilities: Also write the probability maps.
+        explain: Also write an integrated-gradients overlay per picture (slow on big images; not for NIfTI).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         overwrite: Predict every input again (also needed to reuse OUT with another model or options).
         json: Print the summary as JSON instead of a table.
@@ -147,13 +165,13 @@ def predict(
     deployable.network.to(torch_device)
 
     def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
-        volume = item.path.name.lower().endswith(VOLUMES)
-        write = _predict_volume if volume else _predict_picture
-        return write(deployable, item, outputs, threshold, probabilities, torch_device)
+        if item.path.name.lower().endswith(VOLUMES):
+            return _predict_volume(deployable, item, outputs, threshold, probabilities, torch_device)
+        return _predict_picture(deployable, item, outputs, threshold, probabilities, torch_device, explain)
 
     run = run_predictions(
         deployable, input, out, predict_one, suffixes=PICTURES + VOLUMES, what="pictures or NIfTI volumes",
-        options={"threshold": threshold, "probabilities": probabilities}, overwrite=overwrite,
+        options={"threshold": threshold, "probabilities": probabilities, "explain": explain}, overwrite=overwrite,
         progress=not json, title=f"segmentation predict ({deployable.card.kind})",
     )  # fmt: skip
     if json:
