@@ -12,9 +12,10 @@
   unwrapped across the antimeridian first).
 * **Cloud-Optimised GeoTIFF** (:func:`write_cog`): GDAL's ``COG`` driver when the installed GDAL has it,
   else a tiled GTiff with overviews copied in front (``COPY_SRC_OVERVIEWS``), which is the same layout
-  (GDAL COG driver documentation; the COG specification, cogeo.org). DEFLATE, square blocks of 512 px, or
-  the largest power of two (at least 16) below the image's size for small images, so that every map
-  larger than 16 px has at least one overview level.
+  (GDAL COG driver documentation; the COG specification, cogeo.org). DEFLATE; square blocks of 512 px
+  (GDAL's default), or 256 or 128 px (GDAL's smallest) for smaller maps, so that every map larger than
+  128 px has at least one overview level (overviews halve until one block holds the map); a map of at
+  most 128 px is one block and needs none.
 * **CF-NetCDF curtain** (:func:`write_curtain`): along-track sample x height bin, CF-1.8 attributes
   (``units``, ``long_name``, ``standard_name``, ``flag_values``), the track's latitude and longitude as
   auxiliary coordinates when the input is georeferenced, and a section plot PNG (:func:`plot_curtain`).
@@ -34,7 +35,7 @@ from domainfm.domains.remote_sensing.modis import TIE_START, TIE_STEP
 
 MAX_GCPS_PER_AXIS = 32
 GEOGRAPHIC = "EPSG:4326"
-BLOCK = 512
+BLOCKS = (512, 256, 128)  # GDAL's COG default block, and smaller ones for small maps (128: its minimum)
 
 
 @dataclass
@@ -69,9 +70,10 @@ class Georeference:
         if self.tie_latitude is not None and self.tie_longitude is not None:
             return _interpolate_ties(self.tie_latitude, self.tie_longitude, rows, cols)
         if self.kind == "crs":
+            from rasterio.transform import xy
             from rasterio.warp import transform as warp
 
-            xs, ys = self.transform * (cols + 0.5, rows + 0.5)
+            xs, ys = xy(self.transform, rows, cols, offset="center")
             lon, lat = warp(self.crs, GEOGRAPHIC, np.atleast_1d(xs), np.atleast_1d(ys))
             return np.asarray(lon), np.asarray(lat)
         if self.kind == "gcps":
@@ -176,11 +178,9 @@ def cog_driver() -> str:
 
 
 def block_size(height: int, width: int) -> int:
-    """The COG block side: :data:`BLOCK`, or for small maps the largest power of two (>= 16) below their size."""
+    """The COG block side: the largest of 512, 256 and 128 below the map's longer side (128 at least)."""
     side = max(height, width)
-    if side > BLOCK:
-        return BLOCK
-    return max(16, 2 ** max(4, math.ceil(math.log2(side)) - 1))
+    return next((block for block in BLOCKS if block < side), BLOCKS[-1])
 
 
 def overview_factors(height: int, width: int, block: int) -> list[int]:

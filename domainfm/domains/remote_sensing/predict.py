@@ -9,7 +9,7 @@ For each input ``NAME.EXT``, by the model's kind:
 * **cloud mask** (``remote_sensing.cloud_mask``, window geometry: a sliding window of the chip size over
   inputs of any size, Gaussian-blended, as the deployed network does): ``masks/NAME.tif``, a uint8
   Cloud-Optimised GeoTIFF (0 clear, 1 cloud where the probability is at least ``threshold``; a colour
-  table with clear transparent) with the GeoTIFF input's CRS and transform, or a swath's tie points as
+  table in the overlay's colours) with the GeoTIFF input's CRS and transform, or a swath's tie points as
   GCPs (EPSG:4326), or no georeference for ``.npy`` chips; with ``probabilities`` also
   ``probabilities/NAME.tif`` (float32 COG, same georeference); ``overlays/NAME.png``, the mask tinted and
   outlined over the input's false-colour 7-2-1 composite (:func:`domainfm.shared.explain.overlay.display_rgb`).
@@ -88,7 +88,7 @@ def _predict_mask(
     geo = georeference(item.path)
     names = ["clear", *(card.class_names if len(card.class_names) > 1 else ["cloud"])]
     colours = palette(len(names))
-    colormap = {0: (0, 0, 0, 0), **{v: (*map(int, colours[v]), 255) for v in range(1, len(names))}}
+    colormap = {0: (0, 0, 0, 255), **{v: (*map(int, colours[v]), 255) for v in range(1, len(names))}}
     tags = _tags(deployable, item, threshold=threshold, classes=", ".join(f"{i}={n}" for i, n in enumerate(names)))
     write_cog(outputs.path("masks", ".tif"), labels[None], geo, "nearest", ["class"], tags, colormap)
     if probabilities:
