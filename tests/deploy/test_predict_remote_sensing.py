@@ -259,12 +259,17 @@ def test_scene_labels_are_csv_rows_of_label_probabilities(scene_model, tmp_path,
         with rasterio.open(large, "w", **profile) as handle:
             handle.write(np.resize(source.read(), (2, 40, 40)))
             handle.descriptions = source.descriptions
+        band = tmp_path / "tile_B02.tif"  # one band of a band set split over files
+        with rasterio.open(band, "w", **(source.profile | {"count": 1})) as handle:
+            handle.write(source.read(1), 1)
     capsys.readouterr()
     out = tmp_path / "out"
     summary = _run(["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", *map(str, files[:3]),
-                    str(large), "--out", str(out), "--threshold", "0.5"], capsys)  # fmt: skip
-    assert summary["predicted"] == 3 and list(summary["failed"]) == ["large.tif"]
+                    str(large), str(band), "--out", str(out), "--threshold", "0.5"], capsys)  # fmt: skip
+    assert summary["predicted"] == 3 and sorted(summary["failed"]) == ["large.tif", "tile_B02.tif"]
     assert "32 x 32 chips" in summary["failed"]["large.tif"]
+    assert "band set split over files" in summary["failed"]["tile_B02.tif"]
+    assert "stack the bands B02, B05 into one GeoTIFF" in summary["failed"]["tile_B02.tif"]
     import csv
 
     with open(out / "predictions.csv") as handle:

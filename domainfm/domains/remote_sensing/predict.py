@@ -52,9 +52,21 @@ def _probabilities(deployable: Deployable, images: np.ndarray, device: torch.dev
 
 
 def _read(deployable: Deployable, item: InputFile) -> np.ndarray:
+    from domainfm.domains.remote_sensing.rasters import BAND_SUFFIX
     from domainfm.shared.deploy import read_input
+    from domainfm.shared.deploy.inputs import InputError
 
-    return read_input(item.path, deployable.card)[0].numpy()
+    try:
+        return read_input(item.path, deployable.card)[0].numpy()
+    except InputError as error:
+        match = BAND_SUFFIX.match(item.path.stem)
+        if match is None or deployable.card.in_channels == 1 or item.path.suffix.lower() not in (".tif", ".tiff"):
+            raise
+        raise PredictError(
+            f"{error}. {item.path.name} looks like one band of a band set split over files "
+            f"({match['stem']}_B..{item.path.suffix}); predict reads one file per input: stack the bands "
+            f"{', '.join(deployable.card.channel_names)} into one GeoTIFF with those band descriptions"
+        ) from error
 
 
 def _tags(deployable: Deployable, item: InputFile, **extra: Any) -> dict[str, str]:
