@@ -297,3 +297,19 @@ def test_scene_labels_are_csv_rows_of_label_probabilities(scene_model, tmp_path,
 def test_block_sizes_give_every_map_above_128_px_an_overview(side, block, factors):
     assert geofiles.block_size(side, side // 2 + 1) == block
     assert geofiles.overview_factors(side, side // 2 + 1, block) == factors
+
+
+def test_broken_granules_and_rasters_are_named_and_the_others_predicted(deployables, inputs, tmp_path, capsys):
+    checkpoint, _ = deployables["remote_sensing.cloud_mask"]
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "good.npy").write_bytes(inputs["chip"].read_bytes())
+    (folder / "truncated.hdf").write_bytes(inputs["granule"].read_bytes()[:4096])
+    (folder / "empty.tif").write_bytes(b"")
+    out = tmp_path / "out"
+    summary = _run(["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", str(folder),
+                    "--out", str(out)], capsys)  # fmt: skip
+    assert summary["predicted"] == 1 and sorted(summary["failed"]) == ["empty.tif", "truncated.hdf"]
+    for key, reason in summary["failed"].items():
+        assert key in reason  # the message names the file
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*.tif")) == ["masks/sub/good.tif"]
