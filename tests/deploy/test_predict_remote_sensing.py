@@ -112,7 +112,8 @@ def test_cloud_masks_are_cogs_on_the_inputs_grid_with_the_models_values(deployab
 
 
 def test_a_gdal_without_the_cog_driver_gets_the_same_layout_from_gtiff(tmp_path):
-    latitude, longitude = np.meshgrid(np.linspace(10, 12, 40), np.linspace(-179, 179.5, 30), indexing="ij")
+    latitude, longitude = np.meshgrid(np.linspace(10, 12, 40), np.linspace(179, 181, 30), indexing="ij")
+    longitude = (longitude + 180) % 360 - 180  # across the antimeridian: 179 .. 180, -180 .. -179
     geo = geofiles.Georeference(gcps=geofiles.swath_gcps(latitude, longitude, max_per_axis=8), gcp_crs="EPSG:4326")
     values = (np.random.default_rng(0).random((1, 200, 150)) > 0.5).astype(np.uint8)
     path = geofiles.write_cog(tmp_path / "m.tif", values, geo, "nearest", ["class"], {"A": "b"}, driver="GTiff")
@@ -121,6 +122,7 @@ def test_a_gdal_without_the_cog_driver_gets_the_same_layout_from_gtiff(tmp_path)
         np.testing.assert_array_equal(source.read(), values)
         gcps, crs = source.gcps
         assert crs == "EPSG:4326" and source.tags()["A"] == "b"
+        assert max(g.x for g in gcps) == pytest.approx(181) and min(g.x for g in gcps) == pytest.approx(179)
     # 8 tie points per axis at most, the last one kept: rows 0, 6, ..., 36, 39 and columns 0, 5, ..., 25, 29
     assert sorted({(g.row - 2.5) / 5 for g in gcps}) == [0, 6, 12, 18, 24, 30, 36, 39]
     assert sorted({(g.col - 2.5) / 5 for g in gcps}) == [0, 5, 10, 15, 20, 25, 29]
@@ -313,3 +315,17 @@ def test_broken_granules_and_rasters_are_named_and_the_others_predicted(deployab
     for key, reason in summary["failed"].items():
         assert key in reason  # the message names the file
     assert sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*.tif")) == ["masks/sub/good.tif"]
+
+
+def test_a_geotiff_with_gcps_only_is_located_through_them(tmp_path):
+    rows, cols = np.meshgrid(np.arange(12), np.arange(10), indexing="ij")  # tie points of a 60 x 50 px swath
+    latitude, longitude = 40 + 0.05 * rows + 0.01 * cols, -3 + 0.04 * cols - 0.02 * rows  # a tilted grid
+    geo = geofiles.Georeference(gcps=geofiles.swath_gcps(latitude, longitude), gcp_crs="EPSG:4326")
+    path = geofiles.write_cog(tmp_path / "gcps.tif", np.zeros((1, 60, 50), np.uint8), geo, "nearest", ["c"], {})
+    read = geofiles.georeference(path)
+    assert read.kind == "gcps" and len(read.gcps) == latitude.size
+    pixel_rows, pixel_cols = np.array([2, 27, 57]), np.array([2, 42, 47])  # tie pixels 5i + 2: i = 0, 5, 11
+    lon, lat = read.lonlat(pixel_rows, pixel_cols)
+    i, j = (pixel_rows - 2) // 5, (pixel_cols - 2) // 5
+    np.testing.assert_allclose(lat, latitude[i, j], atol=1e-6)
+    np.testing.assert_allclose(lon, longitude[i, j], atol=1e-6)

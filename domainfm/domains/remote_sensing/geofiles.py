@@ -4,8 +4,10 @@
   a MODIS L1B swath's 5-km ``Latitude``/``Longitude`` tie points (:mod:`.modis`); nothing for ``.npy`` chips.
   A swath has no affine grid, so its maps carry **ground control points** (GDAL's GCP model, EPSG:4326):
   the tie points themselves, subsampled to at most :data:`MAX_GCPS_PER_AXIS` per axis (every k-th tie
-  point, the last row and column always kept), each at the centre of its 1-km pixel. GDAL-based tools
-  (QGIS, ``gdalwarp -tps``) warp the swath with them; nothing is resampled in the file itself.
+  point, the last row and column always kept), each at the centre of its 1-km pixel; a swath across the
+  antimeridian gets its longitudes unwrapped (east of it above 180), so a fit through them stays
+  continuous. GDAL-based tools (QGIS, ``gdalwarp -tps``) warp the swath with them; nothing is resampled
+  in the file itself. Swaths over a pole, whose longitudes span every meridian, are beyond this.
 * **Latitude/longitude of pixels** (:meth:`Georeference.lonlat`): GeoTIFFs through their CRS
   (``rasterio.warp.transform`` of pixel centres), GCP-only GeoTIFFs through GDAL's GCP transformer, MODIS
   swaths by bilinear interpolation of the tie points (linear extrapolation at the swath's edges; longitudes
@@ -127,6 +129,7 @@ def swath_gcps(latitude: np.ndarray, longitude: np.ndarray, max_per_axis: int = 
         return sorted({*range(0, count, step), count - 1})
 
     rows, cols = tie_pixels(latitude.shape[0]), tie_pixels(latitude.shape[1])
+    longitude = _unwrap(longitude)  # a swath across the antimeridian: one continuous fit (values above 180)
     return [
         GroundControlPoint(
             row=float(rows[i]) + 0.5,
