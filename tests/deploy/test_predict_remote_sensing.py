@@ -70,9 +70,11 @@ def _run(argv: list[str], capsys) -> dict:
 
 def test_cloud_masks_are_cogs_on_the_inputs_grid_with_the_models_values(deployables, inputs, tmp_path, capsys):
     checkpoint, _ = deployables["remote_sensing.cloud_mask"]
+    # a threshold inside the granule's range of probabilities, so that its mask holds both classes
+    threshold = float(np.median(_pred(checkpoint, inputs["granule"])))
     out = tmp_path / "out"
     argv = ["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", *map(str, inputs.values()),
-            "--out", str(out), "--probabilities", "--threshold", "0.5"]  # fmt: skip
+            "--out", str(out), "--probabilities", "--threshold", str(threshold)]  # fmt: skip
     summary = _run(argv, capsys)
     assert (summary["predicted"], summary["failed"]) == (3, {})
     shapes = set()
@@ -81,7 +83,9 @@ def test_cloud_masks_are_cogs_on_the_inputs_grid_with_the_models_values(deployab
         shapes.add(probability.shape)
         with rasterio.open(out / "masks" / f"{path.stem}.tif") as mask:
             assert (mask.height, mask.width, mask.count, mask.dtypes[0]) == (*probability.shape, 1, "uint8")
-            np.testing.assert_array_equal(mask.read(1), (probability >= 0.5).astype(np.uint8))
+            values = mask.read(1)
+            np.testing.assert_array_equal(values, (probability >= threshold).astype(np.uint8))
+            assert name != "granule" or set(np.unique(values)) == {0, 1}
             # a Cloud-Optimised GeoTIFF: tiled, in GDAL's COG layout, overviews when larger than a 128 px block
             assert mask.profile["tiled"] and mask.block_shapes == [(128, 128)]
             assert mask.overviews(1) == ([2] if max(probability.shape) > 128 else [])
