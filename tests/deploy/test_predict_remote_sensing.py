@@ -333,3 +333,29 @@ def test_a_geotiff_with_gcps_only_is_located_through_them(tmp_path):
     i, j = (pixel_rows - 2) // 5, (pixel_cols - 2) // 5
     np.testing.assert_allclose(lat, latitude[i, j], atol=1e-6)
     np.testing.assert_allclose(lon, longitude[i, j], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["remote_sensing.cloud_mask", "remote_sensing.curtain"])
+def test_explain_writes_the_same_overlay_as_the_explain_command(deployables, inputs, kind, tmp_path, capsys):
+    checkpoint, _ = deployables[kind]
+    chip = inputs["chip"]
+    out = tmp_path / "out"
+    assert main(["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", str(chip),
+                 "--out", str(out), "--explain", "--json"]) == 0  # fmt: skip
+    single = tmp_path / "single.png"
+    assert main(["explain", "--checkpoint", str(checkpoint), "--input", str(chip), "--out", str(single),
+                 "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    with Image.open(out / "explanations" / f"{chip.stem}.png") as ours, Image.open(single) as theirs:
+        assert ours.size == theirs.size
+        np.testing.assert_array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs.convert("RGB")))
+
+
+def test_explain_of_a_curtain_writes_one_overlay_per_chip_of_the_track(deployables, inputs, tmp_path, capsys):
+    checkpoint, _ = deployables["remote_sensing.curtain"]
+    out = tmp_path / "out"
+    summary = _run(["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", str(inputs["tif"]),
+                    "--out", str(out), "--explain"], capsys)  # fmt: skip
+    assert summary["predicted"] == 1
+    chips = len(range(0, 136 - 32 + 1, 32))  # the 136-row GeoTIFF: 4 chips of 32 rows along the track
+    assert sorted(p.name for p in (out / "explanations").iterdir()) == [f"scene_chip{k}.png" for k in range(chips)]

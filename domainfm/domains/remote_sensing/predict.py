@@ -23,6 +23,10 @@ For each input ``NAME.EXT``, by the model's kind:
 * **scene labels** (``remote_sensing.scenes``): the model takes one chip of its size; the row of
   ``predictions.csv`` holds each label's probability and the labels at or above ``threshold``.
 
+With ``explain``, ``explanations/NAME.png`` is the ``domainfm explain`` overlay of the input (integrated
+gradients of the summed cloud probability, or of the top scene label; docs/explain.md), pixel for pixel
+the picture ``explain`` writes; for curtains one per chip of the track, ``explanations/NAME_chipK.png``
+(``NAME.png`` for a one-chip input).
 Inputs are read whole (a 1-km MODIS granule's 14 bands are about 150 MB as float32).
 """
 
@@ -74,6 +78,16 @@ def _tags(deployable: Deployable, item: InputFile, **extra: Any) -> dict[str, st
             "SOFTWARE": "domainfm remote-sensing predict", **{k.upper(): str(v) for k, v in extra.items()}}  # fmt: skip
 
 
+def _explain(deployable: Deployable, image: np.ndarray, title: str, path: Path, device: torch.device) -> None:
+    """The ``domainfm explain`` overlay of one raw input (integrated gradients, default target) at ``path``."""
+    from domainfm.shared.explain.attribution import attribute
+    from domainfm.shared.explain.overlay import render_overlay
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    result = attribute(deployable, tensor.to(device), "integrated_gradients", None)
+    render_overlay(tensor, result, deployable.card, f"{title} ({deployable.card.kind})", path)
+
+
 def class_map(probability: np.ndarray, threshold: float) -> np.ndarray:
     """uint8 classes ``[H, W]`` of sigmoid outputs ``[K, H, W]``.
 
@@ -87,7 +101,13 @@ def class_map(probability: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _predict_mask(
-    deployable: Deployable, item: InputFile, outputs: Outputs, threshold: float, probabilities: bool, device
+    deployable: Deployable,
+    item: InputFile,
+    outputs: Outputs,
+    threshold: float,
+    probabilities: bool,
+    device: torch.device,
+    explain: bool = False,
 ) -> dict[str, Any]:
     from domainfm.domains.remote_sensing.geofiles import georeference, write_cog
     from domainfm.shared.explain.overlay import display_rgb
@@ -108,6 +128,8 @@ def _predict_mask(
                   [f"{n} probability" for n in card.class_names], _tags(deployable, item))  # fmt: skip
     picture = (display_rgb(image, card) * 255 + 0.5).astype(np.uint8)
     save_png(overlay_labels(picture, labels.astype(np.int64), len(names)), outputs.path("overlays", ".png"))
+    if explain:
+        _explain(deployable, image, item.path.name, outputs.path("explanations", ".png"), device)
     height, width = labels.shape
     return {"height": height, "width": width, "cloud_fraction": float((labels > 0).mean()),
             "georeference": geo.kind, "mask": f"masks/{item.stem}.tif"}  # fmt: skip
@@ -120,7 +142,13 @@ def track_chips(height: int, width: int, chip: tuple[int, int]) -> tuple[list[in
 
 
 def _predict_curtain(
-    deployable: Deployable, item: InputFile, outputs: Outputs, threshold: float, batch: int, device
+    deployable: Deployable,
+    item: InputFile,
+    outputs: Outputs,
+    threshold: float,
+    batch: int,
+    device: torch.device,
+    explain: bool = False,
 ) -> dict[str, Any]:
     from domainfm.domains.remote_sensing.curtain import CURTAIN_TOP_KM, height_bins, track_rows
     from domainfm.domains.remote_sensing.geofiles import georeference, plot_curtain, write_curtain
@@ -158,6 +186,12 @@ def _predict_curtain(
     write_curtain(outputs.path("curtains", ".nc"), probability, threshold, rows, cols,
                   np.repeat(np.arange(n_chips), samples), lonlat, attributes)  # fmt: skip
     plot_curtain(outputs.path("curtains", ".png"), probability, threshold, samples, lonlat, item.key)
+    if explain:  # one overlay per chip of the track (a single-chip input: named as the input, as explain names it)
+        for k, y in enumerate(tops):
+            single = len(tops) == 1
+            _explain(deployable, image[:, y : y + chip[0], left : left + chip[1]],
+                     item.path.name if single else f"{item.path.name} chip {k}",
+                     outputs.path("explanations", ".png" if single else f"_chip{k}.png"), device)  # fmt: skip
     cloudy = probability >= threshold
     _, edges = height_bins(bins)
     top = float(edges[1:][cloudy.any(axis=0)].max()) if cloudy.any() else 0.0
@@ -167,7 +201,7 @@ def _predict_curtain(
 
 
 def _predict_scenes(
-    deployable: Deployable, item: InputFile, outputs: Outputs, threshold: float, device
+    deployable: Deployable, item: InputFile, outputs: Outputs, threshold: float, device, explain: bool = False
 ) -> dict[str, Any]:
     card = deployable.card
     image = _read(deployable, item)
@@ -179,6 +213,8 @@ def _predict_scenes(
     probability = _probabilities(deployable, image[None], device)[0]
     row: dict[str, Any] = {name: float(p) for name, p in zip(card.class_names, probability, strict=True)}
     row["labels"] = ";".join(n for n, p in zip(card.class_names, probability, strict=True) if p >= threshold)
+    if explain:
+        _explain(deployable, image, item.path.name, outputs.path("explanations", ".png"), device)
     return row
 
 
@@ -188,6 +224,7 @@ def predict(
     out: Path,
     threshold: Fraction = 0.5,
     probabilities: bool = False,
+    explain: bool = False,
     batch: PositiveInt = 8,
     device: str = "auto",
     overwrite: bool = False,
@@ -207,6 +244,8 @@ def predict(
         out: The folder to write (new, empty, or an earlier ``predict`` output to resume).
         threshold: Cloud (mask, curtain bin) or label where the probability is at least this.
         probabilities: Cloud masks: also write float32 probability COGs.
+        explain: Also write the ``domainfm explain`` overlay (integrated gradients) of each input, or of each
+            chip of a curtain's track (slow on whole granules).
         batch: Curtains: chips per forward pass.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         overwrite: Predict every input again (also needed to reuse OUT with another model or options).
@@ -224,12 +263,12 @@ def predict(
 
     def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
         if kind == "remote_sensing.cloud_mask":
-            return _predict_mask(deployable, item, outputs, threshold, probabilities, torch_device)
+            return _predict_mask(deployable, item, outputs, threshold, probabilities, torch_device, explain)
         if kind == "remote_sensing.curtain":
-            return _predict_curtain(deployable, item, outputs, threshold, batch, torch_device)
-        return _predict_scenes(deployable, item, outputs, threshold, torch_device)
+            return _predict_curtain(deployable, item, outputs, threshold, batch, torch_device, explain)
+        return _predict_scenes(deployable, item, outputs, threshold, torch_device, explain)
 
-    options: dict[str, Any] = {"threshold": threshold}
+    options: dict[str, Any] = {"threshold": threshold, "explain": explain}
     if kind == "remote_sensing.cloud_mask":
         options["probabilities"] = probabilities
     run = run_predictions(
