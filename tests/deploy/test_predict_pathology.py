@@ -1,0 +1,197 @@
+"""``domainfm pathology predict`` on phantom slides, checked with independent readers.
+
+The GeoJSON is parsed with shapely and compared with the tiles ``domainfm pathology tile`` cuts from the
+same slides at the same mpp (coordinates, and probabilities equal to the deployed classifier's on the stored
+tiles); the pyramidal probability map is read with tifffile; a run killed after one slide is resumed.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from shapely.geometry import box, shape
+from shapely.ops import unary_union
+
+from domainfm.cli import main
+from domainfm.domains.pathology import predict as predict_module
+from domainfm.shared.deploy import load_deployable, predict, read_input
+from domainfm.shared.tiles.store import TileStore
+
+MPP, TILE_PX, SLIDE_MPP = 2.0, 32, 0.25  # the fixture's classifier: 32-px tiles at 2 mpp; phantoms at 0.25 mpp
+SIDE = TILE_PX * MPP / SLIDE_MPP  # a tile's footprint in level-0 pixels
+
+
+def _phantoms(folder: Path, sizes: dict[str, int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, (name, size) in enumerate(sizes.items()):
+        path = folder / f"{name}.svs"
+        assert main(["pathology", "phantom", "--out", str(path), "--size", str(size), "--seed", str(seed + 7)]) == 0
+        paths.append(path)
+    return paths
+
+
+def _predict(checkpoint: Path, inputs: list[Path], out: Path, capsys, *extra: str) -> tuple[int, dict]:
+    capsys.readouterr()
+    command = ["pathology", "predict", "--checkpoint", str(checkpoint), "--input", *map(str, inputs)]
+    status = main([*command, "--out", str(out), "--device", "cpu", "--json", *extra])
+    printed = capsys.readouterr().out
+    return status, json.loads(printed[printed.index("{") :]) if "{" in printed else {}
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(out / "predictions.csv", newline="") as handle:
+        return {row["input"]: row for row in csv.DictReader(handle)}
+
+
+def _tiler_tiles(slides: list[Path], store: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Slide name -> (level-0 corners [N, 2], tiles [N, 3, t, t]) as ``pathology tile`` writes them."""
+    command = ["pathology", "tile", *map(str, slides), "--out", str(store), "--mpp", str(MPP)]
+    assert main([*command, "--tile_size", str(TILE_PX), "--workers", "1"]) == 0
+    tiles = TileStore(store)
+    index = tiles.index
+    found = {}
+    for row, source in enumerate(tiles.sources):
+        ids = np.flatnonzero(index["source"] == row)
+        assert np.all(index["scale"][ids] == MPP)
+        coords = np.stack([index["x"][ids], index["y"][ids]], axis=1)
+        found[Path(source["path"]).name] = (coords, np.stack([tiles.tiles[int(i)] for i in ids]))
+    return found
+
+
+def test_slides_to_geojson_map_and_overlay(deployables, tmp_path: Path, capsys):
+    checkpoint, pictures = deployables["pathology.tile_classifier"]
+    deployable = load_deployable(checkpoint)
+    names = deployable.card.class_names
+    slides = _phantoms(tmp_path / "slides", {"small": 1024, "large": 1792})
+    out = tmp_path / "predicted"
+    status, summary = _predict(checkpoint, [*slides, *pictures], out, capsys)
+    assert status == 0 and summary["predicted"] == 4 and not summary["failed"]
+    tiler = _tiler_tiles(slides, tmp_path / "tiles.zarr")
+    rows = _rows(out)
+    for slide in slides:
+        corners, stored = tiler[slide.name]
+        assert len(corners) > 3
+        collection = json.loads((out / "geojson" / f"{slide.stem}.geojson").read_text())
+        assert collection["type"] == "FeatureCollection"
+        features = collection["features"]
+        polygons = [shape(f["geometry"]) for f in features]
+        # one square tile per tissue tile the tiler cuts, in level-0 pixels: same corners, same footprint
+        found = np.array([p.bounds[:2] for p in polygons])
+        assert sorted(map(tuple, found.tolist())) == sorted(map(tuple, corners.astype(float).tolist()))
+        for polygon, (x, y) in zip(polygons, found, strict=True):
+            assert polygon.is_valid and polygon.equals(box(x, y, x + SIDE, y + SIDE))
+        size = 1024 if slide.stem == "small" else 1792
+        assert unary_union(polygons).area == pytest.approx(len(polygons) * SIDE**2)  # no overlaps
+        assert box(0, 0, size, size).contains(unary_union(polygons))
+        # probabilities: the deployed classifier's on the tiles the tiler stored, within 1e-5
+        expected = predict(deployable, torch.from_numpy(stored).float()).numpy()
+        order = {tuple(c): i for i, c in enumerate(corners.tolist())}
+        measured = np.array([[f["properties"]["measurements"][f"P({n})"] for n in names] for f in features])
+        expected = expected[[order[(int(x), int(y))] for x, y in found]]
+        np.testing.assert_allclose(measured, expected, atol=1e-5)
+        classes = [f["properties"]["classification"]["name"] for f in features]
+        assert classes == [names[k] for k in expected.argmax(1)]
+        assert all(f["properties"]["objectType"] == "tile" for f in features)
+        assert all(len(f["properties"]["classification"]["color"]) == 3 for f in features)
+        # the pyramidal map: one pixel per grid cell, P x 255 per class and the class channel, SubIFD levels
+        grid = (size - SIDE) // SIDE + 1
+        with tifffile.TiffFile(out / "maps" / f"{slide.stem}.tif") as tif:
+            assert tif.is_ome
+            series = tif.series[0]
+            levels = [level.asarray() for level in series.levels]
+            assert len(levels) == math.ceil(math.log2(grid)) + 1
+            for k, level in enumerate(levels):
+                side = math.ceil(grid / 2**k)
+                assert level.shape == (len(names) + 1, side, side) and level.dtype == np.uint8
+                np.testing.assert_array_equal(level, levels[0][:, :: 2**k, :: 2**k])
+            page = tif.pages[0]
+            numerator, denominator = page.tags["XResolution"].value
+            assert page.tags["ResolutionUnit"].value == 3  # centimetre
+            assert numerator / denominator == pytest.approx(1e4 / (TILE_PX * MPP))  # a pixel is a tile
+            assert page.is_tiled
+        level0 = levels[0]
+        cols, rows_ = (found / SIDE).round().astype(int).T
+        np.testing.assert_array_equal(cols * SIDE, found[:, 0])  # pixel (row, col) starts at (col, row) * side
+        np.testing.assert_allclose(level0[:-1, rows_, cols].T / 255.0, measured, atol=0.5 / 255 + 1e-6)
+        np.testing.assert_array_equal(level0[-1, rows_, cols], expected.argmax(1) + 1)
+        assert np.count_nonzero(level0[-1]) == len(features)  # 0 wherever no tile was predicted
+        # the slide's row and its overlay
+        row = rows[slide.name]
+        assert row["type"] == "slide" and int(row["tiles"]) == len(features)
+        assert float(row["mpp"]) == MPP and float(row["slide_mpp"]) == SLIDE_MPP
+        for k, name in enumerate(names):
+            assert int(row[f"tiles_{name}"]) == classes.count(name)
+            assert float(row[f"mean_P({name})"]) == pytest.approx(expected[:, k].mean(), abs=2e-6)
+        with Image.open(out / "overlays" / f"{slide.stem}.png") as overlay:
+            assert overlay.format == "PNG" and overlay.info["Software"] == "domainfm predict"
+    assert not (out / "geojson" / f"{pictures[0].stem}.geojson").exists()  # pictures: a row each, no GeoJSON
+    for picture in pictures:
+        row = rows[picture.name]
+        expected = predict(deployable, read_input(picture, deployable.card))[0].numpy()
+        assert row["type"] == "picture" and row["predicted"] == names[int(expected.argmax())]
+        measured = [float(row[f"mean_P({n})"]) for n in names]
+        np.testing.assert_allclose(measured, expected, atol=1e-5)
+
+
+def test_killed_run_resumes_with_the_rest(deployables, tmp_path: Path, capsys, monkeypatch):
+    checkpoint, _ = deployables["pathology.tile_classifier"]
+    slides = _phantoms(tmp_path / "slides", {"a": 1024, "b": 1280})
+    out = tmp_path / "predicted"
+    original, calls = predict_module.predict_slide, []
+
+    def killed_after_one(*args, **kwargs):
+        calls.append(args[1].key)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # the process is killed while predicting the second slide
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict_slide", killed_after_one)
+    status, _ = _predict(checkpoint, slides, out, capsys)
+    assert status == 130 and calls == ["a.svs", "b.svs"]
+    first = (out / "geojson" / "a.geojson").read_bytes()
+    assert not (out / "geojson" / "b.geojson").exists() and not (out / "maps" / "b.tif").exists()
+    spy = []
+    monkeypatch.setattr(predict_module, "predict_slide", lambda *a, **k: spy.append(a[1].key) or original(*a, **k))
+    status, summary = _predict(checkpoint, slides, out, capsys)
+    assert status == 0 and spy == ["b.svs"]  # only the slide not finished
+    assert summary["predicted"] == 1 and summary["skipped"] == 1
+    assert (out / "geojson" / "a.geojson").read_bytes() == first
+    assert set(_rows(out)) == {"a.svs", "b.svs"} and (out / "maps" / "b.tif").is_file()
+
+
+def test_bad_slides_are_reported_and_the_others_predicted(deployables, tmp_path: Path, capsys):
+    from domainfm.studies.pathology.phantom import write_phantom_slide
+
+    checkpoint, _ = deployables["pathology.tile_classifier"]
+    folder = tmp_path / "slides"
+    (good,) = _phantoms(folder, {"good": 1024})
+    write_phantom_slide(folder / "bare.svs", 1024, seed=2, mpp=None)
+    (folder / "corrupt.svs").write_bytes(b"II*\x00 not really a slide")
+    status, summary = _predict(checkpoint, [folder], tmp_path / "out", capsys)
+    assert status == 2 and summary["predicted"] == 1 and set(summary["failed"]) == {"bare.svs", "corrupt.svs"}
+    assert "records no microns per pixel" in summary["failed"]["bare.svs"]
+    assert "--assume-mpp" in summary["failed"]["bare.svs"]
+    assert "corrupt.svs" in summary["failed"]["corrupt.svs"] and "\n" not in summary["failed"]["corrupt.svs"]
+    assert set(_rows(tmp_path / "out")) == {"good.svs"}
+    # the scanner's mpp given: the bare slide is tiled like the others, its mpp recorded as assumed
+    status, summary = _predict(checkpoint, [folder / "bare.svs"], tmp_path / "assumed", capsys, "--assume_mpp", "0.25")
+    assert status == 0 and _rows(tmp_path / "assumed")["bare.svs"]["mpp_source"] == "--assume-mpp"
+    # pictures must be tiles of the model's size; another size is refused by name, not resized
+    wrong = tmp_path / "wrong.png"
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(wrong)
+    status, summary = _predict(checkpoint, [wrong], tmp_path / "wrong", capsys)
+    assert status == 2 and "wrong.png" in summary["failed"]
+    # another domain's model is refused before anything is written
+    segmenter, _ = deployables["segmentation.gms"]
+    status = main(["pathology", "predict", "--checkpoint", str(segmenter), "--input", str(good), "--out",
+                   str(tmp_path / "other")])  # fmt: skip
+    assert status == 2 and "segmentation predict" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
