@@ -195,3 +195,45 @@ def test_bad_slides_are_reported_and_the_others_predicted(deployables, tmp_path:
                    str(tmp_path / "other")])  # fmt: skip
     assert status == 2 and "segmentation predict" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_explain_writes_slide_tiles_in_the_predict_formats(deployables, tmp_path: Path, capsys):
+    checkpoint, _ = deployables["pathology.tile_classifier"]
+    deployable = load_deployable(checkpoint)
+    names = deployable.card.class_names
+    (slide,) = _phantoms(tmp_path / "slides", {"slide": 1280})
+    status, _ = _predict(checkpoint, [slide], tmp_path / "predicted", capsys)
+    assert status == 0
+    predicted = json.loads((tmp_path / "predicted" / "geojson" / "slide.geojson").read_text())["features"]
+    out = tmp_path / "explained.png"
+    command = ["explain", "--checkpoint", str(checkpoint), "--input", str(slide), "--out", str(out), "--tiles"]
+    assert main([*command, "--method", "occlusion", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tile_outputs"]["geojson"] == str(out.with_suffix(".geojson"))
+    features = json.loads(out.with_suffix(".geojson").read_text())["features"]
+    # the same tiles as predict, each explained for its predicted class
+    assert [f["geometry"] for f in features] == [f["geometry"] for f in predicted]
+    classes = [f["properties"]["classification"]["name"] for f in features]
+    assert classes == [f["properties"]["classification"]["name"] for f in predicted]
+    values = np.array([[f["properties"]["measurements"][k] for k in ("attribution", "score")] for f in features])
+    assert np.all(np.isfinite(values)) and len(values) == summary["tiles"]
+    assert values[:, 1].mean() == pytest.approx(summary["mean_score"], abs=1e-6)
+    with tifffile.TiffFile(out.with_suffix(".tif")) as tif:
+        level0 = tif.series[0].levels[0].asarray()
+        assert level0.dtype == np.float32 and level0.shape[0] == 3 and len(tif.series[0].levels) > 1
+    found = np.array([shape(f["geometry"]).bounds[:2] for f in features])
+    cols, rows_ = (found / SIDE).round().astype(int).T
+    np.testing.assert_allclose(level0[:2, rows_, cols].T, values, atol=1e-6)
+    np.testing.assert_array_equal(level0[2, rows_, cols], [names.index(c) + 1 for c in classes])
+    assert np.count_nonzero(level0[2]) == len(features)
+    # written once; replaced with --overwrite only; a user's file of that name is never touched
+    assert main([*command, "--method", "occlusion"]) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert main([*command, "--method", "occlusion", "--overwrite"]) == 0
+    out.with_suffix(".geojson").write_text("my annotations")
+    assert main([*command, "--method", "occlusion", "--overwrite"]) == 2
+    assert "did not write" in capsys.readouterr().err and out.with_suffix(".geojson").read_text() == "my annotations"
+    picture = tmp_path / "tile.png"
+    Image.fromarray(np.zeros((TILE_PX, TILE_PX, 3), np.uint8)).save(picture)
+    assert main(["explain", "--checkpoint", str(checkpoint), "--input", str(picture), "--out",
+                 str(tmp_path / "tile_ig.png"), "--tiles"]) == 2  # fmt: skip
+    assert "slides only" in capsys.readouterr().err

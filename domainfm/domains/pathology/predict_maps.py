@@ -60,72 +60,93 @@ def measurement_names(class_names: Sequence[str]) -> list[str]:
 
 @dataclass
 class TileGrid:
-    """One value per cell of a slide's tile grid: class probabilities and whether the cell was predicted.
+    """One value per cell of a slide's tile grid: per-tile values (class probabilities), classes, which are set.
 
     Attributes:
         xs: Level-0 x of each grid column's tiles (the tiler's rounded corners).
         ys: Level-0 y of each grid row's tiles.
         side: Tile side (and grid step) in level-0 pixels.
-        probabilities: ``[classes, rows, cols]`` float32 (0 where no tile was predicted).
-        predicted: ``[rows, cols]`` bool.
+        values: ``[channels, rows, cols]`` float32 (0 where no tile was predicted).
+        labels: ``[rows, cols]`` int16: 0 where no tile was predicted, else 1 + the tile's class.
     """
 
     xs: np.ndarray
     ys: np.ndarray
     side: float
-    probabilities: np.ndarray
-    predicted: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
 
     @classmethod
-    def for_slide(cls, width: int, height: int, side: float, n_classes: int) -> TileGrid:
+    def for_slide(cls, width: int, height: int, side: float, channels: int) -> TileGrid:
         """The empty grid of a ``width`` x ``height`` slide cut into tiles of ``side`` level-0 pixels."""
         from domainfm.domains.pathology.tiling import grid_origins
 
         origins = grid_origins(width, height, side, side)
         xs, ys = np.unique(origins[:, 0]), np.unique(origins[:, 1])
-        return cls(
-            xs, ys, side, np.zeros((n_classes, len(ys), len(xs)), np.float32), np.zeros((len(ys), len(xs)), bool)
-        )
+        shape = (len(ys), len(xs))
+        return cls(xs, ys, side, np.zeros((channels, *shape), np.float32), np.zeros(shape, np.int16))
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(rows, cols)``."""
-        return self.predicted.shape
+        return self.labels.shape
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """``[rows, cols]`` bool: the cells that hold a tile."""
+        return self.labels > 0
 
     def cells(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, cols)`` of tiles with level-0 top-left ``coords`` ``[N, 2]`` (refused if off the grid)."""
         cols, rows = np.searchsorted(self.xs, coords[:, 0]), np.searchsorted(self.ys, coords[:, 1])
         inside = (cols < len(self.xs)) & (rows < len(self.ys))
-        if not inside.all() or (self.xs[cols] != coords[:, 0]).any() or (self.ys[rows] != coords[:, 1]).any():
+        if not inside.all():
+            raise ValueError("tile corners off the slide's tile grid")
+        if (self.xs[cols] != coords[:, 0]).any() or (self.ys[rows] != coords[:, 1]).any():
             raise ValueError("tile corners off the slide's tile grid")
         return rows, cols
 
-    def add(self, coords: np.ndarray, probabilities: np.ndarray) -> None:
-        """Records the probabilities ``[N, classes]`` of the tiles at ``coords``."""
+    def add(self, coords: np.ndarray, values: np.ndarray, classes: np.ndarray | None = None) -> None:
+        """Records ``values`` ``[N, channels]`` and ``classes`` ``[N]`` (default: the largest value's channel)."""
         rows, cols = self.cells(coords)
-        self.probabilities[:, rows, cols] = probabilities.T
-        self.predicted[rows, cols] = True
+        self.values[:, rows, cols] = values.T
+        self.labels[rows, cols] = (values.argmax(1) if classes is None else np.asarray(classes)) + 1
 
     def classes(self) -> np.ndarray:
-        """``[rows, cols]`` int: 0 where no tile was predicted, else 1 + the most probable class."""
-        return np.where(self.predicted, self.probabilities.argmax(0) + 1, 0)
+        """``[rows, cols]`` int: 0 where no tile was predicted, else 1 + the tile's class."""
+        return self.labels.astype(np.int64)
 
 
 class GeoJSONTiles:
-    """Writes a FeatureCollection of tile squares feature by feature (see the module docstring)."""
+    """Writes a FeatureCollection of tile squares feature by feature (see the module docstring).
 
-    def __init__(self, handle: IO[str], class_names: Sequence[str], side: float, members: dict[str, Any]) -> None:
+    Each tile is classified (``class_names``, in the colours of :func:`palette`) and carries one
+    measurement per name of ``measurements``.
+    """
+
+    def __init__(
+        self,
+        handle: IO[str],
+        class_names: Sequence[str],
+        side: float,
+        members: dict[str, Any],
+        measurements: Sequence[str] | None = None,
+    ) -> None:
         self.handle, self.side, self.count = handle, float(side), 0
         self.names = list(class_names)
-        self.measurements = measurement_names(class_names)
+        self.measurements = list(measurements or measurement_names(class_names))
         self.colours = [[int(v) for v in colour] for colour in palette(len(self.names))]
         head = json.dumps({"type": "FeatureCollection", **members})[:-1]  # foreign members first, then features
         handle.write(head + ', "features": [\n')
 
-    def write(self, coords: np.ndarray, probabilities: np.ndarray) -> None:
-        """One Feature per tile: level-0 top-left ``coords`` ``[N, 2]``, ``probabilities`` ``[N, classes]``."""
-        for (x, y), values in zip(coords.tolist(), probabilities.astype(np.float64), strict=True):
-            best = int(values.argmax())
+    def write(self, coords: np.ndarray, values: np.ndarray, classes: np.ndarray | None = None) -> None:
+        """One Feature per tile: level-0 top-left ``coords`` ``[N, 2]``, ``values`` ``[N, measurements]``.
+
+        ``classes`` ``[N]`` default to the largest value's index (class probabilities).
+        """
+        values = np.asarray(values, np.float64)
+        classes = values.argmax(1) if classes is None else np.asarray(classes)
+        for (x, y), row, best in zip(coords.tolist(), values, classes.tolist(), strict=True):
             x, y = float(x), float(y)
             x1, y1 = round(x + self.side, 3), round(y + self.side, 3)
             feature = {
@@ -135,7 +156,7 @@ class GeoJSONTiles:
                     "objectType": "tile",
                     "classification": {"name": self.names[best], "color": self.colours[best]},
                     "measurements": {
-                        name: round(float(v), DECIMALS) for name, v in zip(self.measurements, values, strict=True)
+                        name: round(float(v), DECIMALS) for name, v in zip(self.measurements, row, strict=True)
                     },
                 },
             }
@@ -157,20 +178,19 @@ def pyramid(level0: np.ndarray) -> list[np.ndarray]:
 
 def map_channels(grid: TileGrid) -> np.ndarray:
     """``[classes + 1, rows, cols]`` uint8: probabilities x 255 per class, then the class channel."""
-    scaled = np.clip(np.rint(grid.probabilities * 255.0), 0, 255).astype(np.uint8)
+    scaled = np.clip(np.rint(grid.values * 255.0), 0, 255).astype(np.uint8)
     return np.concatenate([scaled, grid.classes()[None].astype(np.uint8)])
 
 
-def write_probability_map(path: Path, grid: TileGrid, class_names: Sequence[str], tile_um: float) -> int:
-    """Writes the pyramidal OME-TIFF probability map (module docstring); returns its number of levels."""
+def write_map(path: Path, channels: np.ndarray, names: Sequence[str], tile_um: float) -> int:
+    """Writes ``channels`` ``[C, rows, cols]`` as a pyramidal OME-TIFF (module docstring); returns its levels."""
     import tifffile
 
-    levels = pyramid(map_channels(grid))
-    names = [*measurement_names(class_names), "class"]
+    levels = pyramid(channels)
     pixels_per_cm = 1e4 / tile_um
     metadata = {
         "axes": "CYX",
-        "Channel": {"Name": names},
+        "Channel": {"Name": list(names)},
         "PhysicalSizeX": tile_um,
         "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": tile_um,
@@ -185,6 +205,25 @@ def write_probability_map(path: Path, grid: TileGrid, class_names: Sequence[str]
             scale = pixels_per_cm / 2**k
             tif.write(level, subfiletype=1, resolution=(scale, scale), metadata=None, **options)
     return len(levels)
+
+
+def write_probability_map(path: Path, grid: TileGrid, class_names: Sequence[str], tile_um: float) -> int:
+    """Writes the pyramidal probability map (uint8 ``P(CLASS)`` x 255 and the class channel); returns its levels."""
+    return write_map(path, map_channels(grid), [*measurement_names(class_names), "class"], tile_um)
+
+
+def is_domainfm_tiles(path: Path) -> bool:
+    """Whether ``path`` is a tile GeoJSON or map that domainfm wrote (its ``domainfm`` member, its Software tag)."""
+    try:
+        if path.suffix.lower() == ".geojson":
+            with open(path, encoding="utf-8") as handle:
+                return handle.read(64).startswith('{"type": "FeatureCollection", "domainfm": ')
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return str(tif.pages[0].software or "").startswith("domainfm")
+    except Exception:  # missing, unreadable or another format: not ours
+        return False
 
 
 def _thumbnail_cells(grid: TileGrid, shape: tuple[int, int], downsample: float) -> tuple[np.ndarray, np.ndarray]:
@@ -210,11 +249,11 @@ def overlay_layers(
     r, c = np.clip(rows, 0, None)[:, None], np.clip(cols, 0, None)[None, :]
     shown = inside & grid.predicted[r, c]
     if overlay_class is None:
-        classes = grid.probabilities.argmax(0)[r, c]
-        colour = palette(grid.probabilities.shape[0])[classes].astype(np.float32) / 255.0
-        alpha = OVERLAY_ALPHA[0] + OVERLAY_ALPHA[1] * grid.probabilities.max(0)[r, c]
+        classes = grid.values.argmax(0)[r, c]
+        colour = palette(grid.values.shape[0])[classes].astype(np.float32) / 255.0
+        alpha = OVERLAY_ALPHA[0] + OVERLAY_ALPHA[1] * grid.values.max(0)[r, c]
     else:
-        colour = colormaps["inferno"](grid.probabilities[overlay_class][r, c], bytes=True)[..., :3] / np.float32(255)
+        colour = colormaps["inferno"](grid.values[overlay_class][r, c], bytes=True)[..., :3] / np.float32(255)
         alpha = np.full(shown.shape, HEAT_ALPHA, np.float32)
     return colour, np.where(shown, alpha, np.float32(0)).astype(np.float32)
 

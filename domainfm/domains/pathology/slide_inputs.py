@@ -10,15 +10,17 @@ classifier by :mod:`.plugin`) hands it to ``explain``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from domainfm.shared.deploy.card import ModelCard
 from domainfm.shared.explain.slides import TiledInput
 from domainfm.shared.explain.targets import ExplainError
+from domainfm.shared.outputs import partial_path
 
 if TYPE_CHECKING:  # the tiler is imported when a slide is cut, not when a file is probed
     import numpy as np
@@ -85,7 +87,54 @@ class SlideInputs:
                 scale=f"{tiles.mpp:g} mpp",
                 thumbnail_scale=f"{plan.thumb_downsample * plan.info.mpp:.3g} mpp",
                 resolution=tiles.mpp,
+                size=(plan.info.width, plan.info.height),
             )
+
+    def write_tiles(
+        self, tiled: TiledInput, card: ModelCard, classes: np.ndarray, values: dict[str, np.ndarray], paths: tuple
+    ) -> dict[str, Any]:
+        """Per-tile values (``explain --tiles``) as QuPath GeoJSON and a pyramidal float32 OME-TIFF.
+
+        ``paths`` are the ``.geojson`` and ``.tif`` to write; the formats are ``pathology predict``'s
+        (:mod:`.predict_maps`): tiles classified by ``classes`` with one measurement per value, and a map of
+        one pixel per tile with a channel per value and a last ``class`` channel (1 + the class, 0 no tile).
+        """
+        import numpy as np
+
+        from domainfm.domains.pathology.predict_maps import GeoJSONTiles, TileGrid, write_map
+
+        geojson, tiff = (Path(p) for p in paths)
+        names = list(values)
+        stacked = np.stack([np.asarray(values[n], np.float32) for n in names], axis=1)
+        if tiled.size is None or len(stacked) != len(tiled.coords):
+            raise ExplainError(f"{len(stacked)} tile values for {len(tiled.coords)} tiles")
+        grid = TileGrid.for_slide(*tiled.size, tiled.side, len(names))
+        grid.add(tiled.coords, stacked, classes)
+        members = {"domainfm": {"tile_mpp": tiled.resolution, "tile_side_level0": tiled.side,
+                                "coordinates": "level-0 pixels, origin top-left", "values": names}}  # fmt: skip
+        tile_um = float(card.build.get("tile_px") or card.spatial_shape[0]) * tiled.resolution
+        for path in paths:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        staged = [partial_path(Path(p)) for p in paths]
+        try:
+            with open(staged[0], "w", encoding="utf-8") as handle:
+                features = GeoJSONTiles(handle, card.class_names, tiled.side, members, names)
+                features.write(tiled.coords, stacked, classes)
+                features.close()
+            channels = np.concatenate([grid.values, grid.classes()[None].astype(np.float32)])
+            levels = write_map(staged[1], channels, [*names, "class"], tile_um)
+            for tmp, final in zip(staged, (geojson, tiff), strict=True):
+                os.replace(tmp, final)
+        finally:
+            for tmp in staged:
+                tmp.unlink(missing_ok=True)
+        return {"geojson": str(geojson), "map": str(tiff), "map_levels": levels}
+
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` is a tile GeoJSON or map that domainfm wrote."""
+        from domainfm.domains.pathology.predict_maps import is_domainfm_tiles
+
+        return is_domainfm_tiles(Path(path))
 
 
 SLIDES = SlideInputs()
