@@ -182,8 +182,16 @@ def test_bad_slides_are_reported_and_the_others_predicted(deployables, tmp_path:
     assert "corrupt.svs" in summary["failed"]["corrupt.svs"] and "\n" not in summary["failed"]["corrupt.svs"]
     assert set(_rows(tmp_path / "out")) == {"good.svs"}
     # the scanner's mpp given: the bare slide is tiled like the others, its mpp recorded as assumed
-    status, summary = _predict(checkpoint, [folder / "bare.svs"], tmp_path / "assumed", capsys, "--assume_mpp", "0.25")
-    assert status == 0 and _rows(tmp_path / "assumed")["bare.svs"]["mpp_source"] == "--assume-mpp"
+    assumed = tmp_path / "assumed"  # drawn as a heat map of one class's probability
+    status, _ = _predict(checkpoint, [folder / "bare.svs"], assumed, capsys, "--assume_mpp", "0.25", "--overlay_class",
+                         "tumor")  # fmt: skip
+    assert status == 0 and _rows(assumed)["bare.svs"]["mpp_source"] == "--assume-mpp"
+    with Image.open(assumed / "overlays" / "bare.png") as overlay:
+        assert overlay.format == "PNG" and overlay.size[0] > 200
+    status = main(["pathology", "predict", "--checkpoint", str(checkpoint), "--input", str(good), "--out",
+                   str(tmp_path / "unknown"), "--overlay_class", "spleen"])  # fmt: skip
+    assert status == 2 and "--overlay_class: unknown target 'spleen'" in capsys.readouterr().err
+    assert not (tmp_path / "unknown").exists()
     # pictures must be tiles of the model's size; another size is refused by name, not resized
     wrong = tmp_path / "wrong.png"
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(wrong)

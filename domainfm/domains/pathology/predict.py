@@ -195,13 +195,16 @@ def predict(
 
     from domainfm.domains.pathology.slide_inputs import SLIDES
     from domainfm.shared.engine import resolve_device
-    from domainfm.shared.explain.targets import resolve_target
-    from domainfm.shared.predict import load_for_domain, run_predictions
+    from domainfm.shared.explain.targets import ExplainError, resolve_target
+    from domainfm.shared.predict import PredictError, load_for_domain, run_predictions
 
     torch_device = resolve_device(device)
     deployable = load_for_domain(checkpoint, "pathology", KINDS)
     deployable.network.to(torch_device)
-    heat = None if overlay_class is None else resolve_target(deployable.card, overlay_class)
+    try:
+        heat = None if overlay_class is None else resolve_target(deployable.card, overlay_class)
+    except ExplainError as error:
+        raise PredictError(f"--overlay_class: {error}") from error
 
     def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
         if SLIDES.claims(item.path, deployable.card):
