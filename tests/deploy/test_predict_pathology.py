@@ -175,8 +175,14 @@ def test_bad_slides_are_reported_and_the_others_predicted(deployables, tmp_path:
     (good,) = _phantoms(folder, {"good": 1024})
     write_phantom_slide(folder / "bare.svs", 1024, seed=2, mpp=None)
     (folder / "corrupt.svs").write_bytes(b"II*\x00 not really a slide")
+    damaged = bytearray(good.read_bytes())  # a slide that opens, but whose tile data is garbage
+    begin, stop = len(damaged) // 5, len(damaged) * 7 // 10
+    damaged[begin:stop] = np.arange(stop - begin, dtype=np.uint8).tobytes()
+    (folder / "damaged.svs").write_bytes(bytes(damaged))
     status, summary = _predict(checkpoint, [folder], tmp_path / "out", capsys)
-    assert status == 2 and summary["predicted"] == 1 and set(summary["failed"]) == {"bare.svs", "corrupt.svs"}
+    assert status == 2 and summary["predicted"] == 1
+    assert set(summary["failed"]) == {"bare.svs", "corrupt.svs", "damaged.svs"}
+    assert "cannot decode part of the slide" in summary["failed"]["damaged.svs"]
     assert "records no microns per pixel" in summary["failed"]["bare.svs"]
     assert "--assume-mpp" in summary["failed"]["bare.svs"]
     assert "corrupt.svs" in summary["failed"]["corrupt.svs"] and "\n" not in summary["failed"]["corrupt.svs"]

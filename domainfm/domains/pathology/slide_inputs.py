@@ -186,6 +186,7 @@ def slide_tiles(
     The grid, tissue detector and region reader are the tiler's (:mod:`.tiling`); tiles are read by its
     thread pool at most two batches ahead, so memory does not grow with the slide. ``assume_mpp`` is the
     slide's mpp when the file records none; with ``require_tissue`` a slide without a tissue tile is refused.
+    A region OpenSlide cannot decode (a corrupt file) raises a :class:`~.slides.SlideError` naming the slide.
     """
     from domainfm.domains.pathology import tiling, tissue
 
@@ -198,10 +199,19 @@ def slide_tiles(
         batch=batch,
         allow_upsample=True,  # explanations follow the model's mpp, as before (#19 refuses it only when tiling)
     )
+    import openslide
+
+    from domainfm.domains.pathology.slides import SlideError
+
+    def unreadable(error: Exception) -> SlideError:
+        return SlideError(f"{path}: OpenSlide cannot decode part of the slide; the file may be corrupt ({error})")
+
     path = Path(path)
     slide = tiling.open_slide(path)
     try:
         plan = tiling.plan_slide(slide, path, params)
+    except openslide.OpenSlideError as error:  # a region of the thumbnail
+        raise unreadable(error) from error
     finally:
         slide.close()
     coords, _, side = plan.grids[mpp]
@@ -211,5 +221,7 @@ def slide_tiles(
     try:
         batches = tiling.read_tiles(reader, plan.info, coords, mpp, side, params)
         yield SlideTiles(plan, params, mpp, coords, side, batches)
+    except openslide.OpenSlideError as error:  # a tile, read while the caller walks the batches
+        raise unreadable(error) from error
     finally:
         reader.close()
