@@ -251,3 +251,31 @@ def test_explain_writes_slide_tiles_in_the_predict_formats(deployables, tmp_path
     assert main(["explain", "--checkpoint", str(checkpoint), "--input", str(picture), "--out",
                  str(tmp_path / "tile_ig.png"), "--tiles"]) == 2  # fmt: skip
     assert "slides only" in capsys.readouterr().err
+
+
+def test_predict_explain_writes_what_explain_writes(deployables, tmp_path: Path, capsys):
+    checkpoint, pictures = deployables["pathology.tile_classifier"]
+    (slide,) = _phantoms(tmp_path / "slides", {"slide": 1024})
+    out = tmp_path / "predicted"
+    status, summary = _predict(checkpoint, [slide, pictures[0]], out, capsys, "--explain")
+    assert status == 0 and summary["predicted"] == 2
+    explained = tmp_path / "explained.png"
+    command = ["explain", "--checkpoint", str(checkpoint), "--input", str(slide), "--out", str(explained)]
+    assert main([*command, "--tiles", "--json"]) == 0  # integrated gradients, each tile's predicted class
+    capsys.readouterr()
+    ours = json.loads((out / "explanations" / "slide.geojson").read_text())["features"]
+    theirs = json.loads(explained.with_suffix(".geojson").read_text())["features"]
+    assert [f["geometry"] for f in ours] == [f["geometry"] for f in theirs]
+    for mine, other in zip(ours, theirs, strict=True):
+        assert mine["properties"]["classification"] == other["properties"]["classification"]
+        for name, value in other["properties"]["measurements"].items():
+            assert mine["properties"]["measurements"][name] == pytest.approx(value, abs=1e-5)
+    with (
+        tifffile.TiffFile(out / "explanations" / "slide.tif") as a,
+        tifffile.TiffFile(explained.with_suffix(".tif")) as b,
+    ):
+        np.testing.assert_allclose(a.series[0].levels[0].asarray(), b.series[0].levels[0].asarray(), atol=1e-5)
+    for png in (out / "explanations" / "slide.png", out / "explanations" / f"{pictures[0].stem}.png"):
+        with Image.open(png) as picture:
+            assert picture.format == "PNG" and picture.info["Software"] == "domainfm explain"
+    assert not (out / "explanations" / f"{pictures[0].stem}.geojson").exists()

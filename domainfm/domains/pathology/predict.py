@@ -16,6 +16,10 @@ is the thumbnail the tiler makes anyway and one value per grid cell. For a slide
 * ``overlays/NAME.png``: the predictions over the slide's thumbnail;
 * a row of ``predictions.csv``: tiles, tiles per predicted class, mean probability per class, the tile and
   scan mpp.
+* with ``explain``: ``explanations/NAME.png``, the ``domainfm explain`` slide overlay (integrated gradients
+  of each tile's predicted class, 16 steps per tile; docs/explain.md), and the same per-tile attributions in
+  the formats above, ``explanations/NAME.geojson`` and ``explanations/NAME.tif`` (``explain --tiles``);
+  pictures: ``explanations/NAME.png``, the picture ``explain`` writes.
 
 Plain pictures (``.png``/``.jpg``, and ``.tif`` that are not pyramidal slides) are one tile each (a row
 with the class probabilities; no GeoJSON or map); they must be the model's tile size at its mpp.
@@ -78,6 +82,7 @@ def predict_slide(
     overlay_class: int | None = None,
     device: torch.device | None = None,
     progress: bool = True,
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Predicts every tissue tile of one slide and writes its GeoJSON, map and overlay (module docstring)."""
     from tqdm.auto import tqdm
@@ -126,6 +131,13 @@ def predict_slide(
         write_overlay(outputs.path("overlays", ".png"), grid, tiles.plan.thumbnail, tiles.plan.thumb_downsample,
                       names, title, overlay_class)  # fmt: skip
     predicted = names[int(counts.argmax())] if len(coords) else ""
+    if explain and len(coords):
+        from domainfm.shared.explain.slides import explain_slide
+
+        tile_outputs = (outputs.path("explanations", ".geojson"), outputs.path("explanations", ".tif"))
+        explain_slide(deployable, item.path, outputs.path("explanations", ".png"), mpp=mpp, batch=min(batch, 8),
+                      min_tissue=min_tissue, progress=progress, tile_outputs=tile_outputs,
+                      open_options={"assume_mpp": assume_mpp})  # fmt: skip
     return {
         "type": "slide",
         "tiles": len(coords),
@@ -143,13 +155,27 @@ def predict_slide(
     }
 
 
-def predict_picture(deployable: Deployable, item: InputFile, device: torch.device | None = None) -> dict[str, Any]:
-    """One picture as one tile: its class probabilities (a row; no GeoJSON or map)."""
+def predict_picture(
+    deployable: Deployable,
+    item: InputFile,
+    device: torch.device | None = None,
+    outputs: Outputs | None = None,
+    explain: bool = False,
+) -> dict[str, Any]:
+    """One picture as one tile: its class probabilities (a row; no GeoJSON or map; an explanation if asked)."""
     from domainfm.shared.deploy import read_input
 
     names = list(deployable.card.class_names)
     image = read_input(item.path, deployable.card)
-    probabilities = predict_tiles(deployable, image.numpy(), device or torch.device("cpu"))[0]
+    device = device or torch.device("cpu")
+    probabilities = predict_tiles(deployable, image.numpy(), device)[0]
+    if explain and outputs is not None:
+        from domainfm.shared.explain.attribution import attribute
+        from domainfm.shared.explain.overlay import render_overlay
+
+        result = attribute(deployable, image.to(device), "integrated_gradients", None)
+        render_overlay(image, result, deployable.card, f"{item.path.name} ({deployable.card.kind})",
+                       outputs.path("explanations", ".png"))  # fmt: skip
     counts = np.eye(len(names), dtype=np.int64)[int(probabilities.argmax())]
     height, width = image.shape[-2:]
     return {"type": "picture", "tiles": 1, "predicted": names[int(probabilities.argmax())],
@@ -165,6 +191,7 @@ def predict(
     min_tissue: Fraction = 0.5,
     batch: PositiveInt = 64,
     overlay_class: str | None = None,
+    explain: bool = False,
     device: str = "auto",
     overwrite: bool = False,
     json: bool = False,
@@ -187,6 +214,8 @@ def predict(
         batch: Tiles read and predicted together.
         overlay_class: Draw this class's probability as a heat map on the overlays (default: every tile in
             its predicted class's colour).
+        explain: Also write the ``domainfm explain`` overlay of each slide (integrated gradients of each tile's
+            predicted class) with its per-tile GeoJSON and map, or of each picture, under OUT/explanations (slow).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         overwrite: Predict every input again (also needed to reuse OUT with another model or options).
         json: Print the summary as JSON instead of a table.
@@ -209,10 +238,12 @@ def predict(
     def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
         if SLIDES.claims(item.path, deployable.card):
             return predict_slide(deployable, item, outputs, mpp=mpp, assume_mpp=assume_mpp, min_tissue=min_tissue,
-                                 batch=batch, overlay_class=heat, device=torch_device, progress=not json)  # fmt: skip
-        return predict_picture(deployable, item, torch_device)
+                                 batch=batch, overlay_class=heat, device=torch_device, progress=not json,
+                                 explain=explain)  # fmt: skip
+        return predict_picture(deployable, item, torch_device, outputs, explain)
 
-    options = {"mpp": mpp, "assume_mpp": assume_mpp, "min_tissue": min_tissue, "overlay_class": overlay_class}
+    options = {"mpp": mpp, "assume_mpp": assume_mpp, "min_tissue": min_tissue, "overlay_class": overlay_class,
+               "explain": explain}  # fmt: skip
     run = run_predictions(
         deployable, input, out, predict_one, suffixes=_suffixes(), what="slides or pictures", options=options,
         overwrite=overwrite, progress=not json, title=f"pathology predict ({deployable.card.kind})",

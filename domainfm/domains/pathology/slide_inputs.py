@@ -73,10 +73,17 @@ class SlideInputs:
 
     @contextmanager
     def open(
-        self, path: Path, card: ModelCard, *, mpp: float | None, min_tissue: float, batch: int
+        self,
+        path: Path,
+        card: ModelCard,
+        *,
+        mpp: float | None,
+        min_tissue: float,
+        batch: int,
+        assume_mpp: float | None = None,
     ) -> Iterator[TiledInput]:
         """The slide's tissue tiles at ``mpp`` (default: the checkpoint's first training mpp)."""
-        with slide_tiles(path, card, mpp=mpp, min_tissue=min_tissue, batch=batch) as tiles:
+        with slide_tiles(path, card, mpp=mpp, min_tissue=min_tissue, batch=batch, assume_mpp=assume_mpp) as tiles:
             plan = tiles.plan
             yield TiledInput(
                 coords=tiles.coords,

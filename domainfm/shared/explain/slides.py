@@ -132,6 +132,7 @@ def explain_slide(
     min_tissue: float = 0.5,
     progress: bool = True,
     tile_outputs: tuple[Path, ...] | None = None,
+    open_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Attributes every tissue tile of a slide and writes the overlay on the thumbnail.
@@ -148,6 +149,7 @@ def explain_slide(
         progress: Show a progress bar.
         tile_outputs: Also write each tile's mean attribution per pixel, explained score and explained class in the
             domain's tile formats at these paths (:func:`tile_writer`; whole slides: ``.geojson`` and ``.tif``).
+        open_options: Further keyword arguments of the domain's ``open`` (e.g. a slide's assumed mpp).
         **options: Method options (see :func:`~.attribution.attribute`); slide defaults in :data:`SLIDE_DEFAULTS`.
 
     Returns:
@@ -169,7 +171,8 @@ def explain_slide(
     deltas: list[float] = []
     differences: list[float] = []
     tile_means: list[float] = []
-    with handlers[0].open(path, card, mpp=mpp, min_tissue=min_tissue, batch=max(1, batch)) as tiled:
+    opened = handlers[0].open(path, card, mpp=mpp, min_tissue=min_tissue, batch=max(1, batch), **(open_options or {}))
+    with opened as tiled:
         coords, side, thumbnail, downsample = tiled.coords, tiled.side, tiled.thumbnail, tiled.downsample
         height, width = thumbnail.shape[:2]
         total, count = np.zeros((height, width)), np.zeros((height, width))
