@@ -53,8 +53,15 @@ print("BENCH " + json.dumps({"status": 0, "peak_rss_mb": peak_memory_mb()}))
 
 def measure_process(argv: list[str], code: str = CHILD) -> dict[str, Any]:
     """``domainfm ARGV`` (or ``code`` with ``ARGV``) in a fresh Python process: status, peak RSS (MB), seconds."""
+    import os
+
+    import domainfm
+
+    # the child imports this very domainfm (a checkout ahead of an installed copy stays ahead)
+    source = str(Path(domainfm.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH ")]
     if done.returncode != 0 or not lines:
