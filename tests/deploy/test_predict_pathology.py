@@ -279,3 +279,21 @@ def test_predict_explain_writes_what_explain_writes(deployables, tmp_path: Path,
         with Image.open(png) as picture:
             assert picture.format == "PNG" and picture.info["Software"] == "domainfm explain"
     assert not (out / "explanations" / f"{pictures[0].stem}.geojson").exists()
+
+
+def test_a_slide_without_tissue_gets_empty_outputs(deployables, tmp_path: Path, capsys):
+    checkpoint, _ = deployables["pathology.tile_classifier"]
+    blank = tmp_path / "glass.tif"  # a generic pyramidal TIFF of bare glass: a slide, with no tissue tile
+    glass = np.full((1024, 1024, 3), 245, np.uint8)
+    with tifffile.TiffWriter(blank) as tif:
+        tif.write(glass, tile=(256, 256), photometric="rgb", resolution=(1e4 / SLIDE_MPP,) * 2, resolutionunit=3)
+        tif.write(glass[::4, ::4], tile=(256, 256), photometric="rgb", subfiletype=1)
+    status, _ = _predict(checkpoint, [blank], tmp_path / "out", capsys)
+    assert status == 0
+    row = _rows(tmp_path / "out")["glass.tif"]
+    assert row["type"] == "slide" and row["tiles"] == "0" and row["mean_P(tumor)"] == ""
+    assert float(row["slide_mpp"]) == pytest.approx(SLIDE_MPP)
+    assert json.loads((tmp_path / "out" / "geojson" / "glass.geojson").read_text())["features"] == []
+    with tifffile.TiffFile(tmp_path / "out" / "maps" / "glass.tif") as tif:
+        level0 = tif.series[0].levels[0].asarray()
+    assert level0.shape[1:] == (4, 4) and not level0.any()

@@ -21,7 +21,8 @@ is the thumbnail the tiler makes anyway and one value per grid cell. For a slide
   the formats above, ``explanations/NAME.geojson`` and ``explanations/NAME.tif`` (``explain --tiles``);
   pictures: ``explanations/NAME.png``, the picture ``explain`` writes.
 
-Plain pictures (``.png``/``.jpg``, and ``.tif`` that are not pyramidal slides) are one tile each (a row
+A slide without a tissue tile gets an empty FeatureCollection, an all-zero map, its overlay and a row
+with 0 tiles. Plain pictures (``.png``/``.jpg``, and ``.tif`` that are not pyramidal slides) are one tile each (a row
 with the class probabilities; no GeoJSON or map); they must be the model's tile size at its mpp.
 
 Slides without a recorded mpp are refused by name unless ``--assume_mpp``; an unreadable slide is reported
@@ -53,12 +54,13 @@ def _suffixes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(SLIDE_SUFFIXES + PICTURES))
 
 
-def _class_columns(names: list[str], counts: np.ndarray, means: np.ndarray) -> dict[str, Any]:
+def _class_columns(names: list[str], counts: np.ndarray, means: np.ndarray | None) -> dict[str, Any]:
+    """``tiles_CLASS`` and ``mean_P(CLASS)`` columns (means empty when no tile was predicted)."""
     row: dict[str, Any] = {}
     for name, count in zip(names, counts, strict=True):
         row[f"tiles_{name}"] = int(count)
-    for name, mean in zip(names, means, strict=True):
-        row[f"mean_P({name})"] = round(float(mean), 6)
+    for k, name in enumerate(names):
+        row[f"mean_P({name})"] = None if means is None else round(float(means[k]), 6)
     return row
 
 
@@ -142,7 +144,7 @@ def predict_slide(
         "type": "slide",
         "tiles": len(coords),
         "predicted": predicted,
-        **_class_columns(names, counts, sums / max(1, len(coords))),
+        **_class_columns(names, counts, sums / len(coords) if len(coords) else None),
         "mpp": tiles.mpp,
         "slide_mpp": info.mpp,
         "mpp_source": info.mpp_source,
