@@ -94,6 +94,7 @@ GROUPS: dict[str, Group] = {
             "backbones": "domainfm.studies.shared.backbones.bench:bench_backbones",
             "stream": "domainfm.studies.shared.tiles.bench:bench_stream",
             "tiling": "domainfm.studies.pathology.bench:bench_tiling",
+            "predict-memory": "domainfm.studies.pathology.predict_bench:bench_predict_memory",
             "convert": "domainfm.studies.shared.foundation.bench:bench_convert",
             "gpu": "domainfm.studies.device_check:bench_gpu",
         },
