@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "probe": f"{_LIBRARY}:probe",
     "train": f"{_LIBRARY}:train",
     "mil": f"{_LIBRARY}:mil",
+    "predict": "domainfm.domains.pathology.predict:predict",
     "study": f"{_STUDIES}:study",
     "phantom-cells": f"{_STUDIES}:phantom_cells",
     "instances-study": f"{_STUDIES}:instances_study",
