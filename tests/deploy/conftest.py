@@ -50,6 +50,22 @@ def _pathology(root: Path) -> tuple[Path, list[Path]]:
     return out / "tile_classifier.safetensors", _write_pictures(_test_tiles(store), root / "inputs")
 
 
+def _pathology_instances(root: Path) -> tuple[Path, list[Path]]:
+    phantom = root / "phantom"
+    assert main(["pathology", "phantom-cells", "--out", str(phantom), "--images", "2", "--size", "64"]) == 0
+    store = root / "nuclei.zarr"
+    assert main(["pathology", "instances-tile", "--images", str(phantom / "images"), "--labels",
+                 str(phantom / "nuclei"), "--classes", str(phantom / "nuclei.csv"), "--out", str(store),
+                 "--tile_size", "32", "--mpp", "0.5", "--max_instances", "64", "--workers", "1"]) == 0  # fmt: skip
+    out = root / "instances"
+    assert main(["pathology", "instances-train", "--store", str(store), "--out", str(out), "--backbone", "test_vit",
+                 "--peft", "lora", "--epochs", "1", "--width", "8", "--device", "cpu", "--json"]) == 0  # fmt: skip
+    inputs = _write_pictures(_test_tiles(store), root / "inputs")
+    large = root / "inputs" / "field.png"  # a whole field, larger than a tile: a sliding window
+    large.write_bytes((phantom / "images" / "cells_000.png").read_bytes())
+    return out / "instances.safetensors", [*inputs, large]
+
+
 def _radiology(root: Path) -> tuple[Path, list[Path]]:
     phantom = root / "phantom"
     assert main(["radiology", "phantom", "--out", str(phantom), "--n", "24"]) == 0
@@ -128,6 +144,7 @@ def deployables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     rs, rs_inputs = _remote_sensing(root / "remote_sensing")
     return {
         "pathology.tile_classifier": _pathology(root / "pathology"),
+        "pathology.instances": _pathology_instances(root / "pathology_instances"),
         "radiology.classifier": _radiology(root / "radiology"),
         "remote_sensing.curtain": (rs["curtain"], rs_inputs),
         "remote_sensing.cloud_mask": (rs["segment"], rs_inputs),

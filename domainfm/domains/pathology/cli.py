@@ -5,6 +5,7 @@ Keep this module free of heavy imports: ``domainfm --help`` reads it.
 
 _LIBRARY = "domainfm.domains.pathology.commands"
 _STUDIES = "domainfm.studies.pathology.commands"  # phantom data and studies
+_INSTANCES = "domainfm.domains.pathology.instance_commands"  # nuclei and glands (issue 21)
 
 COMMANDS: dict[str, str] = {
     "phantom": f"{_STUDIES}:phantom",
@@ -16,4 +17,10 @@ COMMANDS: dict[str, str] = {
     "mil": f"{_LIBRARY}:mil",
     "predict": "domainfm.domains.pathology.predict:predict",
     "study": f"{_STUDIES}:study",
+    "phantom-cells": f"{_STUDIES}:phantom_cells",
+    "instances-study": f"{_STUDIES}:instances_study",
+    "instances-tile": f"{_INSTANCES}:instances_tile",
+    "instances-train": f"{_INSTANCES}:instances_train",
+    "instances-eval": f"{_INSTANCES}:instances_eval",
+    "instances-predict": f"{_INSTANCES}:instances_predict",
 }

@@ -36,9 +36,13 @@ def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
 
 
 def network(kind: str, build: dict[str, Any]) -> nn.Module:
-    """Standardisation + a randomly initialised tile classifier of the shape ``build`` describes."""
+    """Standardisation + a randomly initialised tile classifier (or instance segmenter) shaped as ``build`` says."""
+    from domainfm.domains.pathology import instance_deploy
+
+    if kind == instance_deploy.KIND:
+        return instance_deploy.network(build)
     if kind != KIND:
-        raise ValueError(f"pathology deploys {KIND!r}, not {kind!r}")
+        raise ValueError(f"pathology deploys {[KIND, instance_deploy.KIND]}, not {kind!r}")
     return _wrap(build_tile_classifier(build), build)
 
 
@@ -65,6 +69,12 @@ def card(meta: dict[str, Any], source: Path) -> ModelCard:
 
 
 def deployable(path: Path) -> Deployable:
-    """The tile classifier in ``path`` (trained weights) as a deployable network."""
+    """The tile classifier (or instance segmenter, :mod:`.instance_deploy`) in ``path`` as a deployable network."""
+    from domainfm.domains.pathology import instance_deploy
+    from domainfm.domains.pathology.instances import INSTANCES_KEY
+    from domainfm.shared.tasks.checkpoint import checkpoint_metadata
+
+    if INSTANCES_KEY in checkpoint_metadata(path):
+        return instance_deploy.deployable(path)
     model, meta = load_tile_classifier(path)
     return Deployable(_wrap(model, meta), card(meta, path), Path(path))

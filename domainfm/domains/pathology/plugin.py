@@ -9,8 +9,8 @@ from domainfm.shared.plugins import DomainPlugin
 PLUGIN = DomainPlugin(
     name="pathology",
     deploy="domainfm.domains.pathology.deploy",
-    checkpoint_keys=("domainfm_pathology_tile_classifier",),
-    producers=("pathology train",),
+    checkpoint_keys=("domainfm_pathology_tile_classifier", "domainfm_pathology_instances"),
+    producers=("pathology train", "pathology instances-train"),
     modality="SM",
     large_inputs="domainfm.domains.pathology.slide_inputs:SLIDES",
     foundation_models="domainfm.domains.pathology.foundation:FOUNDATION_MODELS",

@@ -1,0 +1,277 @@
+"""Training, evaluating and applying the nuclei/gland instance head (``domainfm pathology instances-*``).
+
+* :func:`train_instances`: the encoder (random, a ``pathology pretrain`` PLUTO encoder or a converted
+  foundation checkpoint) adapted by any ``apply_peft`` method (``linear`` keeps it frozen), and the
+  HoVer-Net-style head (:mod:`.instances`) trained on the train tiles of an instance store
+  (:mod:`.instance_data`) through the shared fine-tuning loop; saved as ``instances.safetensors`` (one
+  safetensors file, atomically, with the metadata that rebuilds it and its input transform record).
+* :func:`evaluate_instances`: PQ, AJI, object Dice and count error (:mod:`domainfm.shared.tasks.instance_metrics`)
+  of the predicted instances of a split's tiles against their ``instances`` companion, overall and per class.
+* :func:`predict_pictures`: pictures of any size through the deployed network (:func:`contract_model`:
+  overlapping windows whose maps are blended, then one watershed over the whole picture, HoVer-Net's
+  tile-then-stitch inference); per picture an instance map
+  (TIFF), a GeoJSON FeatureCollection in level-0 coordinates with class and score (QuPath imports it) and a
+  QC picture with the contours.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from domainfm.domains.pathology.instances import (
+    INSTANCES_KEY,
+    InstanceSegmenter,
+    hover_loss,
+    instances_from_maps,
+    probabilities_of,
+)
+from domainfm.shared.errors import DomainfmError
+from domainfm.shared.tiles.schema import SPLITS
+
+INSTANCE_COMPANIONS = ("instances", "instance_class")
+
+
+def _instance_classes(store: Any) -> list[str]:
+    names = store.spec.value_scaling.get("instance_classes")
+    if not names or "instances" not in store.spec.companions:
+        raise DomainfmError(
+            f"{store.path} holds no instance companions; make it with `domainfm pathology instances-tile`"
+        )
+    return list(names)
+
+
+def _encoder(checkpoint: Path | None, backbone: str, store: Any) -> tuple[Any, dict[str, Any]]:
+    from domainfm.domains.pathology.pretrain import load_encoder, store_normalization, tile_transform
+    from domainfm.shared.backbones import create_backbone
+
+    if checkpoint is not None:
+        return load_encoder(Path(checkpoint))
+    tile_px = store.spec.tile_shape[-1]
+    normalization = store_normalization(store)
+    mpps = store.spec.value_scaling.get("mpps")
+    meta = {"normalization": normalization, "transform": tile_transform(normalization, tile_px, mpps).to_dict()}
+    return create_backbone(backbone, in_chans=3, img_size=tile_px), meta
+
+
+def train_instances(
+    store_path: Path,
+    out: Path,
+    checkpoint: Path | None = None,
+    backbone: str = "test_vit",
+    peft: str = "linear",
+    peft_options: dict[str, Any] | None = None,
+    labelled: float = 1.0,
+    epochs: int = 20,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    width: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Trains the instance head (and whatever ``peft`` leaves trainable) on the store's train tiles; saves it.
+
+    ``labelled`` is the seeded fraction of train tiles used (at least two).
+    """
+    from domainfm.domains.pathology.heads import _init_name
+    from domainfm.domains.pathology.pretrain import store_transform
+    from domainfm.shared.engine import resolve_device
+    from domainfm.shared.model.encoders import downstream_transform, tile_input
+    from domainfm.shared.peft.methods import apply_peft, count_parameters
+    from domainfm.shared.tasks.checkpoint import save_model_checkpoint
+    from domainfm.shared.tasks.finetune import finetune
+    from domainfm.shared.tasks.subsets import label_fraction
+    from domainfm.shared.tiles.store import TileStore
+
+    store = TileStore(store_path)
+    names = _instance_classes(store)
+    torch_device = resolve_device(device)
+    torch.manual_seed(seed)
+    encoder, encoder_meta = _encoder(checkpoint, backbone, store)
+    record = store_transform(encoder_meta, store, checkpoint or store.path)
+    build_args = encoder.build_args
+    encoder = apply_peft(encoder, peft, **(peft_options or {}))
+    model = InstanceSegmenter(encoder, len(names), width=width).to(torch_device)
+    train = np.flatnonzero(store.index["split"] == SPLITS["train"])
+    if labelled < 1.0:
+        train = label_fraction(train, labelled, seed)
+    losses: list[float] = []
+
+    def loss(output: torch.Tensor, batch: dict) -> torch.Tensor:
+        value = hover_loss(output, batch["instances"].long(), batch["instance_class"].long())
+        losses.append(float(value.detach()))
+        return value
+
+    finetune(
+        model, store, train, loss, tile_input(record), epochs, batch_size, lr, seed, torch_device, progress,
+        companions=INSTANCE_COMPANIONS,
+    )  # fmt: skip
+    mpps = store.spec.value_scaling.get("mpps")
+    meta = {
+        "encoder": build_args,
+        "peft": peft,
+        "peft_options": peft_options or {},
+        "class_names": names,
+        "indices": model.indices,
+        "width": width,
+        "tile_px": store.spec.tile_shape[-1],
+        "mpps": mpps,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        # window: the dense head slides over pictures larger than a tile (maps on the input's grid)
+        "transform": downstream_transform(record, geometry="window", details={"mpps": mpps}).to_dict(),
+    }
+    saved = save_model_checkpoint(model.cpu(), Path(out) / "instances.safetensors", INSTANCES_KEY, meta)
+    steps = max(1, math.ceil(len(train) / batch_size))
+    return {
+        "segmenter": str(saved),
+        "init": _init_name(encoder_meta) if checkpoint else "random",
+        "peft": peft,
+        "train_tiles": len(train),
+        "first_epoch_loss": float(np.mean(losses[:steps])) if losses else float("nan"),
+        "last_epoch_loss": float(np.mean(losses[-steps:])) if losses else float("nan"),
+        "trainable_parameters": count_parameters(encoder)["trainable"]
+        + sum(p.numel() for p in model.head.parameters()),
+    }
+
+
+def _prepare_for(meta: dict[str, Any]) -> Any:
+    from domainfm.shared.model import InputTransform
+    from domainfm.shared.model.encoders import tile_input
+
+    return tile_input(InputTransform.from_dict(meta["transform"]))
+
+
+@torch.no_grad()
+def evaluate_instances(
+    checkpoint: Path,
+    store_path: Path,
+    split: str = "test",
+    min_size: int = 6,
+    device: str = "auto",
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """PQ, AJI, object Dice and count error of the segmenter on a split's tiles (overall and per class)."""
+    from domainfm.domains.pathology.instances import load_segmenter
+    from domainfm.shared.engine import resolve_device
+    from domainfm.shared.tasks.instance_metrics import InstanceScores
+    from domainfm.shared.tiles.store import TileStore
+    from domainfm.shared.tiles.stream import TileStream
+
+    model, meta = load_segmenter(Path(checkpoint))
+    store = TileStore(store_path)
+    names = _instance_classes(store)
+    if names != meta["class_names"]:
+        raise DomainfmError(
+            f"{store.path}: its instance classes {names} differ from the segmenter's {meta['class_names']} "
+            f"({checkpoint})"
+        )
+    if split not in SPLITS:
+        raise DomainfmError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+    ids = np.flatnonzero(store.index["split"] == SPLITS[split])
+    if not len(ids):
+        raise DomainfmError(f"{store.path}: no tiles in the {split} split")
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    prepare = _prepare_for(meta)
+    scores = InstanceScores(names)
+    stream = TileStream(
+        store, batch_size, indices=ids, shuffle=False, device=torch_device, normalize=False,
+        companions=INSTANCE_COMPANIONS,
+    )  # fmt: skip
+    for batch in stream:
+        maps = probabilities_of(model(prepare(batch["tiles"]))).cpu().numpy()
+        truth, truth_class = batch["instances"].cpu().numpy(), batch["instance_class"].cpu().numpy()
+        for k in range(len(maps)):
+            pred, pred_class, _ = instances_from_maps(maps[k], min_size)
+            scores.update(truth[k], pred, truth_class[k], pred_class)
+    return {"split": split, "tiles": len(ids), **scores.compute()}
+
+
+def contract_model(model: InstanceSegmenter, meta: dict[str, Any]) -> Any:
+    """The segmenter as its deployed network: raw RGB 0..255 pictures of any size -> maps on their grid.
+
+    The record's ``window`` geometry slides the training tile over larger pictures (MONAI's sliding
+    window, Gaussian-blended, a quarter window of overlap) and averages the maps, as HoVer-Net infers.
+    """
+    from domainfm.domains.pathology.instances import InstanceMaps
+    from domainfm.shared.model import ContractModel, InputTransform
+
+    return ContractModel(InputTransform.from_dict(meta["transform"]), InstanceMaps(model), output_grid="input")
+
+
+def predict_pictures(
+    checkpoint: Path,
+    pictures: list[Path],
+    out: Path,
+    mpp: float | None = None,
+    min_size: int = 6,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Instances of each picture: ``OUT/STEM.instances.tif``, ``OUT/STEM.geojson`` and ``OUT/STEM.qc.png``.
+
+    ``mpp`` is the pictures' resolution; when it differs from the segmenter's, each picture is resampled to
+    the segmenter's mpp (the instance map and QC picture are at that mpp) and the polygons are mapped back
+    to the picture's own pixels (level 0).
+    """
+    import tifffile
+    from PIL import Image
+
+    from domainfm.domains.pathology.instance_geojson import object_features, write_feature_collection
+    from domainfm.domains.pathology.instances import load_segmenter
+    from domainfm.shared.engine import resolve_device
+
+    model, meta = load_segmenter(Path(checkpoint))
+    torch_device = resolve_device(device)
+    network = contract_model(model, meta).to(torch_device).eval()
+    model_mpp = (meta.get("mpps") or [None])[0]
+    downsample = float(model_mpp) / float(mpp) if (mpp and model_mpp) else 1.0
+    out = Path(out)
+    results = []
+    for picture in pictures:
+        try:
+            with Image.open(picture) as opened:
+                rgb = opened.convert("RGB")
+                if downsample != 1.0:
+                    size = (max(1, round(rgb.width / downsample)), max(1, round(rgb.height / downsample)))
+                    rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+                image = np.asarray(rgb)
+        except OSError as error:
+            raise DomainfmError(f"{picture}: not a readable picture ({error})") from error
+        raw = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None].to(torch_device)
+        with torch.no_grad():
+            maps = network(raw)[0].cpu().numpy()
+        ids, classes, scores = instances_from_maps(maps, min_size)
+        stem = Path(picture).stem
+        tifffile.imwrite(out / f"{stem}.instances.tif", ids.astype(np.uint32), compression="zlib")
+        features = object_features(ids, classes, scores, meta["class_names"], (0.0, 0.0), downsample)
+        write_feature_collection(out / f"{stem}.geojson", features)
+        write_instance_qc(out / f"{stem}.qc.png", image, ids, classes)
+        counts = np.bincount(classes[1:][classes[1:] >= 0], minlength=len(meta["class_names"]))
+        results.append({
+            "picture": str(picture),
+            "objects": int(ids.max()),
+            "per_class": {name: int(n) for name, n in zip(meta["class_names"], counts, strict=True)},
+            "geojson": str(out / f"{stem}.geojson"),
+        })  # fmt: skip
+    return results
+
+
+def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> Path:
+    """The picture with every object's contour drawn in its class colour (a 1-px boundary), as PNG."""
+    from PIL import Image
+    from skimage.segmentation import find_boundaries
+
+    from domainfm.domains.pathology.instance_geojson import PALETTE
+
+    picture = image.copy()
+    edges = find_boundaries(ids, mode="inner")
+    palette = np.array(PALETTE, np.uint8)
+    klass = np.asarray(classes)[ids]
+    picture[edges] = palette[np.clip(klass[edges], 0, None) % len(palette)]
+    Image.fromarray(picture).save(path)
+    return path
