@@ -22,5 +22,4 @@ COMMANDS: dict[str, str] = {
     "instances-tile": f"{_INSTANCES}:instances_tile",
     "instances-train": f"{_INSTANCES}:instances_train",
     "instances-eval": f"{_INSTANCES}:instances_eval",
-    "instances-predict": f"{_INSTANCES}:instances_predict",
 }

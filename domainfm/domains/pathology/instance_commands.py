@@ -1,4 +1,4 @@
-"""``domainfm pathology instances-tile|instances-train|instances-eval|instances-predict``: nuclei and glands.
+"""``domainfm pathology instances-tile|instances-train|instances-eval``: nuclei and glands (``predict`` applies them).
 
 PLUTO's cell-scale head (issue 21): instance-labelled pictures into a tile store (:mod:`.instance_data`),
 the HoVer-Net-style head on any encoder (:mod:`.instances`, :mod:`.instance_train`), PQ/AJI scores, and
@@ -167,53 +167,4 @@ def instances_eval(
     from domainfm.domains.pathology.instance_train import evaluate_instances
 
     _print(evaluate_instances(Path(checkpoint), Path(store), split, min_size, device), json)
-    return 0
-
-
-def instances_predict(
-    checkpoint: Path,
-    pictures: list[Path],
-    out: Path,
-    mpp: PositiveFloat | None = None,
-    min_size: PositiveInt = 6,
-    device: str = "auto",
-    json: bool = False,
-) -> int:
-    """Segment nuclei/glands in pictures: OUT/STEM.instances.tif, OUT/STEM.geojson (QuPath) and OUT/STEM.qc.png.
-
-    The GeoJSON holds one polygon per object in the picture's pixel (level-0) coordinates, with its class
-    and score (QuPath: File > Import objects).
-
-    Args:
-        checkpoint: ``OUT/instances.safetensors`` of ``pathology instances-train``.
-        pictures: Pictures (PNG, JPEG, TIFF) or folders of them, of any size.
-        out: Output folder.
-        mpp: The pictures' microns per pixel; resampled to the segmenter's when they differ.
-        min_size: Smallest object kept (pixels at the segmenter's mpp).
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        json: Print JSON.
-    """
-    from domainfm.domains.pathology.instance_data import IMAGE_SUFFIXES
-    from domainfm.domains.pathology.instance_train import predict_pictures
-    from domainfm.shared.errors import DomainfmError
-    from domainfm.shared.outputs import run_folder
-
-    files: list[Path] = []
-    for item in map(Path, pictures):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DomainfmError(f"{item} does not exist")
-    if not files:
-        raise DomainfmError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, pictures))}")
-    with run_folder(Path(out)):
-        results = predict_pictures(Path(checkpoint), files, Path(out), mpp, min_size, device)
-        (Path(out) / "predictions.json").write_text(json_module.dumps(results, indent=2))
-    if json:
-        print(json_module.dumps(results, indent=2))
-    else:
-        for row in results:
-            print(f"{row['picture']}: {row['objects']} objects {row['per_class']} -> {row['geojson']}")
     return 0

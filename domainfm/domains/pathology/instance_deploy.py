@@ -6,9 +6,9 @@ encoder and the HoVer-Net-style head (:class:`~.instances.InstanceMaps`). ``pred
 on the input's pixels: background and foreground probabilities (NP), the horizontal and vertical maps (HV,
 as ``(offset + 1) / 2`` in [0, 1]) and the type probabilities (NC: background, then each class). The
 instance map is the marker-controlled watershed of these maps, :func:`~.instances.instances_from_maps`
-(NumPy and scikit-image, outside the network), which ``domainfm pathology instances-predict`` runs on this
+(NumPy and scikit-image, outside the network), which ``domainfm pathology predict`` runs on this
 network's output: a MONAI bundle of this model writes the maps, and ``instances_from_maps`` of them gives
-the instances ``instances-predict`` gives.
+the instances ``pathology predict`` gives.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training, evaluating and applying the nuclei/gland instance head (``domainfm pathology instances-*``).
+"""Training, evaluating and applying the nuclei/gland instance head (``domainfm pathology instances-*``, ``predict``).
 
 * :func:`train_instances`: the encoder (random, a ``pathology pretrain`` PLUTO encoder or a converted
   foundation checkpoint) adapted by any ``apply_peft`` method (``linear`` keeps it frozen), and the
@@ -7,11 +7,11 @@
   safetensors file, atomically, with the metadata that rebuilds it and its input transform record).
 * :func:`evaluate_instances`: PQ, AJI, object Dice and count error (:mod:`domainfm.shared.tasks.instance_metrics`)
   of the predicted instances of a split's tiles against their ``instances`` companion, overall and per class.
-* :func:`predict_pictures`: pictures of any size through the deployed network (:func:`contract_model`:
+* :func:`segment_picture`: a picture of any size through the deployed network (:func:`contract_model`:
   overlapping windows whose maps are blended, then one watershed over the whole picture, HoVer-Net's
-  tile-then-stitch inference); per picture an instance map
-  (TIFF), a GeoJSON FeatureCollection in level-0 coordinates with class and score (QuPath imports it) and a
-  QC picture with the contours.
+  tile-then-stitch inference), which ``domainfm pathology predict`` runs per picture (an instance map TIFF, a
+  GeoJSON FeatureCollection in level-0 coordinates with class and score that QuPath imports, and a QC
+  picture with the contours, :func:`write_instance_qc`).
 """
 
 from __future__ import annotations
@@ -204,61 +204,33 @@ def contract_model(model: InstanceSegmenter, meta: dict[str, Any]) -> Any:
     return ContractModel(InputTransform.from_dict(meta["transform"]), InstanceMaps(model), output_grid="input")
 
 
-def predict_pictures(
-    checkpoint: Path,
-    pictures: list[Path],
-    out: Path,
-    mpp: float | None = None,
-    min_size: int = 6,
-    device: str = "auto",
-) -> list[dict[str, Any]]:
-    """Instances of each picture: ``OUT/STEM.instances.tif``, ``OUT/STEM.geojson`` and ``OUT/STEM.qc.png``.
+def segment_picture(
+    network: Any, meta: dict[str, Any], picture: Path, mpp: float | None, min_size: int, device: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The instances of one picture through the deployed network (:func:`contract_model` or the deployable's).
 
-    ``mpp`` is the pictures' resolution; when it differs from the segmenter's, each picture is resampled to
-    the segmenter's mpp (the instance map and QC picture are at that mpp) and the polygons are mapped back
-    to the picture's own pixels (level 0).
+    ``mpp`` is the picture's resolution; when it differs from the segmenter's, the picture is resampled to
+    the segmenter's mpp (the instance map is at that mpp) and ``downsample`` (returned) maps it back to the
+    picture's own pixels (level 0). Returns ``(image, ids, classes, scores, downsample)``.
     """
-    import tifffile
     from PIL import Image
 
-    from domainfm.domains.pathology.instance_geojson import object_features, write_feature_collection
-    from domainfm.domains.pathology.instances import load_segmenter
-    from domainfm.shared.engine import resolve_device
-
-    model, meta = load_segmenter(Path(checkpoint))
-    torch_device = resolve_device(device)
-    network = contract_model(model, meta).to(torch_device).eval()
     model_mpp = (meta.get("mpps") or [None])[0]
     downsample = float(model_mpp) / float(mpp) if (mpp and model_mpp) else 1.0
-    out = Path(out)
-    results = []
-    for picture in pictures:
-        try:
-            with Image.open(picture) as opened:
-                rgb = opened.convert("RGB")
-                if downsample != 1.0:
-                    size = (max(1, round(rgb.width / downsample)), max(1, round(rgb.height / downsample)))
-                    rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-                image = np.asarray(rgb)
-        except OSError as error:
-            raise DomainfmError(f"{picture}: not a readable picture ({error})") from error
-        raw = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None].to(torch_device)
-        with torch.no_grad():
-            maps = network(raw)[0].cpu().numpy()
-        ids, classes, scores = instances_from_maps(maps, min_size)
-        stem = Path(picture).stem
-        tifffile.imwrite(out / f"{stem}.instances.tif", ids.astype(np.uint32), compression="zlib")
-        features = object_features(ids, classes, scores, meta["class_names"], (0.0, 0.0), downsample)
-        write_feature_collection(out / f"{stem}.geojson", features)
-        write_instance_qc(out / f"{stem}.qc.png", image, ids, classes)
-        counts = np.bincount(classes[1:][classes[1:] >= 0], minlength=len(meta["class_names"]))
-        results.append({
-            "picture": str(picture),
-            "objects": int(ids.max()),
-            "per_class": {name: int(n) for name, n in zip(meta["class_names"], counts, strict=True)},
-            "geojson": str(out / f"{stem}.geojson"),
-        })  # fmt: skip
-    return results
+    try:
+        with Image.open(picture) as opened:
+            rgb = opened.convert("RGB")
+            if downsample != 1.0:
+                size = (max(1, round(rgb.width / downsample)), max(1, round(rgb.height / downsample)))
+                rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+            image = np.asarray(rgb)
+    except OSError as error:
+        raise DomainfmError(f"{picture}: not a readable picture ({error})") from error
+    raw = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None].to(device)
+    with torch.no_grad():
+        maps = network(raw)[0].cpu().numpy()
+    ids, classes, scores = instances_from_maps(maps, min_size)
+    return image, ids, classes, scores, downsample
 
 
 def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> Path:

@@ -236,7 +236,7 @@ class InstanceMaps(nn.Module):
     """A segmenter whose output is the maps post-processing reads: NP and NC probabilities, HV as is.
 
     The deployed network (``ContractModel(transform, InstanceMaps(segmenter))``): on the input's pixel
-    grid, windows blended over larger pictures, so ``instances-predict``, a MONAI bundle and ``explain``
+    grid, windows blended over larger pictures, so ``pathology predict``, a MONAI bundle and ``explain``
     see the same maps; :func:`instances_from_maps` turns them into instances.
     """
 

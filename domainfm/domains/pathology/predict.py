@@ -28,7 +28,14 @@ with the class probabilities; no GeoJSON or map); they must be the model's tile 
 Slides without a recorded mpp are refused by name unless ``--assume_mpp``; an unreadable slide is reported
 on one line and the others still run; a rerun finishes only the slides not done (docs/predict.md).
 ABMIL slide models (``pathology mil``) are not saved as deployable checkpoints, so ``predict`` takes tile
-classifiers (``pathology train``).
+classifiers (``pathology train``) and nuclei/gland instance segmenters (``pathology instances-train``).
+
+An instance segmenter (HoVer-Net-style, :mod:`.instances`) takes pictures of any size (fields, tiles) at
+its training mpp (``--mpp``: the pictures' own, resampled when it differs) and writes per picture
+``instances/NAME.tif`` (uint32 instance ids), ``geojson/NAME.geojson`` (one polygon per object in the
+picture's own pixels, ``classification`` and a ``score`` measurement; QuPath imports it) and
+``overlays/NAME.png`` (contours in class colours); its row counts the objects per class. Whole slides are
+refused by name for it (predict fields cut from them).
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ from domainfm.shared.deploy.card import Deployable
 from domainfm.shared.predict import InputFile, Outputs
 
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp")
-KINDS = ("pathology.tile_classifier",)
+KINDS = ("pathology.tile_classifier", "pathology.instances")
+INSTANCES = "pathology.instances"
 
 
 def _suffixes() -> tuple[str, ...]:
@@ -184,6 +192,32 @@ def predict_picture(
             **_class_columns(names, counts, probabilities), "width": int(width), "height": int(height)}  # fmt: skip
 
 
+def predict_instances(
+    deployable: Deployable, item: InputFile, outputs: Outputs, mpp: float | None, min_size: int, device: torch.device
+) -> dict[str, Any]:
+    """One picture's nuclei/glands: instance map, QuPath GeoJSON and contour picture (see the module docstring)."""
+    import tifffile
+
+    from domainfm.domains.pathology.instance_geojson import object_features, write_feature_collection
+    from domainfm.domains.pathology.instance_train import segment_picture, write_instance_qc
+
+    meta = deployable.card.build
+    names = list(meta["class_names"])
+    image, ids, classes, scores, downsample = segment_picture(
+        deployable.network, meta, item.path, mpp, min_size, device
+    )
+    tifffile.imwrite(outputs.path("instances", ".tif"), ids.astype(np.uint32), compression="zlib")
+    features = object_features(ids, classes, scores, names, (0.0, 0.0), downsample)
+    write_feature_collection(outputs.path("geojson", ".geojson"), features)
+    write_instance_qc(outputs.path("overlays", ".png"), image, ids, classes)
+    present = np.asarray(classes[1:])
+    counts = np.bincount(present[present >= 0], minlength=len(names))
+    height, width = image.shape[:2]
+    return {"type": "instances", "objects": int(ids.max()),
+            **{f"objects_{name}": int(n) for name, n in zip(names, counts, strict=True)},
+            "width": int(width), "height": int(height), "downsample": downsample}  # fmt: skip
+
+
 def predict(
     checkpoint: Path,
     input: list[Path],
@@ -191,6 +225,7 @@ def predict(
     mpp: PositiveFloat | None = None,
     assume_mpp: PositiveFloat | None = None,
     min_tissue: Fraction = 0.5,
+    min_size: PositiveInt = 6,
     batch: PositiveInt = 64,
     overlay_class: str | None = None,
     explain: bool = False,
@@ -198,7 +233,7 @@ def predict(
     overwrite: bool = False,
     json: bool = False,
 ) -> int:
-    """Classify the tissue tiles of whole slides: QuPath GeoJSON, a pyramidal TIFF map and an overlay per slide.
+    """Classify the tissue tiles of whole slides (QuPath GeoJSON, pyramidal TIFF map, overlay), or find nuclei/glands.
 
     Writes OUT/geojson/NAME.geojson (tile squares in level-0 pixels with class and P(CLASS) measurements),
     OUT/maps/NAME.tif (pyramidal OME-TIFF, one pixel per tile), OUT/overlays/NAME.png and a row per slide in
@@ -206,13 +241,17 @@ def predict(
     the slides not finished (docs/predict/pathology.md).
 
     Args:
-        checkpoint: A tile classifier written by ``domainfm pathology train``.
+        checkpoint: A tile classifier written by ``domainfm pathology train``, or a nuclei/gland instance
+            segmenter written by ``domainfm pathology instances-train`` (pictures only: OUT/instances,
+            OUT/geojson and OUT/overlays per picture).
         input: Slides (any OpenSlide format), pictures of single tiles, or folders holding them (searched
             recursively; outputs keep the relative names).
         out: The folder to write (new, empty, or an earlier ``predict`` output to resume).
-        mpp: Microns per pixel to tile at; default the classifier's training mpp (the first it records).
+        mpp: Microns per pixel to tile at; default the classifier's training mpp (the first it records). For an
+            instance segmenter: the pictures' microns per pixel (resampled to the segmenter's when they differ).
         assume_mpp: The slides' level-0 microns per pixel where a file records none (never guessed).
         min_tissue: Predict tiles with at least this tissue fraction (as ``pathology tile`` keeps them).
+        min_size: Instance segmenters: the smallest object kept (pixels at the segmenter's mpp).
         batch: Tiles read and predicted together.
         overlay_class: Draw this class's probability as a heat map on the overlays (default: every tile in
             its predicted class's colour).
@@ -224,7 +263,7 @@ def predict(
     """
     import json as json_module
 
-    from domainfm.domains.pathology.slide_inputs import SLIDES
+    from domainfm.domains.pathology.slide_inputs import SLIDE_SUFFIXES, SLIDES, TIFF_SUFFIXES
     from domainfm.shared.engine import resolve_device
     from domainfm.shared.explain.targets import ExplainError, resolve_target
     from domainfm.shared.predict import PredictError, load_for_domain, run_predictions
@@ -238,6 +277,13 @@ def predict(
         raise PredictError(f"--overlay_class: {error}") from error
 
     def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
+        if deployable.card.kind == INSTANCES:
+            if item.path.suffix.lower() in set(SLIDE_SUFFIXES) - set(TIFF_SUFFIXES):
+                raise PredictError(
+                    f"{item.path} is a whole slide; an instance segmenter predicts pictures (fields or tiles cut "
+                    "from it at its mpp), not whole slides yet"
+                )
+            return predict_instances(deployable, item, outputs, mpp, min_size, torch_device)
         if SLIDES.claims(item.path, deployable.card):
             return predict_slide(deployable, item, outputs, mpp=mpp, assume_mpp=assume_mpp, min_tissue=min_tissue,
                                  batch=batch, overlay_class=heat, device=torch_device, progress=not json,
@@ -245,7 +291,7 @@ def predict(
         return predict_picture(deployable, item, torch_device, outputs, explain)
 
     options = {"mpp": mpp, "assume_mpp": assume_mpp, "min_tissue": min_tissue, "overlay_class": overlay_class,
-               "explain": explain}  # fmt: skip
+               "explain": explain, "min_size": min_size}  # fmt: skip
     run = run_predictions(
         deployable, input, out, predict_one, suffixes=_suffixes(), what="slides or pictures", options=options,
         overwrite=overwrite, progress=not json, title=f"pathology predict ({deployable.card.kind})",

@@ -231,14 +231,21 @@ def test_cli_trains_scores_and_predicts_geojson(dataset, tmp_path: Path):
                  "--store", str(store.path), "--device", "cpu", "--json"]) == 0  # fmt: skip
     out = tmp_path / "pred"
     picture = root / "images" / "f2.png"
-    assert main(["pathology", "instances-predict", "--checkpoint", str(run / "instances.safetensors"),
-                 "--pictures", str(picture), "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
-    ids = tifffile.imread(out / "f2.instances.tif")
-    collection = json.loads((out / "f2.geojson").read_text())
+    assert main(["pathology", "predict", "--checkpoint", str(run / "instances.safetensors"),
+                 "--input", str(picture), "--out", str(out), "--device", "cpu", "--json"]) == 0  # fmt: skip
+    ids = tifffile.imread(out / "instances" / "f2.tif")
+    collection = json.loads((out / "geojson" / "f2.geojson").read_text())
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == ids.max() > 0
     back, _ = rasterise_features(collection["features"], ids.shape, sorted(CLASSES))
     assert _ious(ids, back).mean() > 0.9
-    assert Image.open(out / "f2.qc.png").size == (96, 96)
+    assert Image.open(out / "overlays" / "f2.png").size == (96, 96)
+    row = next(csv.DictReader((out / "predictions.csv").open()))
+    assert row["input"] == "f2.png" and int(row["objects"]) == ids.max()
+    assert sum(int(row[f"objects_{name}"]) for name in sorted(CLASSES)) == ids.max()
+    slide = tmp_path / "s.svs"
+    slide.write_bytes(b"not opened")
+    assert main(["pathology", "predict", "--checkpoint", str(run / "instances.safetensors"),
+                 "--input", str(slide), "--out", str(tmp_path / "slide_pred"), "--device", "cpu"]) == 2  # fmt: skip
 
 
 def test_geojson_polygons_on_a_slide_become_the_same_instance_tiles(field, tmp_path: Path):
