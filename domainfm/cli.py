@@ -93,6 +93,7 @@ GROUPS: dict[str, Group] = {
         commands={
             "backbones": "domainfm.studies.shared.backbones.bench:bench_backbones",
             "stream": "domainfm.studies.shared.tiles.bench:bench_stream",
+            "ingest": "domainfm.studies.shared.tiles.ingest_bench:bench_ingest",
             "tiling": "domainfm.studies.pathology.bench:bench_tiling",
             "convert": "domainfm.studies.shared.foundation.bench:bench_convert",
             "gpu": "domainfm.studies.device_check:bench_gpu",
