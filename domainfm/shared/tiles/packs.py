@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -199,9 +198,9 @@ def ingest_pack(
 ) -> int:
     """Stages ``paths`` (rows ``rows`` of the source list) into the new pack ``pack``; returns the tiles staged."""
     writer = PackWriter(Path(pack), StoreSpec.from_attrs(spec_attrs))
-    # in a worker process of its own (processes, a cluster), one torch thread per reader as well
-    limit = one_torch_thread() if multiprocessing.parent_process() is not None else contextlib.nullcontext()
-    with limit:
+    # in this worker's own thread (or process): a pool's threads keep their own OpenMP setting, whatever the
+    # thread that started the ingest set
+    with one_torch_thread():
         for path, row, reader_id in zip(paths, rows, reader_ids, strict=True):
             stage_source(writer, path, row, reader, reader_id)
     writer.flush()
