@@ -22,11 +22,14 @@ such (``pip install "domainfm[bench-peers]"``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import os
 import shutil
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,20 @@ def _webdataset(sources: list[Path], folder: Path, batch: int, epochs: int, n: i
 
     rate, peak = _read(make, epochs, n)
     return {"write_s": written, "samples_per_s": rate, "peak_rss_mb": peak}
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 (this process and the worker processes it starts) goes to stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _litdata(sources: list[Path], folder: Path, batch: int, epochs: int, n: int) -> dict[str, float]:
