@@ -12,8 +12,8 @@ task is lost). A half-written last line (a kill during the append) is ignored. A
 to an old pack; it writes new ones, named by time so that later packs sort after earlier ones.
 
 Per source this costs one fingerprint (a stat and the SHA-256 of the first MiB, docs/reliability.md) and
-a few dictionary entries, instead of a folder of ~10 arrays and a status file: ingest of many small
-files runs at the speed of their decoding (``domainfm bench ingest``).
+a few dictionary entries, instead of a folder of ~10 arrays and a status file: what is left per small
+file is its reader's work (``domainfm bench ingest``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
