@@ -95,6 +95,7 @@ GROUPS: dict[str, Group] = {
             "stream": "domainfm.studies.shared.tiles.bench:bench_stream",
             "ingest": "domainfm.studies.shared.tiles.ingest_bench:bench_ingest",
             "tiling": "domainfm.studies.pathology.bench:bench_tiling",
+            "predict-memory": "domainfm.studies.pathology.predict_bench:bench_predict_memory",
             "convert": "domainfm.studies.shared.foundation.bench:bench_convert",
             "gpu": "domainfm.studies.device_check:bench_gpu",
         },
@@ -159,21 +160,30 @@ def normalise_option_spelling(argv: Sequence[str], function: Callable[..., Any])
 
     Only names of ``function``'s parameters are rewritten. A list option given a single value becomes
     jsonargparse's append form (``--mpp+``), so ``--mpp 0.5 --mpp 1.0`` means ``[0.5, 1.0]``;
-    ``--mpp [0.5,1.0]`` is left as it is.
+    ``--mpp [0.5,1.0]`` is left as it is. For commands without positional arguments, bare values after
+    a list option are its further elements: ``--input a.png b.png`` (what a shell glob gives) means both.
     """
     parameters = inspect.signature(function).parameters
     lists = {name for name, p in parameters.items() if "list[" in str(p.annotation)}
-    out = []
+    positional = any(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in parameters.values())
+    out: list[str] = []
+    appending = None  # a list option whose following bare values are its further elements
     for i, token in enumerate(argv):
         if token.startswith("--") and len(token) > 2:
+            appending = None
             name, equals, value = token[2:].partition("=")
             under = name.replace("-", "_")
             if under in parameters or under.removeprefix("no_") in parameters:
                 given = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
                 if under in lists and not given.lstrip().startswith("["):
                     under += "+"  # one element: appended, so repeating the option builds the list
+                    appending = None if equals else under
                 token = f"--{under}{equals}{value}"
-        out.append(token)
+            out.append(token)
+        elif appending and not positional and out and not out[-1].startswith("--"):
+            out += [f"--{appending}", token]  # `--input a.png b.png` (a shell glob): both elements
+        else:
+            out.append(token)
     return out
 
 

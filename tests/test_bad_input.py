@@ -37,6 +37,16 @@ def _verbs() -> dict[str, tuple[list[str], typing.Callable]]:
 VERBS = _verbs()
 
 
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_no_flag_is_shadowed_by_a_negation(verb: str):
+    """jsonargparse spells ``--no_X`` as "X false" for a flag X, so a flag may not itself be named ``no_...``.
+
+    (``pathology phantom --no_mpp`` was parsed as False and wrote a slide with mpp.)
+    """
+    parameters = inspect.signature(VERBS[verb][1]).parameters
+    assert not [name for name in parameters if name.startswith("no_")]
+
+
 def _base_type(hint: typing.Any) -> typing.Any:
     """The restricted type inside ``X``, ``X | None`` or ``list[X]``."""
     for arg in typing.get_args(hint) or (hint,):

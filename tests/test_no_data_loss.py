@@ -183,3 +183,70 @@ def test_second_ingest_into_one_store_fails_at_once_and_writes_nothing(
         first.kill()
         first.wait()
     assert main(["tiles", "ingest", *sources, "--out", str(out)]) == 0  # the dead holder's lock is taken over
+
+
+PHANTOMS = {
+    "pathology phantom": (["pathology", "phantom", "--size", "256"], "slide.svs"),
+    "remote-sensing phantom": (["remote-sensing", "phantom", "--size", "40"], "granule.hdf"),
+}
+
+
+@pytest.mark.parametrize("verb", sorted(PHANTOMS))
+def test_phantom_files_replace_only_phantoms(verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    argv, name = PHANTOMS[verb]
+    user = tmp_path / "user"
+    user.mkdir()
+    out = user / name
+    out.write_bytes(b"a user's own file " + os.urandom(64))
+    for suffix in (".partial", ".truth.npz.partial", ".partial-1-0123abcd"):
+        out.with_name(out.name + suffix).write_bytes(os.urandom(32))
+    before = snapshot(user)
+    for overwrite in ([], ["--overwrite"]):
+        assert main([*argv, "--out", str(out), *overwrite]) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and "choose another --out" in err, err
+        assert snapshot(user) == before
+    out.unlink()
+    assert main([*argv, "--out", str(out)]) == 0
+    phantom = out.read_bytes()
+    assert main([*argv, "--out", str(out), "--seed", "1"]) == 2  # its own phantom, but no --overwrite
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == phantom
+    assert main([*argv, "--out", str(out), "--seed", "1", "--overwrite"]) == 0
+    assert out.read_bytes() != phantom
+    after = snapshot(user)
+    assert {k: v for k, v in after.items() if k in before and k != name} == {
+        k: v for k, v in before.items() if k != name
+    }
+    assert set(after) - set(before) == {f"{name}.truth.npz"}  # nothing staged or locked is left beside it
+
+
+PHANTOM_FOLDERS = {
+    "radiology phantom": ["radiology", "phantom", "--n", "4", "--size", "16", "--retrieval_per_category", "1"],
+    "segmentation phantom": ["segmentation", "phantom", "--n", "2", "--size", "16"],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(PHANTOM_FOLDERS))
+def test_phantom_folders_replace_only_phantoms(verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    argv = PHANTOM_FOLDERS[verb]
+    user = tmp_path / "user"
+    out = user / "out"
+    user_files(out)
+    before = snapshot(user)
+    for overwrite in ([], ["--overwrite"]):
+        assert main([*argv, "--out", str(out), *overwrite]) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and "choose another --out" in err, err
+        assert snapshot(user) == before
+    mine = tmp_path / "mine"
+    siblings(mine)
+    kept = snapshot(tmp_path)
+    assert main([*argv, "--out", str(mine)]) == 0
+    first = snapshot(mine)
+    assert main([*argv, "--out", str(mine), "--seed", "1"]) == 2  # its own phantom, but no --overwrite
+    assert "--overwrite" in capsys.readouterr().err and snapshot(mine) == first
+    assert main([*argv, "--out", str(mine), "--seed", "1", "--overwrite"]) == 0
+    assert snapshot(mine) != first
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in kept} == kept
+    assert {k.split("/")[0] for k in after if k not in kept} == {"mine"}

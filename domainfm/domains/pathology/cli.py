@@ -14,5 +14,6 @@ COMMANDS: dict[str, str] = {
     "probe": f"{_LIBRARY}:probe",
     "train": f"{_LIBRARY}:train",
     "mil": f"{_LIBRARY}:mil",
+    "predict": "domainfm.domains.pathology.predict:predict",
     "study": f"{_STUDIES}:study",
 }

@@ -12,5 +12,6 @@ COMMANDS: dict[str, str] = {
     "pretrain": f"{_LIBRARY}:pretrain",
     "train": f"{_LIBRARY}:train",
     "eval": f"{_LIBRARY}:evaluate",
+    "predict": "domainfm.domains.radiology.predict:predict",
     "study": f"{_STUDIES}:study",
 }

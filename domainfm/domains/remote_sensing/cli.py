@@ -12,5 +12,6 @@ COMMANDS: dict[str, str] = {
     "pretrain": f"{_LIBRARY}:pretrain",
     "eval": f"{_LIBRARY}:evaluate",
     "train": f"{_LIBRARY}:train",
+    "predict": "domainfm.domains.remote_sensing.predict:predict",
     "study": f"{_STUDIES}:study",
 }

@@ -123,7 +123,7 @@ def card(meta: dict[str, Any], source: Path) -> ModelCard:
             "pretrained_encoder": meta.get("checkpoint"),
             "source": str(source),
             "input": f"a chip [{len(names)}, {size}, {size}] in the store's units; invalid pixels 0",
-            "output": "cloud curtain [1, 91, 40] (height bins x along-track)" if task == "curtain" else task,
+            "output": "cloud curtain [1, 91, 40] (along-track samples x height bins)" if task == "curtain" else task,
         },
     )
 

@@ -11,7 +11,9 @@ product layout (MODIS Level 1B Product User's Guide; the SatVision-TOA pipeline,
 * reflective bands: ``(DN - reflectance_offsets[i]) * reflectance_scales[i] * 100`` (percent);
   emissive bands: ``(DN - radiance_offsets[i]) * radiance_scales[i]``, then brightness temperature by
   inverse Planck with the band's constants (:mod:`.bands`);
-* 5-km ``Latitude``/``Longitude`` tie points, when present, are kept.
+* 5-km ``Latitude``/``Longitude`` tie points, when present, are kept (:func:`read_geolocation` reads them
+  alone): in MOD021KM every 5th 1-km pixel from the 3rd (0-based index 2) along track and along scan
+  (:data:`TIE_START`, :data:`TIE_STEP`).
 
 A file that is not an L1B granule gets an error naming what is missing.
 """
@@ -27,6 +29,7 @@ from domainfm.domains.remote_sensing.bands import Band, brightness_temperature, 
 from domainfm.shared.optional import require
 
 VALID_MAX = 32767
+TIE_START, TIE_STEP = 2, 5  # 5-km geolocation tie points: 1-km pixels 2, 7, 12, ... in both directions
 
 
 class L1BError(ValueError):
@@ -111,3 +114,23 @@ def read_l1b(path: Path, band_names: list[str] | None = None) -> Granule:
     finally:
         sd.end()  # type: ignore[attr-defined]
     return Granule(np.stack(planes), np.stack(valid), bands, latitude, longitude)
+
+
+def read_geolocation(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The 5-km ``Latitude``/``Longitude`` tie points of a granule (float64 degrees), or ``None`` when absent.
+
+    Tie point ``[i, j]`` lies at 1-km pixel row ``TIE_START + TIE_STEP * i``, column ``TIE_START + TIE_STEP * j``.
+    """
+    path = Path(path)
+    sd = _open(path)
+    try:
+        present = set(sd.datasets())  # type: ignore[attr-defined]
+        if not {"Latitude", "Longitude"} <= present:
+            return None
+        latitude = np.asarray(sd.select("Latitude").get(), np.float64)  # type: ignore[attr-defined]
+        longitude = np.asarray(sd.select("Longitude").get(), np.float64)  # type: ignore[attr-defined]
+    finally:
+        sd.end()  # type: ignore[attr-defined]
+    if latitude.shape != longitude.shape or latitude.ndim != 2:
+        raise L1BError(f"{path}: Latitude {latitude.shape} and Longitude {longitude.shape} are not one 2-D grid")
+    return latitude, longitude

@@ -12,5 +12,6 @@ COMMANDS: dict[str, str] = {
     "train-vae": f"{_LIBRARY}:train_vae",
     "train": f"{_LIBRARY}:train",
     "eval": f"{_LIBRARY}:evaluate",
+    "predict": "domainfm.domains.segmentation.predict:predict",
     "compare": f"{_STUDIES}:compare",
 }

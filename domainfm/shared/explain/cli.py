@@ -21,6 +21,7 @@ def explain(
     device: str = "auto",
     json: bool = False,
     overwrite: bool = False,
+    tiles: bool = False,
 ) -> int:
     """Explain a downstream model's output on one input (or a whole slide) as a PNG overlay (captum).
 
@@ -42,6 +43,9 @@ def explain(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         json: Print the numbers as JSON.
         overwrite: Replace an overlay that ``domainfm explain`` wrote at ``out`` (any other file is refused).
+        tiles: Slides only: also write each tile's mean attribution, score and explained class beside ``out``
+            in the domain's tile formats (whole slides: OUT.geojson, tiles QuPath imports, and OUT.tif, a
+            pyramidal map with one pixel per tile; docs/explain.md).
     """
     from domainfm.shared.explain.overlay import is_overlay
     from domainfm.shared.explain.targets import ExplainError
@@ -53,7 +57,8 @@ def explain(
     with lock_output(out, "explanation overlay"):
         check_output(out, "explanation overlay", overwrite, is_overlay)  # never replaces a user's picture
         return _explain(checkpoint=checkpoint, input=input, out=out, method=method, target=target,
-                        steps=steps, baseline=baseline, device=device, json=json)  # fmt: skip
+                        steps=steps, baseline=baseline, device=device, json=json, tiles=tiles,
+                        overwrite=overwrite)  # fmt: skip
 
 
 def _explain(
@@ -66,6 +71,8 @@ def _explain(
     baseline: str,
     device: str,
     json: bool,
+    tiles: bool = False,
+    overwrite: bool = False,
 ) -> int:
     import json as json_module
 
@@ -76,8 +83,9 @@ def _explain(
     from domainfm.shared.errors import DomainfmError
     from domainfm.shared.explain.attribution import attribute
     from domainfm.shared.explain.overlay import render_overlay
-    from domainfm.shared.explain.slides import explain_slide, is_slide
+    from domainfm.shared.explain.slides import explain_slide, is_slide, owns_tile_output
     from domainfm.shared.explain.targets import ExplainError
+    from domainfm.shared.outputs import check_output
 
     torch_device = resolve_device(device)
     deployable = load_deployable(checkpoint)
@@ -85,14 +93,25 @@ def _explain(
     options: dict = {"baseline": baseline}
     if steps is not None and method in STEP_OPTIONS:
         options[STEP_OPTIONS[method]] = steps  # checked by the method (IG needs at least 2)
-    if is_slide(input, deployable.card):
-        summary = explain_slide(deployable, input, out, method, target, progress=not json, **options)
+    slide = is_slide(input, deployable.card)
+    if tiles and not slide:
+        raise ExplainError(f"--tiles: {input} is not a slide; per-tile maps are written for slides only")
+    tile_paths = None
+    if tiles:
+        tile_paths = (out.with_suffix(".geojson"), out.with_suffix(".tif"))
+        for path in tile_paths:  # never a user's file; ours only with --overwrite
+            check_output(path, "per-tile explanation", overwrite, lambda p: owns_tile_output(deployable.card, p),
+                         ExplainError)  # fmt: skip
+    if slide:
+        summary = explain_slide(deployable, input, out, method, target, progress=not json, tile_outputs=tile_paths,
+                                **options)  # fmt: skip
         if json:
             print(json_module.dumps(summary, indent=2))
         else:
             print(
                 f"{method} on {summary['tiles']} tiles of {input.name} at {summary['mpp']:g} mpp "
                 f"(target: {summary['target']}); wrote {out}"
+                + (f", {tile_paths[0]} and {tile_paths[1]}" if tile_paths else "")
             )
         return 0
     try:

@@ -55,6 +55,7 @@ class TiledInput:
         scale: The tiles' resolution in words (``"0.5 mpp"``), for titles and summaries.
         thumbnail_scale: The thumbnail's resolution in words.
         resolution: The tiles' resolution as a number (recorded in the summary as ``mpp``).
+        size: The input's full-resolution ``(width, height)``, where the domain records it (tile maps need it).
     """
 
     coords: np.ndarray
@@ -65,6 +66,7 @@ class TiledInput:
     scale: str
     thumbnail_scale: str
     resolution: float
+    size: tuple[int, int] | None = None
 
 
 class LargeInputs(Protocol):
@@ -79,6 +81,10 @@ class LargeInputs(Protocol):
         self, path: Path, card: ModelCard, *, mpp: float | None, min_tissue: float, batch: int
     ) -> AbstractContextManager[TiledInput]:
         """The input cut into tiles (closed when the context ends)."""
+
+    # Optional: ``write_tiles(tiled, card, classes, values, paths) -> dict`` writes per-tile values (``{name:
+    # [N]}``) and classes in the domain's tile formats (whole slides: QuPath GeoJSON and a pyramidal TIFF, in
+    # ``paths``); ``owns(path) -> bool`` says whether such a file is one domainfm wrote (for --overwrite).
 
 
 def _large_inputs() -> list[LargeInputs]:
@@ -125,6 +131,8 @@ def explain_slide(
     batch: int = 8,
     min_tissue: float = 0.5,
     progress: bool = True,
+    tile_outputs: tuple[Path, ...] | None = None,
+    open_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Attributes every tissue tile of a slide and writes the overlay on the thumbnail.
@@ -139,6 +147,9 @@ def explain_slide(
         batch: Tiles attributed together.
         min_tissue: Keep tiles with at least this tissue fraction (as the domain's tiler does at ingest).
         progress: Show a progress bar.
+        tile_outputs: Also write each tile's mean attribution per pixel, explained score and explained class in the
+            domain's tile formats at these paths (:func:`tile_writer`; whole slides: ``.geojson`` and ``.tif``).
+        open_options: Further keyword arguments of the domain's ``open`` (e.g. a slide's assumed mpp).
         **options: Method options (see :func:`~.attribution.attribute`); slide defaults in :data:`SLIDE_DEFAULTS`.
 
     Returns:
@@ -149,6 +160,8 @@ def explain_slide(
     handlers = [large for large in _large_inputs() if card.kind in large.kinds]
     if not handlers:
         raise ExplainError(f"{card.kind} does not take large inputs tile by tile (no registered domain tiles them)")
+    if tile_outputs is not None:
+        tile_writer(card)  # refused by name before any tile is attributed
     options = method_options(method, {**SLIDE_DEFAULTS.get(method, {}), **options})
     fixed = None if target is None else resolve_target(card, target)
     tile_px = int(card.spatial_shape[0])
@@ -157,7 +170,9 @@ def explain_slide(
     scores: list[float] = []
     deltas: list[float] = []
     differences: list[float] = []
-    with handlers[0].open(path, card, mpp=mpp, min_tissue=min_tissue, batch=max(1, batch)) as tiled:
+    tile_means: list[float] = []
+    opened = handlers[0].open(path, card, mpp=mpp, min_tissue=min_tissue, batch=max(1, batch), **(open_options or {}))
+    with opened as tiled:
         coords, side, thumbnail, downsample = tiled.coords, tiled.side, tiled.thumbnail, tiled.downsample
         height, width = thumbnail.shape[:2]
         total, count = np.zeros((height, width)), np.zeros((height, width))
@@ -168,6 +183,7 @@ def explain_slide(
                 chosen = None if fixed is None else [fixed] * len(images)
                 result = attribute_batch(deployable, images, method, chosen, **options)
                 maps = _tile_maps(result["maps"], method).double()
+                tile_means += maps.mean((1, 2)).tolist()
                 boxes = footprints(coords[start : start + len(maps)], side, downsample, (height, width))
                 for heat, (x0, y0, x1, y1) in zip(maps, boxes, strict=True):
                     if x1 <= x0 or y1 <= y0:
@@ -182,6 +198,9 @@ def explain_slide(
                     differences += (result["scores"] - result["baseline_scores"]).tolist()
                 start += len(images)
                 advance(len(images))
+    if tile_outputs is not None:
+        values = {"attribution": np.asarray(tile_means), "score": np.asarray(scores)}
+        summary_tiles = tile_writer(card)(tiled, card, np.asarray(targets), values, tile_outputs)
     heat = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     counts = Counter(card.class_names[t] for t in targets)
     what = describe(card, card.class_names[fixed]) if fixed is not None else "each tile's predicted-class logit"
@@ -223,7 +242,24 @@ def explain_slide(
         "tile attributions over the thumbnail",
     )
     summary["out"] = str(out)
+    if tile_outputs is not None:
+        summary["tile_outputs"] = summary_tiles
     return summary
+
+
+def tile_writer(card: ModelCard) -> Callable[..., dict[str, Any]]:
+    """The registered domain's ``write_tiles`` for ``card``'s large inputs (refused by name when it has none)."""
+    for large in _large_inputs():
+        if card.kind in large.kinds and hasattr(large, "write_tiles"):
+            return large.write_tiles
+    raise ExplainError(f"{card.kind}: no registered domain writes per-tile explanations (--tiles)")
+
+
+def owns_tile_output(card: ModelCard, path: Path) -> bool:
+    """Whether ``path`` is a per-tile explanation file domainfm wrote (the registered domain says)."""
+    return any(
+        card.kind in large.kinds and hasattr(large, "owns") and large.owns(Path(path)) for large in _large_inputs()
+    )
 
 
 @contextmanager

@@ -18,7 +18,8 @@ def phantom(
     seed: Seed = 0,
     mpp: PositiveFloat | None = 0.25,
     tumor: bool = True,
-    no_mpp: bool = False,
+    without_mpp: bool = False,
+    overwrite: bool = False,
 ) -> int:
     """Write a phantom Aperio SVS (pyramid, JPEG, mpp, objective power) with tissue classes (+ FILE.truth.npz).
 
@@ -28,11 +29,15 @@ def phantom(
         seed: Random seed.
         mpp: Level-0 microns per pixel.
         tumor: Include tumour tissue (the slide label of the MIL phantom).
-        no_mpp: Leave the resolution out of the file (a slide without mpp).
+        without_mpp: Leave the resolution out of the file (a slide without mpp).
+        overwrite: Replace a phantom slide written earlier (any other file at ``out`` is refused).
     """
-    from domainfm.studies.pathology.phantom import write_phantom_slide
+    from domainfm.shared.outputs import check_output, lock_output
+    from domainfm.studies.pathology.phantom import is_phantom_slide, write_phantom_slide
 
-    slide = write_phantom_slide(Path(out), size, seed, None if no_mpp else mpp, tumor, progress=True)
+    with lock_output(out, "phantom slide"):
+        check_output(out, "phantom slide", overwrite, is_phantom_slide)
+        slide = write_phantom_slide(Path(out), size, seed, None if without_mpp else mpp, tumor, progress=True)
     print(f"wrote {slide.path} ({slide.size[0]}x{slide.size[1]}, levels {slide.downsamples}) and {slide.truth_path}")
     return 0
 

@@ -65,6 +65,7 @@ from domainfm.domains.pathology.region_labels import (
     read_truth,
     truth_class_fractions,
 )
+from domainfm.shared.outputs import partial_path
 from domainfm.studies.pathology.phantom_tissue import (
     PERIOD,
     class_textures,
@@ -94,6 +95,7 @@ __all__ = [
 ]
 
 APERIO_HEADER = "Aperio Image Library v12.0.0 \r\n"
+PHANTOM_TITLE = "Title = domainfm phantom"  # in the description: a slide `phantom --overwrite` may replace
 MIN_LEVEL_SIDE = 512  # pyramid levels are added while their longer side is at least this
 LEVEL_STEP = 4
 # JPEG chroma subsampling: 4:2:0 at level 0 (small files, error ~2 grey levels); 4:4:4 on the lower
@@ -184,7 +186,7 @@ def _aperio_description(width: int, height: int, tile: int, quality: int, mpp: f
     fields = [f"{APERIO_HEADER}{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}"]
     if mpp is not None:
         fields.append(f"AppMag = {40 if mpp <= 0.3 else 20 if mpp <= 0.6 else 10}")
-    fields += ["StripeWidth = 2048", "ScanScope ID = DOMAINFM", "Filename = phantom", "Title = domainfm phantom"]
+    fields += ["StripeWidth = 2048", "ScanScope ID = DOMAINFM", "Filename = phantom", PHANTOM_TITLE]
     if mpp is not None:
         fields.append(f"MPP = {float(mpp)!r}")
     return "|".join(fields)
@@ -421,8 +423,7 @@ def write_phantom_slide(
     truth_path = out.with_name(out.name + TRUTH_SUFFIX)
     regions, ds = draw_regions(seed, dims, tumor)
     writer = _Writer(regions, ds, pack_textures(class_textures(seed, mpp)), dims, tile)
-    stem = f".{out.name}.{os.getpid()}"
-    partial_svs, partial_truth = out.with_name(stem + ".partial"), out.with_name(stem + ".truth.partial")
+    partial_svs, partial_truth = partial_path(out), partial_path(truth_path)
     try:
         _save_truth(partial_truth, regions, ds, dims, mpp, bool((regions == 1).any()), seed)
         with ExitStack() as stack:
@@ -433,3 +434,14 @@ def write_phantom_slide(
         for leftover in (partial_svs, partial_truth):
             leftover.unlink(missing_ok=True)
     return PhantomSlide(out, truth_path, dims, None if mpp is None else float(mpp), downsamples)
+
+
+def is_phantom_slide(path: Path) -> bool:
+    """Whether ``path`` is a slide :func:`write_phantom_slide` wrote (the ``Title`` of its description)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return PHANTOM_TITLE in (tiff.pages.first.description or "")
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return False

@@ -19,6 +19,7 @@ def phantom(
     seed: Seed = 0,
     dicom_fraction: Probability = 0.5,
     retrieval_per_category: PositiveInt = 20,
+    overwrite: bool = False,
 ) -> int:
     """Write phantom chest radiographs (DICOM and PNG) with reports and labels, plus a retrieval benchmark.
 
@@ -29,12 +30,19 @@ def phantom(
         seed: Random seed.
         dicom_fraction: Fraction of images written as DICOM (a third of those MONOCHROME1).
         retrieval_per_category: Candidate images per category in ``retrieval/`` (5 image and 5 text queries each).
+        overwrite: Replace a phantom folder written earlier (any other folder at ``out`` is refused).
     """
     from domainfm.studies.radiology.phantom import write_phantom, write_retrieval_set
+    from domainfm.studies.shared.outputs import phantom_folder
 
-    written = write_phantom(Path(out), n, size, seed, dicom_fraction)
-    files = write_retrieval_set(Path(out) / "retrieval", retrieval_per_category, 5, size, seed + 1)
-    print(f"{n} studies in {written['images']}; prevalence {written['prevalence']}; retrieval set {files['candidate']}")
+    with phantom_folder(out, "phantom folder", overwrite) as folder:
+        written = write_phantom(folder, n, size, seed, dicom_fraction)
+        files = write_retrieval_set(folder / "retrieval", retrieval_per_category, 5, size, seed + 1)
+    images, candidates = (
+        Path(out) / Path(written["images"]).name,
+        Path(out) / "retrieval" / Path(files["candidate"]).name,
+    )
+    print(f"{n} studies in {images}; prevalence {written['prevalence']}; retrieval set {candidates}")
     return 0
 
 

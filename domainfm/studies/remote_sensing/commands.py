@@ -11,7 +11,9 @@ from pathlib import Path
 from domainfm.shared.config import NonNegativeInt, PositiveInt, Seed
 
 
-def phantom(out: Path, size: PositiveInt = 256, seed: Seed = 0, clouds: NonNegativeInt = 8) -> int:
+def phantom(
+    out: Path, size: PositiveInt = 256, seed: Seed = 0, clouds: NonNegativeInt = 8, overwrite: bool = False
+) -> int:
     """Write a phantom MOD021KM granule (real HDF4, L1B layout) with clouds at known heights (+ FILE.truth.npz).
 
     Args:
@@ -19,10 +21,14 @@ def phantom(out: Path, size: PositiveInt = 256, seed: Seed = 0, clouds: NonNegat
         size: Rows and columns (1-km pixels).
         seed: Random seed.
         clouds: Clouds drawn.
+        overwrite: Replace a phantom granule written earlier (any other file at ``out`` is refused).
     """
-    from domainfm.studies.remote_sensing.phantom import write_granule
+    from domainfm.shared.outputs import check_output, lock_output
+    from domainfm.studies.remote_sensing.phantom import is_phantom_granule, write_granule
 
-    path = write_granule(Path(out), (size, size), seed, clouds)
+    with lock_output(out, "phantom granule"):
+        check_output(out, "phantom granule", overwrite, is_phantom_granule)
+        path = write_granule(Path(out), (size, size), seed, clouds)
     print(f"wrote {path} and {path.name}.truth.npz")
     return 0
 

@@ -31,6 +31,7 @@ from domainfm.domains.remote_sensing.bands import (
     TERRA_EMISSIVE,
     planck_radiance,
 )
+from domainfm.shared.outputs import partial_path
 
 SDS_BANDS = {
     SDS_250: ["1", "2"],
@@ -54,6 +55,7 @@ SDS_BANDS = {
     ],
     SDS_1KM_EMISSIVE: [str(b) for b in TERRA_EMISSIVE],
 }
+PHANTOM_ATTRIBUTE = "domainfm remote-sensing phantom"  # global HDF attribute `domainfm`: ours to overwrite
 REFLECTANCE_SCALE = 5e-5  # DN 32767 -> reflectance 1.64
 FILL, SATURATED = 65535, 65533
 
@@ -117,16 +119,56 @@ def brightness(scene: dict[str, np.ndarray], band: int) -> np.ndarray:
 
 
 def write_granule(path: Path, shape: tuple[int, int] = (256, 256), seed: int = 0, clouds: int = 8) -> Path:
-    """Writes a phantom MOD021KM granule to ``path`` and its cloud heights to ``path.truth.npz``."""
-    from pyhdf.SD import SD, SDC
+    """Writes a phantom MOD021KM granule to ``path`` and its cloud heights to ``path.truth.npz``.
 
+    Both are written under run-unique names (:func:`domainfm.shared.outputs.partial_path`) and renamed into
+    place, so a killed run leaves no half granule and no sibling a user named is touched.
+    """
     rng = np.random.default_rng(seed)
     scene = draw_scene(rng, shape, clouds)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial, partial_truth = partial_path(path), partial_path(path.with_name(path.name + ".truth.npz"))
+    try:
+        _write_hdf(partial, scene, shape, rng, seed)
+        with open(partial_truth, "wb") as handle:  # a file object: numpy adds no .npz suffix to the name
+            np.savez_compressed(
+                handle,
+                cloud_top_km=scene["cloud_top_km"].astype(np.float32),
+                cloud_base_km=scene["cloud_base_km"].astype(np.float32),
+                land=scene["land"],
+            )
+        partial_truth.replace(path.with_name(path.name + ".truth.npz"))
+        partial.replace(path)
+    finally:
+        for leftover in (partial, partial_truth):
+            leftover.unlink(missing_ok=True)
+    return path
+
+
+def is_phantom_granule(path: Path) -> bool:
+    """Whether ``path`` is a granule :func:`write_granule` wrote (its ``domainfm`` attribute)."""
+    from pyhdf.error import HDF4Error
+    from pyhdf.SD import SD, SDC
+
+    try:
+        sd = SD(str(path), SDC.READ)
+    except HDF4Error:
+        return False
+    try:
+        return str(sd.attributes().get("domainfm", "")).startswith(PHANTOM_ATTRIBUTE)
+    finally:
+        sd.end()
+
+
+def _write_hdf(
+    partial: Path, scene: dict[str, np.ndarray], shape: tuple[int, int], rng: np.random.Generator, seed: int
+) -> None:
+    from pyhdf.SD import SD, SDC
+
     sd = SD(str(partial), SDC.WRITE | SDC.CREATE | SDC.TRUNC)
     sd.attr("CoreMetadata.0").set(SDC.CHAR, 'OBJECT = SHORTNAME\n VALUE = "MOD021KM"\nEND_OBJECT = SHORTNAME\n')
+    sd.attr("domainfm").set(SDC.CHAR, PHANTOM_ATTRIBUTE)
     for name in L1B_SDS:
         names = SDS_BANDS[name]
         dn = np.empty((len(names), *shape), np.uint16)
@@ -168,14 +210,6 @@ def write_granule(path: Path, shape: tuple[int, int] = (256, 256), seed: int = 0
         sds[:] = grid.astype(np.float32)
         sds.endaccess()
     sd.end()
-    np.savez_compressed(
-        path.with_name(path.name + ".truth.npz"),
-        cloud_top_km=scene["cloud_top_km"].astype(np.float32),
-        cloud_base_km=scene["cloud_base_km"].astype(np.float32),
-        land=scene["land"],
-    )
-    partial.replace(path)
-    return path
 
 
 def write_phantom_splits(granules: list[Path], path: Path) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 from domainfm.shared.config import NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
 
-def phantom(out: Path, n: PositiveInt = 120, size: PositiveInt = 64, seed: Seed = 0) -> int:
+def phantom(out: Path, n: PositiveInt = 120, size: PositiveInt = 64, seed: Seed = 0, overwrite: bool = False) -> int:
     """Write phantom image/mask pairs for two sites (``OUT/site_a``, ``OUT/site_b``).
 
     Args:
@@ -20,12 +20,15 @@ def phantom(out: Path, n: PositiveInt = 120, size: PositiveInt = 64, seed: Seed 
         n: Images per site.
         size: Image side in pixels.
         seed: Random seed.
+        overwrite: Replace a phantom folder written earlier (any other folder at ``out`` is refused).
     """
     from domainfm.studies.segmentation.phantom import write_phantom
+    from domainfm.studies.shared.outputs import phantom_folder
 
-    written = write_phantom(Path(out), n, size, seed)
-    for site, info in written["sites"].items():
-        print(f"{site}: {n} images in {info['images']}, masks in {info['masks']}")
+    with phantom_folder(out, "phantom folder", overwrite) as folder:
+        written = write_phantom(folder, n, size, seed)
+    for site in written["sites"]:
+        print(f"{site}: {n} images in {Path(out) / site / 'images'}, masks in {Path(out) / site / 'masks'}")
     return 0
 
 

@@ -1,0 +1,255 @@
+"""``domainfm pathology predict``: a tile classifier over whole slides, in the formats QuPath and viewers open.
+
+Each slide is cut the way ``domainfm pathology tile`` cuts it, at the classifier's training mpp (the first
+its checkpoint records, unless ``--mpp``): the same grid, tissue detector and region reader
+(:func:`.slide_inputs.slide_tiles`, which ``explain`` uses too). Tissue tiles are read a bounded number of
+batches ahead and predicted batch by batch through the deployed contract (:mod:`.deploy`: the tile as the
+store holds it, standardised, encoder, head, softmax), so memory does not grow with the slide: what is kept
+is the thumbnail the tiler makes anyway and one value per grid cell. For a slide ``NAME.svs`` the outputs
+(:mod:`.predict_maps` describes each format exactly) are
+
+* ``geojson/NAME.geojson``: one QuPath tile object per tissue tile, its square in level-0 pixels, classified
+  as its most probable class, with ``P(CLASS)`` measurements (QuPath: *File > Import objects*);
+* ``maps/NAME.tif``: a pyramidal OME-TIFF probability map, one pixel per tile, ``P(CLASS)`` x 255 per
+  channel and a class channel, its pixel size the tile's, so it lies on the slide when scaled by the tile's
+  level-0 side;
+* ``overlays/NAME.png``: the predictions over the slide's thumbnail;
+* a row of ``predictions.csv``: tiles, tiles per predicted class, mean probability per class, the tile and
+  scan mpp.
+* with ``explain``: ``explanations/NAME.png``, the ``domainfm explain`` slide overlay (integrated gradients
+  of each tile's predicted class, 16 steps per tile; docs/explain.md), and the same per-tile attributions in
+  the formats above, ``explanations/NAME.geojson`` and ``explanations/NAME.tif`` (``explain --tiles``);
+  pictures: ``explanations/NAME.png``, the picture ``explain`` writes.
+
+A slide without a tissue tile gets an empty FeatureCollection, an all-zero map, its overlay and a row
+with 0 tiles. Plain pictures (``.png``/``.jpg``, and ``.tif`` that are not pyramidal slides) are one tile each (a row
+with the class probabilities; no GeoJSON or map); they must be the model's tile size at its mpp.
+
+Slides without a recorded mpp are refused by name unless ``--assume_mpp``; an unreadable slide is reported
+on one line and the others still run; a rerun finishes only the slides not done (docs/predict.md).
+ABMIL slide models (``pathology mil``) are not saved as deployable checkpoints, so ``predict`` takes tile
+classifiers (``pathology train``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from domainfm.shared.config import Fraction, PositiveFloat, PositiveInt
+from domainfm.shared.deploy.card import Deployable
+from domainfm.shared.predict import InputFile, Outputs
+
+PICTURES = (".png", ".jpg", ".jpeg", ".bmp")
+KINDS = ("pathology.tile_classifier",)
+
+
+def _suffixes() -> tuple[str, ...]:
+    from domainfm.domains.pathology.slide_inputs import SLIDE_SUFFIXES
+
+    return tuple(dict.fromkeys(SLIDE_SUFFIXES + PICTURES))
+
+
+def _class_columns(names: list[str], counts: np.ndarray, means: np.ndarray | None) -> dict[str, Any]:
+    """``tiles_CLASS`` and ``mean_P(CLASS)`` columns (means empty when no tile was predicted)."""
+    row: dict[str, Any] = {}
+    for name, count in zip(names, counts, strict=True):
+        row[f"tiles_{name}"] = int(count)
+    for k, name in enumerate(names):
+        row[f"mean_P({name})"] = None if means is None else round(float(means[k]), 6)
+    return row
+
+
+def predict_tiles(deployable: Deployable, tiles: np.ndarray, device: torch.device) -> np.ndarray:
+    """Class probabilities ``[n, classes]`` (float32) of raw uint8 tiles ``[n, 3, t, t]``."""
+    from domainfm.shared.deploy import predict
+
+    batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).float()
+    return predict(deployable, batch).float().cpu().numpy()
+
+
+def predict_slide(
+    deployable: Deployable,
+    item: InputFile,
+    outputs: Outputs,
+    *,
+    mpp: float | None = None,
+    assume_mpp: float | None = None,
+    min_tissue: float = 0.5,
+    batch: int = 64,
+    overlay_class: int | None = None,
+    device: torch.device | None = None,
+    progress: bool = True,
+    explain: bool = False,
+) -> dict[str, Any]:
+    """Predicts every tissue tile of one slide and writes its GeoJSON, map and overlay (module docstring)."""
+    from tqdm.auto import tqdm
+
+    from domainfm.domains.pathology.predict_maps import GeoJSONTiles, TileGrid, write_overlay, write_probability_map
+    from domainfm.domains.pathology.slide_inputs import slide_tiles
+    from domainfm.domains.pathology.slides import SlideError
+
+    card = deployable.card
+    names = list(card.class_names)
+    device = device or torch.device("cpu")
+    with slide_tiles(item.path, card, mpp=mpp, min_tissue=min_tissue, batch=batch, assume_mpp=assume_mpp,
+                     require_tissue=False) as tiles:  # fmt: skip
+        info, coords = tiles.plan.info, tiles.coords
+        grid = TileGrid.for_slide(info.width, info.height, tiles.side, len(names))
+        if 0 in grid.shape:
+            raise SlideError(
+                f"{item.path}: the slide ({info.width}x{info.height} px at {info.mpp:g} mpp) is smaller than one "
+                f"tile ({tiles.side:.0f} px at {tiles.mpp:g} mpp); predict it as a picture or at a finer --mpp"
+            )
+        tile_um = tiles.params.tile_px * tiles.mpp
+        members = {"domainfm": {"slide": item.key, "tile_px": tiles.params.tile_px, "mpp": tiles.mpp,
+                                "slide_mpp": info.mpp, "tile_side_level0": tiles.side,
+                                "coordinates": "level-0 pixels, origin top-left"}}  # fmt: skip
+        sums = np.zeros(len(names))
+        with open(outputs.path("geojson", ".geojson"), "w", encoding="utf-8") as handle:
+            features = GeoJSONTiles(handle, names, tiles.side, members)
+            start = 0
+            bar = tqdm(total=len(coords), desc=item.key, unit="tile", leave=False, disable=not progress)
+            with contextlib.closing(bar):
+                for raw in tiles.batches:
+                    probabilities = predict_tiles(deployable, raw, device)
+                    where = coords[start : start + len(raw)]
+                    grid.add(where, probabilities)
+                    features.write(where, probabilities)
+                    sums += probabilities.sum(0, dtype=np.float64)
+                    start += len(raw)
+                    bar.update(len(raw))
+            features.close()
+        if start != len(coords):
+            raise SlideError(f"{item.path}: read {start} of {len(coords)} tiles")
+        levels = write_probability_map(outputs.path("maps", ".tif"), grid, names, tile_um)
+        counts = np.bincount(grid.classes()[grid.predicted] - 1, minlength=len(names))
+        title = (f"{item.key}: {len(coords)} tissue tiles at {tiles.mpp:g} mpp ({tiles.params.tile_px} px), "
+                 f"scan {info.mpp:g} mpp ({info.mpp_source})")  # fmt: skip
+        write_overlay(outputs.path("overlays", ".png"), grid, tiles.plan.thumbnail, tiles.plan.thumb_downsample,
+                      names, title, overlay_class)  # fmt: skip
+    predicted = names[int(counts.argmax())] if len(coords) else ""
+    if explain and len(coords):
+        from domainfm.shared.explain.slides import explain_slide
+
+        tile_outputs = (outputs.path("explanations", ".geojson"), outputs.path("explanations", ".tif"))
+        explain_slide(deployable, item.path, outputs.path("explanations", ".png"), mpp=mpp, batch=min(batch, 8),
+                      min_tissue=min_tissue, progress=progress, tile_outputs=tile_outputs,
+                      open_options={"assume_mpp": assume_mpp})  # fmt: skip
+    return {
+        "type": "slide",
+        "tiles": len(coords),
+        "predicted": predicted,
+        **_class_columns(names, counts, sums / len(coords) if len(coords) else None),
+        "mpp": tiles.mpp,
+        "slide_mpp": info.mpp,
+        "mpp_source": info.mpp_source,
+        "width": info.width,
+        "height": info.height,
+        "grid": list(grid.shape),
+        "map_levels": levels,
+        "geojson": f"geojson/{item.stem}.geojson",
+        "map": f"maps/{item.stem}.tif",
+    }
+
+
+def predict_picture(
+    deployable: Deployable,
+    item: InputFile,
+    device: torch.device | None = None,
+    outputs: Outputs | None = None,
+    explain: bool = False,
+) -> dict[str, Any]:
+    """One picture as one tile: its class probabilities (a row; no GeoJSON or map; an explanation if asked)."""
+    from domainfm.shared.deploy import read_input
+
+    names = list(deployable.card.class_names)
+    image = read_input(item.path, deployable.card)
+    device = device or torch.device("cpu")
+    probabilities = predict_tiles(deployable, image.numpy(), device)[0]
+    if explain and outputs is not None:
+        from domainfm.shared.explain.attribution import attribute
+        from domainfm.shared.explain.overlay import render_overlay
+
+        result = attribute(deployable, image.to(device), "integrated_gradients", None)
+        render_overlay(image, result, deployable.card, f"{item.path.name} ({deployable.card.kind})",
+                       outputs.path("explanations", ".png"))  # fmt: skip
+    counts = np.eye(len(names), dtype=np.int64)[int(probabilities.argmax())]
+    height, width = image.shape[-2:]
+    return {"type": "picture", "tiles": 1, "predicted": names[int(probabilities.argmax())],
+            **_class_columns(names, counts, probabilities), "width": int(width), "height": int(height)}  # fmt: skip
+
+
+def predict(
+    checkpoint: Path,
+    input: list[Path],
+    out: Path,
+    mpp: PositiveFloat | None = None,
+    assume_mpp: PositiveFloat | None = None,
+    min_tissue: Fraction = 0.5,
+    batch: PositiveInt = 64,
+    overlay_class: str | None = None,
+    explain: bool = False,
+    device: str = "auto",
+    overwrite: bool = False,
+    json: bool = False,
+) -> int:
+    """Classify the tissue tiles of whole slides: QuPath GeoJSON, a pyramidal TIFF map and an overlay per slide.
+
+    Writes OUT/geojson/NAME.geojson (tile squares in level-0 pixels with class and P(CLASS) measurements),
+    OUT/maps/NAME.tif (pyramidal OME-TIFF, one pixel per tile), OUT/overlays/NAME.png and a row per slide in
+    OUT/predictions.csv; pictures (.png/.jpg) are one tile each (a row only). Resumable: a rerun predicts only
+    the slides not finished (docs/predict/pathology.md).
+
+    Args:
+        checkpoint: A tile classifier written by ``domainfm pathology train``.
+        input: Slides (any OpenSlide format), pictures of single tiles, or folders holding them (searched
+            recursively; outputs keep the relative names).
+        out: The folder to write (new, empty, or an earlier ``predict`` output to resume).
+        mpp: Microns per pixel to tile at; default the classifier's training mpp (the first it records).
+        assume_mpp: The slides' level-0 microns per pixel where a file records none (never guessed).
+        min_tissue: Predict tiles with at least this tissue fraction (as ``pathology tile`` keeps them).
+        batch: Tiles read and predicted together.
+        overlay_class: Draw this class's probability as a heat map on the overlays (default: every tile in
+            its predicted class's colour).
+        explain: Also write the ``domainfm explain`` overlay of each slide (integrated gradients of each tile's
+            predicted class) with its per-tile GeoJSON and map, or of each picture, under OUT/explanations (slow).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        overwrite: Predict every input again (also needed to reuse OUT with another model or options).
+        json: Print the summary as JSON instead of a table.
+    """
+    import json as json_module
+
+    from domainfm.domains.pathology.slide_inputs import SLIDES
+    from domainfm.shared.engine import resolve_device
+    from domainfm.shared.explain.targets import ExplainError, resolve_target
+    from domainfm.shared.predict import PredictError, load_for_domain, run_predictions
+
+    torch_device = resolve_device(device)
+    deployable = load_for_domain(checkpoint, "pathology", KINDS)
+    deployable.network.to(torch_device)
+    try:
+        heat = None if overlay_class is None else resolve_target(deployable.card, overlay_class)
+    except ExplainError as error:
+        raise PredictError(f"--overlay_class: {error}") from error
+
+    def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
+        if SLIDES.claims(item.path, deployable.card):
+            return predict_slide(deployable, item, outputs, mpp=mpp, assume_mpp=assume_mpp, min_tissue=min_tissue,
+                                 batch=batch, overlay_class=heat, device=torch_device, progress=not json,
+                                 explain=explain)  # fmt: skip
+        return predict_picture(deployable, item, torch_device, outputs, explain)
+
+    options = {"mpp": mpp, "assume_mpp": assume_mpp, "min_tissue": min_tissue, "overlay_class": overlay_class,
+               "explain": explain}  # fmt: skip
+    run = run_predictions(
+        deployable, input, out, predict_one, suffixes=_suffixes(), what="slides or pictures", options=options,
+        overwrite=overwrite, progress=not json, title=f"pathology predict ({deployable.card.kind})",
+    )  # fmt: skip
+    if json:
+        print(json_module.dumps(run.to_dict(), indent=2))
+    return 2 if run.failed else 0
