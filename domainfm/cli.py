@@ -93,6 +93,7 @@ GROUPS: dict[str, Group] = {
         commands={
             "backbones": "domainfm.studies.shared.backbones.bench:bench_backbones",
             "stream": "domainfm.studies.shared.tiles.bench:bench_stream",
+            "ingest": "domainfm.studies.shared.tiles.ingest_bench:bench_ingest",
             "tiling": "domainfm.studies.pathology.bench:bench_tiling",
             "predict-memory": "domainfm.studies.pathology.predict_bench:bench_predict_memory",
             "convert": "domainfm.studies.shared.foundation.bench:bench_convert",

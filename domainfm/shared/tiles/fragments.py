@@ -84,60 +84,76 @@ class FragmentWriter:
         self.fragment, self.spec, self.n = fragment, spec, 0
         self.stats = RunningStats(spec.tile_shape[0])
         self.batches: list[int] = []
-        self.keys = ["tiles", *[f"index/{k}" for k in INDEX_COLUMNS], *[f"companions/{k}" for k in spec.companions]]
+        self.keys = staging_keys(spec)
         for key in self.keys:
             (fragment / "data" / key).mkdir(parents=True, exist_ok=True)
 
-    def _validate(self, batch: TileBatch, tiles: np.ndarray) -> None:
-        if tiles.shape[1:] != self.spec.tile_shape:
-            raise ValueError(f"reader gave tiles of shape {tiles.shape[1:]}, the store holds {self.spec.tile_shape}")
-        for name in batch.index:
-            if name not in INDEX_COLUMNS or name == "source":
-                raise ValueError(f"reader gave unknown index column {name!r}; columns: {list(INDEX_COLUMNS)[1:]}")
-        missing = set(self.spec.companions) - set(batch.companions)
-        if missing or set(batch.companions) - set(self.spec.companions):
-            raise ValueError(
-                f"reader gave companions {sorted(batch.companions)}, the store expects {sorted(self.spec.companions)}"
-            )
-        target = np.dtype(self.spec.dtype)
-        if tiles.dtype != target and not np.can_cast(tiles.dtype, target, "same_kind"):
-            raise ValueError(f"reader gave {tiles.dtype} tiles; the store holds {target} (convert them in the reader)")
-        if tiles.dtype.kind in "iu" and target.kind in "iu" and tiles.size and not np.can_cast(tiles.dtype, target):
-            info = np.iinfo(target)
-            if tiles.min() < info.min or tiles.max() > info.max:
-                raise ValueError(f"reader gave values outside the {target} range [{info.min}, {info.max}]")
-
     def append(self, batch: TileBatch, source_row: int) -> None:
         """Writes one batch (validated against the spec) and updates the statistics."""
-        tiles = np.asarray(batch.tiles)
-        n = len(tiles)
-        if n == 0:  # e.g. a batch that only carries source_meta
-            if tiles.ndim > 1 and tiles.shape[1:] != self.spec.tile_shape:
-                raise ValueError(
-                    f"reader gave tiles of shape {tiles.shape[1:]}, the store holds {self.spec.tile_shape}"
-                )
+        data = batch_arrays(self.spec, batch, source_row)
+        if data is None:  # e.g. a batch that only carries source_meta
             return
-        self._validate(batch, tiles)
-        columns = {name: np.full(n, INDEX_DEFAULTS[name], dtype) for name, dtype in INDEX_COLUMNS.items()}
-        columns["source"][:] = source_row
-        for name, values in batch.index.items():
-            columns[name][:] = values
-        data = {"tiles": tiles.astype(np.dtype(self.spec.dtype), copy=False)}
-        data.update({f"index/{k}": v for k, v in columns.items()})
-        for name, values in batch.companions.items():
-            companion = self.spec.companions[name]
-            array = np.asarray(values, dtype=str if companion.dtype == TEXT else companion.dtype)
-            if array.shape != (n, *companion.shape):
-                raise ValueError(f"companion {name!r} has shape {array.shape}, expected {(n, *companion.shape)}")
-            data[f"companions/{name}"] = array
         number = len(self.batches)
         for key, values in data.items():
             np.save(self.fragment / "data" / key / f"{number:06d}.npy", np.ascontiguousarray(values))
         self.stats.update(data["tiles"], batch.valid)
-        self.batches.append(n)
-        self.n += n
+        self.batches.append(len(data["tiles"]))
+        self.n += len(data["tiles"])
         (self.fragment / "progress").write_text(str(self.n))
         kill_point("batch")
+
+
+def staging_keys(spec: StoreSpec) -> list[str]:
+    """The arrays a staging folder holds: tiles, every index column and every companion."""
+    return ["tiles", *[f"index/{k}" for k in INDEX_COLUMNS], *[f"companions/{k}" for k in spec.companions]]
+
+
+def _validate(spec: StoreSpec, batch: TileBatch, tiles: np.ndarray) -> None:
+    if tiles.shape[1:] != spec.tile_shape:
+        raise ValueError(f"reader gave tiles of shape {tiles.shape[1:]}, the store holds {spec.tile_shape}")
+    for name in batch.index:
+        if name not in INDEX_COLUMNS or name == "source":
+            raise ValueError(f"reader gave unknown index column {name!r}; columns: {list(INDEX_COLUMNS)[1:]}")
+    missing = set(spec.companions) - set(batch.companions)
+    if missing or set(batch.companions) - set(spec.companions):
+        raise ValueError(
+            f"reader gave companions {sorted(batch.companions)}, the store expects {sorted(spec.companions)}"
+        )
+    target = np.dtype(spec.dtype)
+    if tiles.dtype != target and not np.can_cast(tiles.dtype, target, "same_kind"):
+        raise ValueError(f"reader gave {tiles.dtype} tiles; the store holds {target} (convert them in the reader)")
+    if tiles.dtype.kind in "iu" and target.kind in "iu" and tiles.size and not np.can_cast(tiles.dtype, target):
+        info = np.iinfo(target)
+        if tiles.min() < info.min or tiles.max() > info.max:
+            raise ValueError(f"reader gave values outside the {target} range [{info.min}, {info.max}]")
+
+
+def batch_arrays(spec: StoreSpec, batch: TileBatch, source_row: int) -> dict[str, np.ndarray] | None:
+    """One reader batch as the staged arrays (:func:`staging_keys`), validated against ``spec``.
+
+    ``None`` for a batch without tiles (one that only carries ``source_meta``); raises ``ValueError``
+    naming what the reader got wrong (shape, index column, companion, dtype or value range).
+    """
+    tiles = np.asarray(batch.tiles)
+    n = len(tiles)
+    if n == 0:
+        if tiles.ndim > 1 and tiles.shape[1:] != spec.tile_shape:
+            raise ValueError(f"reader gave tiles of shape {tiles.shape[1:]}, the store holds {spec.tile_shape}")
+        return None
+    _validate(spec, batch, tiles)
+    columns = {name: np.full(n, INDEX_DEFAULTS[name], dtype) for name, dtype in INDEX_COLUMNS.items()}
+    columns["source"][:] = source_row
+    for name, values in batch.index.items():
+        columns[name][:] = values
+    data = {"tiles": tiles.astype(np.dtype(spec.dtype), copy=False)}
+    data.update({f"index/{k}": v for k, v in columns.items()})
+    for name, values in batch.companions.items():
+        companion = spec.companions[name]
+        array = np.asarray(values, dtype=str if companion.dtype == TEXT else companion.dtype)
+        if array.shape != (n, *companion.shape):
+            raise ValueError(f"companion {name!r} has shape {array.shape}, expected {(n, *companion.shape)}")
+        data[f"companions/{name}"] = array
+    return data
 
 
 def read_fragment_rows(fragment: Path, batches: list[int], key: str, start: int, stop: int) -> list[np.ndarray]:

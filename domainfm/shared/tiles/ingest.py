@@ -1,29 +1,31 @@
 """The ingest engine: many sources -> one tile store, in parallel, resumable, memory bounded.
 
 1. **Plan.** A new store is created with ``status: ingesting``. An unfinished one is resumed (its source
-   list may change: fragments are keyed by source path); another spec, a complete store of other sources,
-   or anything at ``out`` that is not a tile store is refused rather than mixed or overwritten.
-2. **Tile.** Each source whose fragment is not ``done`` (or whose file changed since) is read by the
-   domain's reader into its own staging fragment (:mod:`.fragments`). Sources run as Dask tasks: local
-   threads (default) or processes, or a ``dask.distributed`` cluster when a scheduler address is given
-   (the store must then be on a filesystem every worker sees). A failing source is recorded and the
-   others continue. A progress bar shows tiles and tiles/s.
-3. **Assemble.** The fragments are copied, shard by shard (one task per shard, so one writer per shard),
-   into the sharded store in source order (uncompressed uint8 tiles straight into their shard files,
-   :func:`.shards.write_raw_shard`; the rest through zarr); statistics are merged exactly; the sources table and the
-   attributes are written, ``status: complete`` last.
+   list may change: staged sources are keyed by resolved path); another spec, a complete store of other
+   sources, or anything at ``out`` that is not a tile store is refused rather than mixed or overwritten.
+2. **Stage.** Every source without a journalled ``done`` entry (or whose file or reader options changed
+   since) is read by the domain's reader into a shared staging pack (:mod:`.packs`): runs of consecutive
+   sources, up to 512 small files or one large file per pack, buffered and flushed in bulk, so per-file
+   overhead vanishes. Packs run as Dask tasks: local threads (default) or processes, or a
+   ``dask.distributed`` cluster when a scheduler address is given (the store must then be on a
+   filesystem every worker sees). A failing source is recorded and the others continue. A progress bar
+   shows sources, tiles and tiles/s.
+3. **Assemble.** The staged rows are copied, shard by shard (one task per shard, so one writer per
+   shard), into the sharded store in source order (uncompressed uint8 tiles straight into their shard
+   files, :func:`.shards.write_raw_shard`; the rest through zarr); per-source statistics are merged
+   exactly, in source order; the sources table and the attributes are written, ``status: complete`` last.
 
 A run killed at any point and rerun with the same command ends with the same tiles, index and statistics
-as an uninterrupted run: finished fragments are kept, unfinished ones are redone, and assembly is
-repeated from the fragments. The staging folder is removed once every source succeeded; with failures it
-stays, so a rerun only retries the failed sources.
+as an uninterrupted run: journalled sources are kept, the rest are staged again, and assembly is repeated
+from the packs. The staging folder is removed once every source succeeded; with failures it stays, so a
+rerun only retries the failed sources.
 
 Consistency by construction: the store records what it was built from (:mod:`.inputs`: reader, reader
 version, the reader's options, a digest of each source's own options). A rerun with other options is
-refused with the differences listed unless ``overwrite`` (then fragments made under other options are
+refused with the differences listed unless ``overwrite`` (then sources staged under other options are
 redone); a complete store is also refused when its sources were added, removed or changed since. An
 unfinished store may change its source list (e.g. a failed source removed): ``index/source`` and the
-sources table are then rebuilt together from the current list at assembly, never taken from a fragment.
+sources table are then rebuilt together from the current list at assembly, never taken from staging.
 Assembly records each tile shard file's CRC-32C (``checksums/tiles``).
 """
 
@@ -43,17 +45,18 @@ import numpy as np
 import zarr
 
 from domainfm.shared.outputs import lock_output
-from domainfm.shared.tiles.fragments import (
-    Reader,
-    fingerprint,
-    ingest_source,
-    kill_point,
-    read_fragment_rows,
-    read_progress,
-    read_status,
-)
+from domainfm.shared.tiles.fragments import Reader, fingerprint, kill_point, read_fragment_rows
 from domainfm.shared.tiles.inputs import differences, inputs_record, reader_options, spec_differences
 from domainfm.shared.tiles.layout import choose_layout
+from domainfm.shared.tiles.packs import (
+    Staged,
+    ingest_pack,
+    new_pack_names,
+    one_torch_thread,
+    plan_packs,
+    read_pack_progress,
+    read_staged,
+)
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
 from domainfm.shared.tiles.shards import ShardDecoder, file_crc32c, shard_file, write_raw_shard
 from domainfm.shared.tiles.stats import RunningStats
@@ -233,8 +236,8 @@ def _run_tasks(tasks: list[Any], workers: int, scheduler: str | None, processes:
     return list(dask.compute(*tasks, scheduler=mode, num_workers=workers))
 
 
-def _with_progress(run: Any, fragments: list[Path], show: bool) -> list[dict]:
-    """Runs ``run()`` in a thread while polling the fragments' progress files for a tiles/s bar."""
+def _with_progress(run: Any, packs: list[Path], total: int, show: bool) -> list[dict]:
+    """Runs ``run()`` in a thread while polling the packs' progress files for a sources and tiles/s bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     result: dict[str, Any] = {}
@@ -248,12 +251,12 @@ def _with_progress(run: Any, fragments: list[Path], show: bool) -> list[dict]:
         TimeElapsedColumn(),
     )
     with Progress(*columns, disable=not show, transient=False) as progress:
-        task = progress.add_task("ingest sources", total=len(fragments), rate="")
+        task = progress.add_task("ingest sources", total=total, rate="")
         thread.start()
         while thread.is_alive():
             thread.join(0.5)
-            tiles = sum(read_progress(f) for f in fragments)
-            finished = sum(read_status(f) is not None for f in fragments)
+            counts = [read_pack_progress(p) for p in packs] if show else [(0, 0)]
+            tiles, finished = sum(c[0] for c in counts), sum(c[1] for c in counts)
             rate = tiles / max(time.perf_counter() - start, 1e-9)
             progress.update(task, completed=finished, rate=f"{tiles} tiles, {rate:.0f} tiles/s")
     if "error" in result["value"]:
@@ -268,15 +271,28 @@ def _capture(run: Any) -> dict[str, Any]:
         return {"error": error}
 
 
+Segment = tuple[Path, list[int], int, int, int]  # pack, its rows per flush, first pack row, global offset, rows
+
+
+def _segment_rows(segments: list[Segment], key: str, start: int, stop: int) -> list[np.ndarray]:
+    """Global rows ``[start, stop)`` of ``key``, read from the packs that hold them."""
+    parts = []
+    for pack, batches, first, offset, count in segments:
+        lo, hi = max(start, offset), min(stop, offset + count)
+        if lo < hi:
+            parts += read_fragment_rows(pack, batches, key, first + lo - offset, first + hi - offset)
+    return parts
+
+
 def _copy_rows(
-    fragments: list[tuple[Path, int, list[int]]],
+    segments: list[Segment],
     start: int,
     stop: int,
     store: Path,
     keys: list[str],
     raw_tiles: bool,
 ) -> int:
-    """Writes global rows ``[start, stop)`` of every array from the fragments that hold them (one shard).
+    """Writes global rows ``[start, stop)`` of every array from the packs that hold them (one shard).
 
     With ``raw_tiles`` (see :func:`_raw_shards`) the tile shard file is written directly. Returns the
     CRC-32C of the tile shard file written.
@@ -285,9 +301,7 @@ def _copy_rows(
     crc = None
     with zarr.config.set(WRITE_ALL_CHUNKS):  # in this worker too: all-zero tiles must still be written
         for key in keys:
-            parts = []
-            for fragment, offset, batches in fragments:
-                parts += read_fragment_rows(fragment, batches, key, start - offset, stop - offset)
+            parts = _segment_rows(segments, key, start, stop)
             array = group[key]
             if key == "tiles" and raw_tiles:
                 shard_rows, chunk_rows = int(array.shards[0]), int(array.chunks[0])
@@ -308,38 +322,51 @@ def _raw_shards(array: zarr.Array) -> bool:
     return decoder.supported and decoder.decoder is None and array.dtype.itemsize == 1
 
 
+def _segments(staged: list[Staged | None]) -> tuple[list[Segment], list[np.ndarray]]:
+    """The done sources' rows as runs of consecutive pack rows in store order, and each tile's source row."""
+    segments: list[Segment] = []
+    rows_of, total = [], 0
+    for row, item in enumerate(staged):
+        if item is None or item.entry["status"] != "done":
+            continue
+        n = int(item.entry["n_tiles"])
+        rows_of.append(np.full(n, row, np.int32))
+        if n and segments and segments[-1][0] == item.pack and segments[-1][2] + segments[-1][4] == item.start:
+            pack, batches, first, offset, count = segments[-1]
+            segments[-1] = (pack, batches, first, offset, count + n)
+        elif n:
+            segments.append((item.pack, item.batches, item.start, total, n))
+        total += n
+    return segments, rows_of
+
+
 def _assemble(
     group: zarr.Group,
     out: Path,
     spec: StoreSpec,
-    statuses: list[dict],
-    fragment_dirs: list[Path],
+    staged: list[Staged | None],
     workers: int,
     scheduler: str | None,
     processes: bool,
 ) -> int:
     import dask
 
-    done = [
-        (row, d, s) for row, (d, s) in enumerate(zip(fragment_dirs, statuses, strict=True)) if s["status"] == "done"
-    ]
-    offsets, rows_of, total = [], [], 0
-    for row, fragment, status in done:
-        offsets.append((fragment, total, status["batches"]))
-        rows_of.append(np.full(status["n_tiles"], row, np.int32))
-        total += status["n_tiles"]
+    segments, rows_of = _segments(staged)
+    total = sum(len(r) for r in rows_of)
     layout = choose_layout(spec.tile_shape, spec.dtype, spec.codec)
     create_arrays(group, spec, total, layout)
     keys = ["tiles", *[f"companions/{name}" for name in spec.companions]]
     rows = int(group["tiles"].shards[0])
     raw = _raw_shards(group["tiles"])
-    copies = [dask.delayed(_copy_rows)(offsets, s, min(s + rows, total), out, keys, raw) for s in range(0, total, rows)]
+    copies = []
+    for s in range(0, total, rows):
+        stop = min(s + rows, total)
+        mine = [g for g in segments if g[3] < stop and g[3] + g[4] > s]  # only what this shard needs travels
+        copies.append(dask.delayed(_copy_rows)(mine, s, stop, out, keys, raw))
     crcs = _run_tasks(copies, workers, scheduler, processes) if copies else []
     for name in INDEX_COLUMNS:  # a few bytes per tile: assembled in memory, written once
-        if name == "source":  # the row in today's source list, whatever the list was when the fragment was made
-            parts = rows_of
-        else:
-            parts = [part for f, _, b in offsets for part in read_fragment_rows(f, b, f"index/{name}", 0, sum(b))]
+        # index/source: the row in today's source list, whatever the list was when the pack was made
+        parts = rows_of if name == "source" else _segment_rows(segments, f"index/{name}", 0, total)
         if parts and total:
             group[f"index/{name}"][:] = np.concatenate(parts)
     if crcs:
@@ -359,6 +386,7 @@ def ingest(
     processes: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    sources_per_pack: int | None = None,
 ) -> IngestSummary:
     """Ingests ``sources`` into the store at ``out`` (see the module docstring for the guarantees).
 
@@ -374,6 +402,9 @@ def ingest(
         processes: Local processes instead of threads (for readers that hold the GIL).
         overwrite: Replace an existing store of other sources.
         progress: Show the progress bar.
+        sources_per_pack: Sources staged together in one pack (:mod:`.packs`); by default up to 512 small
+            files, a large file alone. ``1`` stages each source on its own and flushes it at once (as
+            ingest did before packs; ``domainfm bench ingest`` measures the difference).
     """
     out = Path(out)
     names = [str(s) for s in sources]
@@ -383,13 +414,26 @@ def ingest(
         raise StoreError(f"sources listed twice (under any spelling): {twice}")
     with lock_output(out, "tile store"):  # one writer per store: a second ingest into `out` fails at once
         return _ingest_locked(
-            out, names, spec, reader, reader_name, reader_version, workers, scheduler, processes, overwrite, progress
-        )
+            out, names, [str(r) for r in resolved], spec, reader, reader_name, reader_version, workers, scheduler,
+            processes, overwrite, progress, sources_per_pack,
+        )  # fmt: skip
+
+
+def _reusable(staged: list[Staged], name: str, reader_id: list[str]) -> Staged | None:
+    """The newest ``done`` entry of ``name`` made from today's file under today's reader and options."""
+    for item in reversed(staged):
+        entry = item.entry
+        if entry["status"] == "done" and entry.get("reader") == reader_id and Path(name).is_file():
+            if entry["fingerprint"] == fingerprint(Path(name)):
+                return item
+            return None  # the file changed since: every older entry is older still
+    return None
 
 
 def _ingest_locked(
     out: Path,
     names: list[str],
+    keys: list[str],
     spec: StoreSpec,
     reader: Reader,
     reader_name: str,
@@ -399,16 +443,17 @@ def _ingest_locked(
     processes: bool,
     overwrite: bool,
     progress: bool,
+    sources_per_pack: int | None,
 ) -> IngestSummary:
     start = time.perf_counter()
     options, own = reader_options(reader, names, out)
     inputs = inputs_record(reader_name, reader_version, options)
     shared = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
-    per_source = [f"{shared}:{digest}" for digest in own]  # a fragment is kept only under the same options
+    per_source = [f"{shared}:{digest}" for digest in own]  # a staged source is kept only under the same options
+    reader_ids = [[reader_name, reader_version, digest] for digest in per_source]
     group = _open_or_create(out, spec, names, overwrite, inputs, per_source)
     summary = IngestSummary(out)
     staging = out / STAGING
-    fragment_dirs = [staging / fragment_key(name) for name in names]
     if group.attrs.get("status") == "complete":
         shutil.rmtree(staging, ignore_errors=True)
         summary.skipped, summary.n_tiles = names, int(group["tiles"].shape[0])
@@ -416,51 +461,60 @@ def _ingest_locked(
         return summary
     import dask
 
-    todo = []
-    for row, (name, fragment) in enumerate(zip(names, fragment_dirs, strict=True)):
-        status = read_status(fragment)
-        unchanged = (
-            status is not None
-            and Path(name).is_file()
-            and status["fingerprint"] == fingerprint(Path(name))
-            and status.get("reader") == [reader_name, reader_version, per_source[row]]
-        )
-        if status is not None and status["status"] == "done" and "batches" in status and unchanged:
-            summary.skipped.append(name)
-        else:
-            todo.append(
-                dask.delayed(ingest_source)(
-                    name, row, str(fragment), spec.to_attrs(), reader, [reader_name, reader_version, per_source[row]]
+    earlier = read_staged(staging)
+    staged: list[Staged | None] = [
+        _reusable(earlier.get(key, []), name, rid) for name, key, rid in zip(names, keys, reader_ids, strict=True)
+    ]
+    todo = [row for row, item in enumerate(staged) if item is None]
+    summary.skipped = [names[row] for row, item in enumerate(staged) if item is not None]
+    if todo:
+        plan = plan_packs([names[row] for row in todo], workers, sources_per_pack)
+        packs = new_pack_names(len(plan))
+        tasks = []
+        for pack, positions in zip(packs, plan, strict=True):
+            rows = [todo[i] for i in positions]
+            tasks.append(
+                dask.delayed(ingest_pack)(
+                    [names[r] for r in rows],
+                    rows,
+                    str(staging / pack),
+                    spec.to_attrs(),
+                    reader,
+                    [reader_ids[r] for r in rows],
                 )
             )
-    if todo:
-        _with_progress(lambda: _run_tasks(todo, workers, scheduler, processes), fragment_dirs, progress)
-    statuses = [read_status(f) for f in fragment_dirs]
-    if any(s is None for s in statuses):
+        run = lambda: _run_tasks(tasks, workers, scheduler, processes)  # noqa: E731
+        with one_torch_thread():
+            _with_progress(run, [staging / pack for pack in packs], len(todo), progress)
+        fresh = read_staged(staging, packs)
+        for row in todo:
+            found = fresh.get(keys[row])
+            staged[row] = found[-1] if found else None
+    if any(item is None for item in staged):
         raise StoreError(f"{out}: some sources did not finish; rerun the same command to resume")
     with zarr.config.set(WRITE_ALL_CHUNKS):
-        summary.n_tiles = _assemble(group, out, spec, statuses, fragment_dirs, workers, scheduler, processes)
+        summary.n_tiles = _assemble(group, out, spec, staged, workers, scheduler, processes)
     table = []
-    for name, status, digest in zip(names, statuses, per_source, strict=True):
-        entry = {
-            **status["fingerprint"],
-            "reader": reader_name,
-            "reader_version": reader_version,
-            "options_sha256": digest,
-            "status": status["status"],
-            "n_tiles": status.get("n_tiles", 0),
-            "error": status.get("error"),
-            "meta": status.get("meta", {}),
-        }
-        table.append(entry)
-        if status["status"] == "done":
-            summary.done.append(name)
-        else:
-            summary.failed[name] = status["error"]
     stats = RunningStats(spec.tile_shape[0])
-    for status in statuses:
-        if status["status"] == "done":
-            stats.merge(RunningStats.from_dict(status["stats"]))
+    for name, item, digest in zip(names, staged, per_source, strict=True):
+        entry = item.entry  # type: ignore[union-attr]  (None was refused above)
+        table.append(
+            {
+                **entry["fingerprint"],
+                "reader": reader_name,
+                "reader_version": reader_version,
+                "options_sha256": digest,
+                "status": entry["status"],
+                "n_tiles": entry.get("n_tiles", 0),
+                "error": entry.get("error"),
+                "meta": entry.get("meta", {}),
+            }
+        )
+        if entry["status"] == "done":
+            summary.done.append(name)
+            stats.merge(RunningStats.from_dict(entry["stats"]))
+        else:
+            summary.failed[name] = entry["error"]
     kill_point("attrs")
     group.attrs.update(
         {

@@ -91,7 +91,7 @@ def test_ingest_killed_at_a_random_moment_resumes(tmp_path: Path):
     command = _ingest_command(sources, out, workers=2)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and not any((out / STAGING).glob("*/status.json")):
+    while time.time() < deadline and not any((out / STAGING).glob("*/journal.jsonl")):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -142,8 +142,9 @@ def run_stream_benchmark(
     workdir: Path,
     rounds: int = 3,
     codec: str = "auto",
+    peers: bool = False,
 ) -> dict:
-    """Builds the data in ``workdir`` and measures (a), (b), (c); returns the JSON fields."""
+    """Builds the data in ``workdir`` and measures (a), (b), (c) (and the peers); returns the JSON fields."""
     from domainfm.shared.tiles.ingest import ingest
     from domainfm.shared.tiles.sources import npy_spec, read_npy_tiles
     from domainfm.shared.tiles.store import TileStore, forget_verified
@@ -162,6 +163,11 @@ def run_stream_benchmark(
     )
     ingest_rate = summary.n_tiles / (time.perf_counter() - t0)
     pngs = _write_pngs(sources, workdir)
+    peer_results = {}
+    if peers:  # before the sources go: every peer builds its own format from them
+        from domainfm.studies.shared.tiles.peers import run_peers
+
+        peer_results = run_peers(sources, store_path, workdir, batch_size)
     for source in sources:
         source.unlink()
     results: dict = {
@@ -227,6 +233,7 @@ def run_stream_benchmark(
     phase_peaks += [peak for peak, _ in stream_rss] + [peak_memory_mb()]
     results["peak_rss_mb"] = round(max(phase_peaks), 1)
     results["layout"] = TileStore(store_path).attrs["layout"]
+    results.update(peer_results)
     return results
 
 
@@ -239,6 +246,7 @@ def bench_stream(
     workdir: Path | None = None,
     json: bool = False,
     codec: str = "auto",
+    peers: bool = False,
 ) -> int:
     """TileStream samples/s against a 2-worker PNG DataLoader and the codec's decode limit.
 
@@ -252,10 +260,13 @@ def bench_stream(
         json: Print the JSON fields only.
         codec: The store's codec: ``auto`` (what ingest chooses for these tiles: none), ``blosc-lz4``,
             ``zstd-1`` or ``none``.
+        peers: Also measure webdataset, litdata and MONAI's ThreadDataLoader over a CacheDataset on the same
+            tiles, two shuffled epochs each (:mod:`domainfm.studies.shared.tiles.peers`; the optional extra
+            ``bench-peers``); a peer that is not installed is reported as such.
     """
     from domainfm.shared.report import run_benchmark
 
     def measure(folder: Path) -> dict:
-        return run_stream_benchmark(tiles, batch_size, device, png_tiles, folder, rounds, codec)
+        return run_stream_benchmark(tiles, batch_size, device, png_tiles, folder, rounds, codec, peers)
 
     return run_benchmark(measure, workdir, "domainfm-bench-", json)

@@ -1,0 +1,282 @@
+"""Shared staging packs: many sources staged together, so that per-source overhead vanishes.
+
+A pack is ``STORE/_staging/<pack>/``, written by one ingest task for a run of consecutive sources: the
+tiles of those sources buffered in memory and flushed, about every ``FLUSH_BYTES``, as one ``.npy`` file
+per array (``data/<key>/<flush>.npy``, :func:`.fragments.staging_keys`). Each flush then appends one line
+to ``journal.jsonl``: the number of rows the flush wrote and an entry for every source that finished since
+the previous flush (``done`` with its first row in the pack, tile count, exact statistics, input
+fingerprint and reader metadata, or ``failed`` with the error). A source counts as staged only once its
+line is in the journal, and its rows were written before the line, so a kill at any moment leaves every
+journalled source complete: a rerun keeps them and redoes only the rest (at most one flush of work per
+task is lost). A half-written last line (a kill during the append) is ignored. A new run never appends
+to an old pack; it writes new ones, named by time so that later packs sort after earlier ones.
+
+Per source this costs one fingerprint (a stat and the SHA-256 of the first MiB, docs/reliability.md) and
+a few dictionary entries, instead of a folder of ~10 arrays and a status file: what is left per small
+file is its reader's work (``domainfm bench ingest``, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domainfm.shared.tiles.fragments import Reader, batch_arrays, fingerprint, kill_point, staging_keys
+from domainfm.shared.tiles.schema import StoreSpec
+from domainfm.shared.tiles.stats import RunningStats
+
+JOURNAL = "journal.jsonl"
+PROGRESS = "progress"
+FLUSH_BYTES = 16 * 2**20  # buffered tile bytes per flush: a few hundred small images, a batch or two of a slide
+MAX_PACK_SOURCES = 512  # sources per pack (one ingest task)
+PACK_SOURCE_BYTES = 64 * 2**20  # source-file bytes per pack: a large file (a slide) gets a pack of its own
+PROGRESS_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A journalled source: its pack, the pack's rows per flush, and its journal entry."""
+
+    pack: Path
+    batches: list[int]
+    entry: dict[str, Any]
+
+    @property
+    def start(self) -> int:
+        """The source's first row in the pack."""
+        return int(self.entry["start"])
+
+
+class PackWriter:
+    """Buffers reader batches of several sources and flushes them, with their journal entries, in bulk."""
+
+    def __init__(self, pack: Path, spec: StoreSpec) -> None:
+        self.pack, self.spec = pack, spec
+        for key in staging_keys(spec):
+            (pack / "data" / key).mkdir(parents=True, exist_ok=True)
+        self.flushed_rows = 0  # rows in flushed files
+        self.files = 0
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.buffered_rows = self.buffered_bytes = 0
+        self.pending: list[dict[str, Any]] = []
+        self.tiles = self.sources = 0
+        self.last_progress = 0.0
+
+    @property
+    def row(self) -> int:
+        """The pack row the next appended tile gets."""
+        return self.flushed_rows + self.buffered_rows
+
+    def mark(self) -> tuple[int, int]:
+        """Where a source begins, for :meth:`discard`."""
+        return self.files, len(self.buffer)
+
+    def discard(self, mark: tuple[int, int]) -> None:
+        """Drops the buffered rows of a source that failed (rows already flushed stay, never referenced)."""
+        files, length = mark
+        dropped = self.buffer[length if files == self.files else 0 :]
+        del self.buffer[len(self.buffer) - len(dropped) :]
+        self.tiles -= sum(len(d["tiles"]) for d in dropped)
+        self.buffered_rows = sum(len(d["tiles"]) for d in self.buffer)
+        self.buffered_bytes = sum(d["tiles"].nbytes for d in self.buffer)
+
+    def append(self, data: dict[str, np.ndarray]) -> None:
+        """Buffers one batch of staged arrays (:func:`.fragments.batch_arrays`); flushes at ``FLUSH_BYTES``.
+
+        A large source (a slide) is so flushed part by part: memory stays bounded whatever its size.
+        """
+        self.buffer.append(data)
+        self.buffered_rows += len(data["tiles"])
+        self.buffered_bytes += data["tiles"].nbytes
+        self.tiles += len(data["tiles"])
+        kill_point("batch")
+        if self.buffered_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def finish(self, entry: dict[str, Any]) -> None:
+        """Records a finished source (journalled at the next flush)."""
+        self.pending.append(entry)
+        self.sources += 1
+        if time.monotonic() - self.last_progress > PROGRESS_SECONDS:
+            self._progress()
+
+    def flush(self) -> None:
+        """Writes the buffered rows (one file per array), then the journal line naming the finished sources."""
+        number = self.files
+        if self.buffer:
+            for key in self.buffer[0]:
+                parts = [d[key] for d in self.buffer]
+                values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                np.save(self.pack / "data" / key / f"{number:06d}.npy", np.ascontiguousarray(values))
+        line = json.dumps({"file": number, "rows": self.buffered_rows, "sources": self.pending}) + "\n"
+        with open(self.pack / JOURNAL, "a") as journal:
+            journal.write(line)
+        self.files += 1
+        self.flushed_rows += self.buffered_rows
+        finished, self.pending = len(self.pending), []
+        self.buffer, self.buffered_rows, self.buffered_bytes = [], 0, 0
+        self._progress()
+        for _ in range(finished):
+            kill_point("source")
+
+    def _progress(self) -> None:
+        (self.pack / PROGRESS).write_text(f"{self.tiles} {self.sources}")
+        self.last_progress = time.monotonic()
+
+
+def stage_source(writer: PackWriter, path: str, source_row: int, reader: Reader, reader_id: list[str] | None) -> None:
+    """Reads one source into ``writer``; never raises: a failure becomes a ``failed`` entry."""
+    source, mark, start = Path(path), writer.mark(), writer.row
+    try:
+        identity = fingerprint(source)
+        stats = RunningStats(writer.spec.tile_shape[0])
+        meta: dict[str, Any] = {}
+        n = 0
+        for batch in reader(source):
+            meta.update(batch.source_meta or {})
+            data = batch_arrays(writer.spec, batch, source_row)
+            if data is None:
+                continue
+            stats.update(data["tiles"], batch.valid)
+            writer.append(data)
+            n += len(data["tiles"])
+        entry = {"status": "done", "n_tiles": n, "start": start, "stats": stats.to_dict(), "meta": meta}
+    except Exception as error:  # any reader failure: record it, let the other sources continue
+        writer.discard(mark)
+        try:
+            identity = fingerprint(source)
+        except OSError:
+            identity = {"path": str(source)}
+        entry = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(limit=8),
+        }
+    entry.update(key=str(source.resolve()), fingerprint=identity, reader=reader_id)
+    writer.finish(entry)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Readers run ``workers`` at a time, so each keeps torch to one intra-op thread while staging.
+
+    As ``torch.utils.data.DataLoader`` does in its workers: a reader's tensors are one small image, and two
+    readers each asking for every core's OpenMP threads made the model contract's resize 10-20x slower
+    on a busy 2-core machine (``domainfm bench ingest``). Only when torch is already imported (by the reader
+    or the caller); the previous setting is restored.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def ingest_pack(
+    paths: Sequence[str],
+    rows: Sequence[int],
+    pack: str,
+    spec_attrs: dict,
+    reader: Reader,
+    reader_ids: Sequence[list[str] | None],
+) -> int:
+    """Stages ``paths`` (rows ``rows`` of the source list) into the new pack ``pack``; returns the tiles staged."""
+    writer = PackWriter(Path(pack), StoreSpec.from_attrs(spec_attrs))
+    # in this worker's own thread (or process): a pool's threads keep their own OpenMP setting, whatever the
+    # thread that started the ingest set
+    with one_torch_thread():
+        for path, row, reader_id in zip(paths, rows, reader_ids, strict=True):
+            stage_source(writer, path, row, reader, reader_id)
+    writer.flush()
+    return writer.tiles
+
+
+def new_pack_names(count: int) -> list[str]:
+    """Names of this run's packs: they sort after every earlier run's (time first) and never collide."""
+    stamp = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    return [f"{stamp}-{i:05d}" for i in range(count)]
+
+
+def plan_packs(paths: Sequence[str], workers: int, per_pack: int | None = None) -> list[list[int]]:
+    """Consecutive positions of ``paths`` grouped into packs.
+
+    By default a pack holds up to ``MAX_PACK_SOURCES`` sources and about ``PACK_SOURCE_BYTES`` of source
+    files, and there are at least four packs per worker where there are enough sources (so the workers
+    stay busy to the end); ``per_pack`` fixes the number of sources per pack instead.
+    """
+    if per_pack is None:
+        per_pack = max(1, min(MAX_PACK_SOURCES, len(paths) // (4 * max(1, workers))))
+    packs: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for i, path in enumerate(paths):
+        try:
+            length = os.stat(path).st_size
+        except OSError:
+            length = 0
+        if current and (len(current) >= per_pack or size + length > PACK_SOURCE_BYTES):
+            packs.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += length
+    if current:
+        packs.append(current)
+    return packs
+
+
+def read_journal(pack: Path) -> list[dict[str, Any]]:
+    """The complete lines of a pack's journal (a line cut short by a kill is left out)."""
+    try:
+        text = (pack / JOURNAL).read_text()
+    except FileNotFoundError:
+        return []
+    lines = []
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError:
+            break  # only the last line can be cut short
+        if line.get("file") != len(lines):
+            break
+        lines.append(line)
+    return lines
+
+
+def read_staged(staging: Path, packs: Sequence[str] | None = None) -> dict[str, list[Staged]]:
+    """Every journalled source entry under ``staging`` (or in ``packs`` only), oldest first, by resolved path."""
+    found: dict[str, list[Staged]] = {}
+    if not staging.is_dir():
+        return found
+    names = sorted(packs) if packs is not None else sorted(p.name for p in staging.iterdir())
+    for name in names:
+        lines = read_journal(staging / name)
+        batches = [int(line["rows"]) for line in lines]
+        for line in lines:
+            for entry in line["sources"]:
+                found.setdefault(entry["key"], []).append(Staged(staging / name, batches, entry))
+    return found
+
+
+def read_pack_progress(pack: Path) -> tuple[int, int]:
+    """``(tiles, sources)`` staged so far by a running pack."""
+    try:
+        tiles, sources = (pack / PROGRESS).read_text().split()
+        return int(tiles), int(sources)
+    except (FileNotFoundError, ValueError):
+        return 0, 0
