@@ -180,12 +180,10 @@ def predict_picture(
     device = device or torch.device("cpu")
     probabilities = predict_tiles(deployable, image.numpy(), device)[0]
     if explain and outputs is not None:
-        from domainfm.shared.explain.attribution import attribute
-        from domainfm.shared.explain.overlay import render_overlay
+        from domainfm.shared.predict.explanations import explain_overlay
 
-        result = attribute(deployable, image.to(device), "integrated_gradients", None)
-        render_overlay(image, result, deployable.card, f"{item.path.name} ({deployable.card.kind})",
-                       outputs.path("explanations", ".png"))  # fmt: skip
+        title = f"{item.path.name} ({deployable.card.kind})"
+        explain_overlay(deployable, image, title, outputs.path("explanations", ".png"), device)
     counts = np.eye(len(names), dtype=np.int64)[int(probabilities.argmax())]
     height, width = image.shape[-2:]
     return {"type": "picture", "tiles": 1, "predicted": names[int(probabilities.argmax())],

@@ -150,13 +150,10 @@ def predict_radiograph(
         except (AttributeError, TypeError, KeyError) as error:  # highdicom on a header it cannot use
             raise ValueError(f"{item.path}: cannot write DICOM results for it ({error!r})") from error
     if explain:
-        from domainfm.shared.explain.attribution import attribute
-        from domainfm.shared.explain.overlay import render_overlay
+        from domainfm.shared.predict.explanations import explain_overlay
 
-        result = attribute(deployable, image.to(device), "integrated_gradients", top)
-        render_overlay(
-            image, result, deployable.card, f"{item.key} ({labels[top]})", outputs.path("explanations", ".png")
-        )
+        title = f"{item.key} ({labels[top]})"
+        explain_overlay(deployable, image, title, outputs.path("explanations", ".png"), device, target=top)
     return row
 
 

@@ -42,6 +42,7 @@ from domainfm.domains.remote_sensing.scenes import HDF_SUFFIXES
 from domainfm.shared.config import Fraction, PositiveInt
 from domainfm.shared.deploy.card import Deployable
 from domainfm.shared.predict import InputFile, Outputs, PredictError
+from domainfm.shared.predict.explanations import explain_overlay
 
 SUFFIXES = (*HDF_SUFFIXES, ".tif", ".tiff", ".npy")
 KINDS = ("remote_sensing.cloud_mask", "remote_sensing.curtain", "remote_sensing.scenes")
@@ -76,16 +77,6 @@ def _read(deployable: Deployable, item: InputFile) -> np.ndarray:
 def _tags(deployable: Deployable, item: InputFile, **extra: Any) -> dict[str, str]:
     return {"SOURCE": item.key, "MODEL": deployable.card.kind, "CHECKPOINT": deployable.source.name,
             "SOFTWARE": "domainfm remote-sensing predict", **{k.upper(): str(v) for k, v in extra.items()}}  # fmt: skip
-
-
-def _explain(deployable: Deployable, image: np.ndarray, title: str, path: Path, device: torch.device) -> None:
-    """The ``domainfm explain`` overlay of one raw input (integrated gradients, default target) at ``path``."""
-    from domainfm.shared.explain.attribution import attribute
-    from domainfm.shared.explain.overlay import render_overlay
-
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    result = attribute(deployable, tensor.to(device), "integrated_gradients", None)
-    render_overlay(tensor, result, deployable.card, f"{title} ({deployable.card.kind})", path)
 
 
 def class_map(probability: np.ndarray, threshold: float) -> np.ndarray:
@@ -129,7 +120,13 @@ def _predict_mask(
     picture = (display_rgb(image, card) * 255 + 0.5).astype(np.uint8)
     save_png(overlay_labels(picture, labels.astype(np.int64), len(names)), outputs.path("overlays", ".png"))
     if explain:
-        _explain(deployable, image, item.path.name, outputs.path("explanations", ".png"), device)
+        explain_overlay(
+            deployable,
+            image,
+            f"{item.path.name} ({deployable.card.kind})",
+            outputs.path("explanations", ".png"),
+            device,
+        )
     height, width = labels.shape
     return {"height": height, "width": width, "cloud_fraction": float((labels > 0).mean()),
             "georeference": geo.kind, "mask": f"masks/{item.stem}.tif"}  # fmt: skip
@@ -189,9 +186,10 @@ def _predict_curtain(
     if explain:  # one overlay per chip of the track (a single-chip input: named as the input, as explain names it)
         for k, y in enumerate(tops):
             single = len(tops) == 1
-            _explain(deployable, image[:, y : y + chip[0], left : left + chip[1]],
-                     item.path.name if single else f"{item.path.name} chip {k}",
-                     outputs.path("explanations", ".png" if single else f"_chip{k}.png"), device)  # fmt: skip
+            name = item.path.name if single else f"{item.path.name} chip {k}"
+            explain_overlay(deployable, image[:, y : y + chip[0], left : left + chip[1]],
+                            f"{name} ({deployable.card.kind})",
+                            outputs.path("explanations", ".png" if single else f"_chip{k}.png"), device)  # fmt: skip
     cloudy = probability >= threshold
     _, edges = height_bins(bins)
     top = float(edges[1:][cloudy.any(axis=0)].max()) if cloudy.any() else 0.0
@@ -214,7 +212,13 @@ def _predict_scenes(
     row: dict[str, Any] = {name: float(p) for name, p in zip(card.class_names, probability, strict=True)}
     row["labels"] = ";".join(n for n, p in zip(card.class_names, probability, strict=True) if p >= threshold)
     if explain:
-        _explain(deployable, image, item.path.name, outputs.path("explanations", ".png"), device)
+        explain_overlay(
+            deployable,
+            image,
+            f"{item.path.name} ({deployable.card.kind})",
+            outputs.path("explanations", ".png"),
+            device,
+        )
     return row
 
 

@@ -64,13 +64,10 @@ def _predict_picture(
     if probabilities:
         tifffile.imwrite(outputs.path("probabilities", ".tif"), probability.astype(np.float32))
     if explain:
-        from domainfm.shared.explain.attribution import attribute
-        from domainfm.shared.explain.overlay import render_overlay
+        from domainfm.shared.predict.explanations import explain_overlay
 
-        tensor = torch.from_numpy(image)[None]
-        result = attribute(deployable, tensor.to(device), "integrated_gradients", None)
-        render_overlay(tensor, result, deployable.card, f"{item.key} ({deployable.card.kind})",
-                       outputs.path("explanations", ".png"))  # fmt: skip
+        title = f"{item.path.name} ({deployable.card.kind})"
+        explain_overlay(deployable, image, title, outputs.path("explanations", ".png"), device)
     height, width = mask.shape
     return {"height": height, "width": width, "slices": 1, "foreground": float(mask.mean()),
             "mask": f"masks/{item.stem}.png"}  # fmt: skip
