@@ -25,6 +25,8 @@ def test_quickstart_writes_a_complete_report(tmp_path: Path):
     assert "| backbone |" in index
     deployment = results["sections"]["deployment"]  # MONAI's bundle run equals domainfm's predictions
     assert deployment["metrics"]["bundle_max_abs_difference"] <= 1e-4
+    # pathology predict walks the held-out slide's tiles as explain does
+    assert deployment["metrics"]["tiles_predicted_on_slide"] == deployment["metrics"]["tiles_explained_on_slide"] > 0
     assert all((out / "deployment" / figure).stat().st_size > 10_000 for figure in deployment["figures"])
     # The saved resolved config reruns the same command.
     assert main(["quickstart", "--config", str(out / "config.yaml"), "--print_config"]) == 0

@@ -1,4 +1,4 @@
-"""Quickstart section for deployment: a trained tile classifier -> MONAI bundle -> bundle run -> explanations.
+"""Quickstart section for deployment: a tile classifier -> MONAI bundle -> bundle run -> predict -> explanations.
 
 The pathology tile classifier is the example (any domain's downstream checkpoint takes the same path):
 two phantom slides are tiled, a tiny ViT with DVPT is trained on the truth classes, exported with
@@ -102,6 +102,7 @@ def run(out_dir: Path, device: torch.device, seed: int) -> SectionResult:
     tile_map = attribute(deployable, image, "integrated_gradients")
     render_overlay(image, tile_map, deployable.card, f"{names[0]} (held-out tile)", out_dir / "tile_ig.png")
     slide = explain_slide(deployable, test_slide, out_dir / "slide_ig.png", "integrated_gradients", progress=False)
+    predicted = _predict_slide(checkpoint, test_slide, out_dir / "predictions", device)
     summary = (
         f"A tiny ViT with DVPT trained on phantom tiles (64 px, 1 mpp; classes {', '.join(classes)}) and "
         f"exported as a MONAI bundle (`domainfm export bundle`, in `bundle/`). MONAI's own `python -m monai.bundle "
@@ -109,8 +110,30 @@ def run(out_dir: Path, device: torch.device, seed: int) -> SectionResult:
         f"{max(differences):.1e}. Integrated gradients explain one tile (completeness error "
         f"{tile_map.relative_delta:.1%} of f(x) - f(baseline)) and every tissue tile of the held-out slide "
         f"({slide['tiles']} tiles) over its thumbnail. `domainfm explain --checkpoint CKPT --input FILE --out "
-        "FILE.png` does the same for any downstream checkpoint; docs/export.md and docs/explain.md."
+        "FILE.png` does the same for any downstream checkpoint; docs/export.md and docs/explain.md. "
+        f"`domainfm pathology predict` classified the same {predicted['tiles']} tiles of the held-out slide into "
+        f"`predictions/` (a QuPath GeoJSON, a pyramidal OME-TIFF probability map, the overlay below; "
+        "docs/predict.md)."
     )
-    metrics = {"bundle_max_abs_difference": max(differences), "tiles_explained_on_slide": slide["tiles"]}
-    return SectionResult("Deployment (MONAI bundle, explanations)", summary, rows, ["tile_ig.png", "slide_ig.png"],
-                         metrics, max(differences) <= 1e-4)  # fmt: skip
+    metrics = {"bundle_max_abs_difference": max(differences), "tiles_explained_on_slide": slide["tiles"],
+               "tiles_predicted_on_slide": int(predicted["tiles"])}  # fmt: skip
+    overlay = f"predictions/overlays/{test_slide.stem}.png"
+    ok = max(differences) <= 1e-4 and int(predicted["tiles"]) == slide["tiles"]
+    return SectionResult("Deployment (MONAI bundle, predict, explanations)", summary, rows,
+                         ["tile_ig.png", "slide_ig.png", overlay], metrics, ok)  # fmt: skip
+
+
+def _predict_slide(checkpoint: Path, slide: Path, out: Path, device: torch.device) -> dict[str, str]:
+    """``domainfm pathology predict`` on one slide; its ``predictions.csv`` row."""
+    import contextlib
+    import csv
+    import io
+
+    from domainfm.domains.pathology.predict import predict as predict_slides
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the JSON summary; the report tells the story
+        code = predict_slides(checkpoint, [slide], out, device=str(device), overwrite=True, json=True)
+    if code != 0:
+        raise RuntimeError(f"pathology predict on {slide} failed; see {out / 'summary.json'}")
+    with (out / "predictions.csv").open() as table:
+        return next(csv.DictReader(table))
