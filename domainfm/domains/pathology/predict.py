@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from domainfm.shared.config import Fraction, PositiveFloat, PositiveInt
-from domainfm.shared.deploy.card import Deployable
+from domainfm.shared.deploy.card import Deployable, predict_array
 from domainfm.shared.predict import InputFile, Outputs
 
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -74,10 +74,7 @@ def _class_columns(names: list[str], counts: np.ndarray, means: np.ndarray | Non
 
 def predict_tiles(deployable: Deployable, tiles: np.ndarray, device: torch.device) -> np.ndarray:
     """Class probabilities ``[n, classes]`` (float32) of raw uint8 tiles ``[n, 3, t, t]``."""
-    from domainfm.shared.deploy import predict
-
-    batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).float()
-    return predict(deployable, batch).float().cpu().numpy()
+    return predict_array(deployable, tiles, device)
 
 
 def predict_slide(

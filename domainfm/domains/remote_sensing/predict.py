@@ -40,20 +40,12 @@ import torch
 
 from domainfm.domains.remote_sensing.scenes import HDF_SUFFIXES
 from domainfm.shared.config import Fraction, PositiveInt
-from domainfm.shared.deploy.card import Deployable
+from domainfm.shared.deploy.card import Deployable, predict_array
 from domainfm.shared.predict import InputFile, Outputs, PredictError
 from domainfm.shared.predict.explanations import explain_overlay
 
 SUFFIXES = (*HDF_SUFFIXES, ".tif", ".tiff", ".npy")
 KINDS = ("remote_sensing.cloud_mask", "remote_sensing.curtain", "remote_sensing.scenes")
-
-
-def _probabilities(deployable: Deployable, images: np.ndarray, device: torch.device) -> np.ndarray:
-    """``pred`` of raw images ``[B, C, H, W]`` (what a bundle writes for them), as float32 numpy."""
-    from domainfm.shared.deploy import predict
-
-    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
-    return predict(deployable, batch).float().cpu().numpy()
 
 
 def _read(deployable: Deployable, item: InputFile) -> np.ndarray:
@@ -106,7 +98,7 @@ def _predict_mask(
 
     card = deployable.card
     image = _read(deployable, item)
-    probability = _probabilities(deployable, image[None], device)[0]
+    probability = predict_array(deployable, image[None], device)[0]
     labels = class_map(probability, threshold)
     geo = georeference(item.path)
     names = ["clear", *(card.class_names if len(card.class_names) > 1 else ["cloud"])]
@@ -163,7 +155,7 @@ def _predict_curtain(
     curtains = []
     for start in range(0, len(tops), batch):
         chips = np.stack([image[:, y : y + chip[0], left : left + chip[1]] for y in tops[start : start + batch]])
-        curtains.append(_probabilities(deployable, chips, device)[:, 0])
+        curtains.append(predict_array(deployable, chips, device)[:, 0])
     per_chip = np.concatenate(curtains)  # [chips, samples, bins]
     n_chips, samples, bins = per_chip.shape
     probability = per_chip.reshape(n_chips * samples, bins)
@@ -208,7 +200,7 @@ def _predict_scenes(
             f"{item.path} is {image.shape[1]} x {image.shape[2]} px; the scene model takes exactly "
             f"{card.spatial_shape[0]} x {card.spatial_shape[1]} chips: cut the input into chips of that size"
         )
-    probability = _probabilities(deployable, image[None], device)[0]
+    probability = predict_array(deployable, image[None], device)[0]
     row: dict[str, Any] = {name: float(p) for name, p in zip(card.class_names, probability, strict=True)}
     row["labels"] = ";".join(n for n, p in zip(card.class_names, probability, strict=True) if p >= threshold)
     if explain:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from domainfm.shared.config import Fraction
-from domainfm.shared.deploy.card import Deployable
+from domainfm.shared.deploy.card import Deployable, predict_array
 from domainfm.shared.predict import InputFile, Outputs
 
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -35,10 +35,7 @@ VOLUMES = (".nii", ".nii.gz")
 
 def _probability(deployable: Deployable, image: np.ndarray, device: torch.device) -> np.ndarray:
     """Foreground probability ``[H, W]`` of a raw ``[3, H, W]`` image (0..255)."""
-    from domainfm.shared.deploy import predict
-
-    batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
-    return predict(deployable, batch)[0, 0].float().cpu().numpy()
+    return predict_array(deployable, image[None], device)[0, 0]
 
 
 def _predict_picture(

@@ -14,6 +14,7 @@ _EXPORTS = {
     "ModelCard": "card",
     "contract_network": "card",
     "predict": "card",
+    "predict_array": "card",
     "scores": "card",
     "read_input": "inputs",
     "build_network": "registry",

@@ -17,13 +17,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from domainfm.shared.model import ContractModel, InputTransform
 from domainfm.shared.model.transform import SLIDING_WINDOW
 
-__all__ = ["SLIDING_WINDOW", "Deployable", "ModelCard", "activate", "contract_network", "predict", "scores"]
+__all__ = [
+    "SLIDING_WINDOW",
+    "Deployable",
+    "ModelCard",
+    "activate",
+    "contract_network",
+    "predict",
+    "predict_array",
+    "scores",
+]
 
 TASKS = ("classification", "multilabel", "segmentation")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -154,3 +164,9 @@ def predict(deployable: Deployable, images: torch.Tensor) -> torch.Tensor:
     """``pred`` (probabilities) of raw images ``[B, C, H, W]``: what a bundle writes for the same inputs."""
     deployable.network.eval()
     return activate(scores(deployable, images), deployable.card.activation)
+
+
+def predict_array(deployable: Deployable, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """:func:`predict` of raw images ``[B, C, H, W]`` given as a NumPy array, as float32 NumPy (on ``device``)."""
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(device)
+    return predict(deployable, batch).float().cpu().numpy()
