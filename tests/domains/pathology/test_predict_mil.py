@@ -192,3 +192,25 @@ def test_the_saved_encoder_is_the_one_that_made_the_bags(trained: Path, tmp_path
     with pytest.raises(DomainfmError, match="no longer gives the stored embeddings"):
         slide_classifier_from_mil(model.head, embeddings, MPP, meta["label_names"], tmp_path)
     assert not (tmp_path / "slide_classifier.safetensors").exists()
+
+
+def test_a_monai_bundle_runs_each_tile_as_a_bag_of_one(trained: Path, tmp_path: Path):
+    from domainfm.shared.deploy import build_network
+    from domainfm.shared.deploy.bundle import export_bundle
+    from domainfm.shared.tiles.store import TileStore
+
+    checkpoint = trained / "mil" / "slide_classifier.safetensors"
+    bundle = export_bundle(checkpoint, tmp_path / "bundle")
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    card = load_deployable(checkpoint).card
+    network = build_network(card.kind, card.build)
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == len(card.class_names)
+    store, embeddings = TileStore(trained / "tiles.zarr"), read_embeddings(trained / "emb.zarr")
+    model, _ = load_slide_classifier(checkpoint)
+    for i in (0, 5, 11):
+        tile = torch.from_numpy(np.asarray(store.tiles[i])[None]).float()
+        with torch.no_grad():
+            pred = torch.softmax(network.eval()(tile), 1)[0].numpy()
+            alone = model.head(torch.from_numpy(embeddings.features[i : i + 1]))[0]
+        np.testing.assert_allclose(pred, torch.softmax(alone, 0).numpy(), atol=1e-5)
