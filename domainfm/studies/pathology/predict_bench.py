@@ -121,7 +121,8 @@ def run_predict_memory_benchmark(size: int, tile_px: int, batch: int, folder: Pa
     slides = []
     for k, side in enumerate(slide_sizes(size, tile_px)):
         start = time.perf_counter()
-        path = write_phantom_slide(folder / f"slide_{side}.svs", side, seed=k, mpp=mpp).path
+        seed = 0 if side == size else k + 1  # the largest slide is the one earlier figures were measured on
+        path = write_phantom_slide(folder / f"slide_{side}.svs", side, seed=seed, mpp=mpp).path
         phantom_seconds = time.perf_counter() - start
         tiler = measure_process([*tile, str(path), "--out", str(folder / f"tiles_{side}.zarr")])
         out = folder / f"predicted_{side}"

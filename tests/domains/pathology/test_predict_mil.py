@@ -214,3 +214,19 @@ def test_a_monai_bundle_runs_each_tile_as_a_bag_of_one(trained: Path, tmp_path: 
             pred = torch.softmax(network.eval()(tile), 1)[0].numpy()
             alone = model.head(torch.from_numpy(embeddings.features[i : i + 1]))[0]
         np.testing.assert_allclose(pred, torch.softmax(alone, 0).numpy(), atol=1e-5)
+
+
+def test_a_slide_without_tissue_has_no_bag_and_empty_outputs(trained: Path, tmp_path: Path, capsys):
+    blank = tmp_path / "glass.tif"  # a generic pyramidal TIFF of bare glass: a slide, with no tissue tile
+    glass = np.full((1024, 1024, 3), 245, np.uint8)
+    with tifffile.TiffWriter(blank) as tif:
+        tif.write(glass, tile=(256, 256), photometric="rgb", resolution=(1e4 / SLIDE_MPP,) * 2, resolutionunit=3)
+        tif.write(glass[::4, ::4], tile=(256, 256), photometric="rgb", subfiletype=1)
+    status, _ = _predict(trained / "mil" / "slide_classifier.safetensors", [blank], tmp_path / "out", capsys)
+    assert status == 0
+    row = _csv(tmp_path / "out" / "predictions.csv", "input")["glass.tif"]
+    assert row["tiles"] == "0" and row["predicted"] == "" and row["P(tumor)"] == "" and row["top1_x"] == ""
+    assert json.loads((tmp_path / "out" / "geojson" / "glass.geojson").read_text())["features"] == []
+    with tifffile.TiffFile(tmp_path / "out" / "maps" / "glass.tif") as tif:
+        assert not tif.series[0].levels[0].asarray().any()
+    assert (tmp_path / "out" / "overlays" / "glass.png").is_file()
