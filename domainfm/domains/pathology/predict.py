@@ -83,9 +83,10 @@ def _class_columns(names: list[str], counts: np.ndarray, means: np.ndarray | Non
 def release_heap() -> None:
     """Returns the heap a batch's forward pass freed to the system (glibc ``malloc_trim``; elsewhere nothing).
 
-    A forward pass frees tens of MB of activations that glibc otherwise keeps for the process, so the
-    next batch's peak sits on top of them: trimming after each batch lowered the peak RSS of ``predict`` on
-    a 10000-px slide by about 50 MB (``domainfm bench predict-memory``), at no measurable cost in time.
+    A forward pass frees tens of MB of activations that glibc may keep for the process, so the next batch's
+    peak sits on top of them: trimming after each batch lowered the peak RSS of ``predict`` on a 10000-px
+    phantom from 1038 to 1009 MB (``domainfm bench predict-memory``, batch 64); on larger slides the peak
+    is elsewhere and the gain small.
     """
     import ctypes
 
@@ -317,7 +318,7 @@ def predict(
     overwrite: bool = False,
     json: bool = False,
 ) -> int:
-    """Classify the tissue tiles of whole slides (QuPath GeoJSON, pyramidal TIFF map, overlay), or find nuclei/glands.
+    """Classify whole slides tile by tile or as a whole (ABMIL), in QuPath GeoJSON, TIFF map, overlay; or find nuclei.
 
     Writes OUT/geojson/NAME.geojson (tile squares in level-0 pixels with class and P(CLASS) measurements),
     OUT/maps/NAME.tif (pyramidal OME-TIFF, one pixel per tile), OUT/overlays/NAME.png and a row per slide in
