@@ -32,6 +32,8 @@ class channel stays a class), down to one pixel.
 predicted tile tinted in its class's colour (the GeoJSON's), more opaque the more probable (alpha ``0.2 + 0.6 *
 probability``); or, with ``overlay_class``, a heat map of that class's probability (``inferno``, alpha
 0.55, colour bar). Colours are matplotlib's ``tab10`` cycle (:func:`domainfm.shared.predict.pictures.palette`).
+Both panels are drawn from the thumbnail subsampled to at most :data:`OVERLAY_MAX_SIDE` pixels a side (twice a
+panel's pixels in the PNG), so the overlay's memory does not follow the slide's thumbnail.
 """
 
 from __future__ import annotations
