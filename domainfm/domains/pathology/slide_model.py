@@ -37,7 +37,9 @@ KIND = "pathology.slide_classifier"
 FILENAME = "slide_classifier.safetensors"
 PRODUCER = "domainfm pathology mil"
 CHECK_TILES = 8  # tiles of the tile store re-embedded to check the saved encoder made the bags
-CHECK_TOLERANCE = 1e-4
+# relative L2 error per tile: another encoder (another seed, another checkpoint) is off by ~1; embeddings
+# made on a GPU (TF32 convolutions) and re-made on the CPU differ by ~1e-3
+CHECK_TOLERANCE = 1e-2
 
 
 class SlideClassifier(nn.Module):
@@ -151,7 +153,9 @@ def _check_encoder(encoder: nn.Module, prepare: Any, embeddings: Any, store: Any
     tiles = torch.from_numpy(np.stack([np.asarray(store.tiles[int(i)]) for i in rows]))
     with torch.no_grad():
         features = encoder(prepare(tiles)).float().numpy()
-    if not np.allclose(features, embeddings.features[rows], atol=CHECK_TOLERANCE, rtol=CHECK_TOLERANCE):
+    stored = embeddings.features[rows]
+    error = np.linalg.norm(features - stored, axis=1) / np.maximum(np.linalg.norm(stored, axis=1), 1e-12)
+    if not (error <= CHECK_TOLERANCE).all():
         raise DomainfmError(
             f"{embeddings.path}: its encoder no longer gives the stored embeddings (changed since `pathology "
             "embed`?); re-embed the tiles with the encoder you mean and rerun `domainfm pathology mil`"
