@@ -312,10 +312,15 @@ def test_broken_granules_and_rasters_are_named_and_the_others_predicted(deployab
     (folder / "sub" / "good.npy").write_bytes(inputs["chip"].read_bytes())
     (folder / "truncated.hdf").write_bytes(inputs["granule"].read_bytes()[:4096])
     (folder / "empty.tif").write_bytes(b"")
+    (folder / "zero_bytes.npy").write_bytes(b"")
+    (folder / "pickled.npy").write_bytes(
+        b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    )
     out = tmp_path / "out"
     summary = _run(["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", str(folder),
                     "--out", str(out)], capsys)  # fmt: skip
-    assert summary["predicted"] == 1 and sorted(summary["failed"]) == ["empty.tif", "truncated.hdf"]
+    assert summary["predicted"] == 1
+    assert sorted(summary["failed"]) == ["empty.tif", "pickled.npy", "truncated.hdf", "zero_bytes.npy"]
     for key, reason in summary["failed"].items():
         assert key in reason  # the message names the file
     assert sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*.tif")) == ["masks/sub/good.tif"]

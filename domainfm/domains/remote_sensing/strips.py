@@ -62,8 +62,8 @@ def _npy(path: Path, card: ModelCard) -> np.ndarray:
     """A ``.npy`` input memory-mapped as ``[C, H, W]``, its shape checked as ``read_input`` checks it."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
-        raise InputError(f"{path}: not a NumPy array file ({error})") from error
+    except (ValueError, EOFError, OSError) as error:  # not an .npy, empty or truncated, or pickled objects
+        raise InputError(f"{path}: cannot be read as a NumPy array [C, H, W] ({error})") from error
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[0] != card.in_channels:
