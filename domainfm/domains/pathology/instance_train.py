@@ -293,9 +293,8 @@ def segment_picture(
     return image, ids, classes, scores, downsample
 
 
-def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> Path:
-    """The picture with every object's contour drawn in its class colour (a 1-px boundary), as PNG."""
-    from PIL import Image
+def draw_contours(image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` ``[H, W, 3]`` with every object's contour in its class colour (a 1-px inner boundary)."""
     from skimage.segmentation import find_boundaries
 
     from domainfm.domains.pathology.instance_geojson import PALETTE
@@ -305,5 +304,12 @@ def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: n
     palette = np.array(PALETTE, np.uint8)
     klass = np.asarray(classes)[ids]
     picture[edges] = palette[np.clip(klass[edges], 0, None) % len(palette)]
-    Image.fromarray(picture).save(path)
+    return picture
+
+
+def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> Path:
+    """The picture with every object's contour drawn in its class colour (a 1-px boundary), as PNG."""
+    from PIL import Image
+
+    Image.fromarray(draw_contours(image, ids, classes)).save(path)
     return path

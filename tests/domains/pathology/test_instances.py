@@ -243,7 +243,7 @@ def test_cli_trains_scores_and_predicts_geojson(dataset, tmp_path: Path):
     assert row["input"] == "f2.png" and int(row["objects"]) == ids.max()
     assert sum(int(row[f"objects_{name}"]) for name in sorted(CLASSES)) == ids.max()
     slide = tmp_path / "s.svs"
-    slide.write_bytes(b"not opened")
+    slide.write_bytes(b"not a slide")  # whole slides are predicted (test_instances_slides.py); a broken one is named
     assert main(["pathology", "predict", "--checkpoint", str(run / "instances.safetensors"),
                  "--input", str(slide), "--out", str(tmp_path / "slide_pred"), "--device", "cpu"]) == 2  # fmt: skip
 
