@@ -196,7 +196,7 @@ class _QC:
 
     def __init__(self, thumbnail: np.ndarray, downsample: float) -> None:
         self.thumbnail, self.downsample = thumbnail, float(downsample)
-        self.marks = np.zeros(thumbnail.shape[:2], np.int16)  # 0: none, else 1 + class
+        self.marks = np.zeros(thumbnail.shape[:2], np.uint8)  # 0: none, else 1 + class (at most 255 classes)
         self.crop: tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]] | None = None
         self.crop_count = 0
 

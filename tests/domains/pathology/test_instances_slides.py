@@ -161,7 +161,7 @@ def test_objects_across_tile_edges_are_found_once_and_equal_one_picture(
             box[0].start < e < box[0].stop for e in edges_y
         )
     assert len(features) == truth.max()  # nothing found twice, nothing missed
-    assert crossing >= 50  # many nuclei straddle the edges of tiles (and lie in two or four tiles)
+    assert crossing >= 100  # most nuclei straddle the edges of tiles (and lie in two or four tiles)
     assert min(ious) > 0.95 and np.mean(ious) > 0.98
     assert classes_right >= 0.9 * truth.max()
 
