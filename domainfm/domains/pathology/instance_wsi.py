@@ -2,28 +2,36 @@
 
 ``domainfm pathology predict`` with an instance segmenter (:mod:`.instances`) on a whole slide runs
 :func:`predict_instance_slide`. The slide is cut as ``domainfm pathology tile --overlap`` cuts it, at the
-segmenter's training mpp and tile size (:func:`.slide_inputs.slide_tiles`, the walk ``predict`` and
-``explain`` share: same grid, tissue detector and region reader), with ``overlap`` tile pixels shared by
-neighbours (default a quarter tile). Each tissue tile goes through the deployed network (the tile as the
-store holds it, standardised, encoder, HoVer-Net-style head) and the watershed
-(:func:`.instances.instances_from_maps`) on its own, batch by batch.
+segmenter's training mpp (:func:`.slide_inputs.slide_tiles`, the walk ``predict`` and ``explain`` share:
+same grid, tissue detector and region reader) into *regions* of :data:`REGION_TILES` x
+:data:`REGION_TILES` training tiles (fewer when the slide is smaller), with ``overlap`` region pixels shared
+by neighbours (default an eighth of the region). Each tissue region goes through the deployed network (its
+``window`` geometry slides the training tile over the region, Gaussian-blended, as for a picture: the tile
+as the store holds it, standardised, encoder, HoVer-Net-style head) and the watershed
+(:func:`.instances.instances_from_maps`) on its own, batch by batch. Regions several tiles wide are what
+HoVer-Net and CellViT infer on (CellViT: 1024 px): the network's maps are blended across its windows inside
+a region, so the region's edges, where context is missing, are fewer.
 
-**Merging across tile edges: one owner per object, by its centroid.** An object near a tile edge is seen
-by every tile that reaches it, clipped by some of them. Each object is kept only from the tile that
-*owns* its centroid: among the tissue tiles whose square contains the centroid, the one whose centre is
-nearest. On a full grid that is the tile whose central region (the square inset by half the overlap on
-every side shared with a neighbour) contains the centroid: the central regions tile the slide without
-gaps or overlaps, so every object is written once. This is HoVer-Net's and CellViT's rule: HoVer-Net
+The tiler cuts whole squares only; where its last column or row stops short of the slide's right or
+bottom edge, one more column or row of regions flush with that edge is read too (:func:`grid_axes`), so
+no strip of tissue goes unsearched.
+
+**Merging across region edges: one owner per object, by its centroid.** An object near a region's edge is
+seen by every region that reaches it, clipped by some of them. Each object is kept only from the region
+that *owns* its centroid: among the tissue regions whose square contains the centroid, the one whose
+centre is nearest. On a full grid that is the region whose central part (the square inset by half the
+overlap on every side shared with a neighbour) contains the centroid: the central parts tile the slide
+without gaps or overlaps, so every object is written once. This is HoVer-Net's and CellViT's rule: HoVer-Net
 (Graham et al. 2019, its whole-slide inference) keeps from each tile only the instances of its valid
 centre and processes the seams again, and CellViT (Hörst et al., Medical Image Analysis 94, 2024;
 1024-px tiles with 64 px of overlap) marks cells by their position in the tile's margin and keeps each
 margin cell from one tile, removing the others' copies by polygon overlap. We keep the first rule and not
-the polygon-IoU merge: it needs no polygon index across tiles (each tile's objects are decided when the tile
+the polygon-IoU merge: it needs no polygon index across regions (each region's objects are decided when it
 is done, so polygons stream to the file and memory stays bounded), it is exact for objects no larger
 than the margin, and a centroid decides ownership whatever the object's shape. Where a neighbour is not a
-tissue tile, the tile owns its margin too (nearest tissue tile), so no object near the tissue's border
-is lost. The rule needs ``overlap`` (in the segmenter's pixels) at least the largest object's diameter:
-an object whose centroid lies in a tile's central region then lies wholly inside that tile. Objects that
+tissue region, the region owns its margin too (nearest tissue region), so no object near the tissue's
+border is lost. The rule needs ``overlap`` (in the segmenter's pixels) at least the largest object's diameter:
+an object whose centroid lies in a region's central part then lies wholly inside that region. Objects that
 still touch an edge shared with a tissue neighbour (larger than the margin) are counted in the
 ``cut_objects`` column; a nonzero count asks for a larger ``--overlap``.
 
@@ -47,6 +55,7 @@ for the QC crop; never a slide-sized instance map. Resume and staging are the sh
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from pathlib import Path
 from typing import IO, Any
@@ -60,41 +69,73 @@ from domainfm.shared.predict import InputFile, Outputs
 
 KIND = "pathology.instances"
 INSTANCE_SLIDES = SlideInputs(kinds=(KIND,))  # the slide formats (and pyramidal TIFFs) an instance model reads
-DEFAULT_OVERLAP = 0.25  # of the tile, as HoVer-Net's and CellViT's tilings (64 px of 256)
+REGION_TILES = 4  # a region is 4 x 4 training tiles (1024 px for 256-px tiles, CellViT's region)
+DEFAULT_OVERLAP = 1 / 8  # of the region (128 px of 1024; CellViT: 64 of 1024, HoVer-Net's margins: 92 of 256)
 
 
-def default_overlap(tile_px: int, overlap: int | None) -> int:
-    """``overlap`` checked against the tile (``[0, tile_px / 2]``), or a quarter tile."""
+def region_size(tile_px: int, side_px: int) -> int:
+    """The region side: :data:`REGION_TILES` training tiles, fewer when the slide is smaller; at least one tile.
+
+    ``side_px`` is the slide's shorter side in pixels at the model's mpp.
+    """
+    for k in range(REGION_TILES, 1, -1):
+        if k * tile_px <= side_px:
+            return k * tile_px
+    return tile_px
+
+
+def default_overlap(region_px: int, overlap: int | None) -> int:
+    """``overlap`` checked against the region (``[0, region_px / 2]``), or an eighth of the region."""
     from domainfm.domains.pathology.slides import SlideError
 
-    value = round(tile_px * DEFAULT_OVERLAP) if overlap is None else int(overlap)
-    if not 0 <= value <= tile_px // 2:
-        raise SlideError(f"--overlap {value} does not fit the segmenter's {tile_px}-px tiles; use 0 to {tile_px // 2}")
+    value = round(region_px * DEFAULT_OVERLAP) if overlap is None else int(overlap)
+    if not 0 <= value <= region_px // 2:
+        raise SlideError(f"--overlap {value} does not fit {region_px}-px regions; use 0 to {region_px // 2}")
     return value
 
 
+def grid_axes(width: int, height: int, side: float, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 x and y of the region grid: the tiler's, and one more flush with the right or bottom edge.
+
+    The tiler (:func:`.tiling.grid_origins`) cuts whole tiles only; where its last one stops short of the
+    slide's edge, the extra column or row covers the strip it leaves out, so objects there are found too.
+    """
+    from domainfm.domains.pathology.tiling import grid_origins
+
+    origins = grid_origins(width, height, side, step)
+    axes = []
+    for values, extent in ((np.unique(origins[:, 0]), width), (np.unique(origins[:, 1]), height)):
+        last = int(np.floor(extent - side))
+        axes.append(np.append(values, last) if len(values) and last > values[-1] else values)
+    return axes[0], axes[1]
+
+
+def edge_regions(xs: np.ndarray, ys: np.ndarray, regular: np.ndarray) -> np.ndarray:
+    """The corners ``[M, 2]`` of the grid ``xs`` x ``ys`` that are not among the tiler's ``regular`` ones."""
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    every = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.int64)
+    known = {tuple(c) for c in np.asarray(regular, np.int64).tolist()}
+    extra = [c for c in every.tolist() if tuple(c) not in known]
+    return np.array(extra, np.int64).reshape(-1, 2)
+
+
 class TileOwners:
-    """Which tissue tile owns a level-0 point: the nearest-centred tissue tile containing it (module docstring).
+    """Which tissue region owns a level-0 point: the nearest-centred tissue region containing it (module docstring).
 
     Args:
-        width: Slide width (level 0).
-        height: Slide height.
-        side: Tile side (level 0).
-        step: Grid step (level 0).
-        coords: Top-left corners ``[N, 2]`` of the tissue tiles (on the grid of ``side`` and ``step``).
+        xs: Level-0 x of the grid's columns (increasing; :func:`grid_axes`).
+        ys: Level-0 y of its rows.
+        side: Region side (level 0).
+        coords: Top-left corners ``[N, 2]`` of the tissue regions (on the grid).
     """
 
-    def __init__(self, width: int, height: int, side: float, step: float, coords: np.ndarray) -> None:
-        from domainfm.domains.pathology.tiling import grid_origins
-
-        origins = grid_origins(width, height, side, step)
-        self.xs, self.ys = np.unique(origins[:, 0]), np.unique(origins[:, 1])
-        self.side, self.step = float(side), float(step)
+    def __init__(self, xs: np.ndarray, ys: np.ndarray, side: float, coords: np.ndarray) -> None:
+        self.xs, self.ys = np.asarray(xs, np.int64), np.asarray(ys, np.int64)
+        self.side = float(side)
         self.tissue = np.zeros((len(self.ys), len(self.xs)), bool)
         if len(coords):
             rows, cols = self.cell(coords)
             self.tissue[rows, cols] = True
-        self.reach = int(np.ceil(self.side / self.step)) if self.step > 0 else 1
 
     def cell(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grid ``(rows, cols)`` of tiles with top-left ``coords`` ``[N, 2]``."""
@@ -114,14 +155,17 @@ class TileOwners:
         rows, cols = np.full(n, -1), np.full(n, -1)
         last_col = np.searchsorted(self.xs, points[:, 0], side="right") - 1
         last_row = np.searchsorted(self.ys, points[:, 1], side="right") - 1
-        for dr in range(self.reach + 1):
-            for dc in range(self.reach + 1):
+        first_col = np.searchsorted(self.xs, points[:, 0] - self.side, side="right")  # x0 + side > x
+        first_row = np.searchsorted(self.ys, points[:, 1] - self.side, side="right")
+        span_rows = int((last_row - first_row).max(initial=0)) + 1
+        span_cols = int((last_col - first_col).max(initial=0)) + 1
+        for dr in range(span_rows):
+            for dc in range(span_cols):
                 r, c = last_row - dr, last_col - dc
-                valid = (r >= 0) & (c >= 0)
+                valid = (r >= 0) & (c >= 0) & (r >= first_row) & (c >= first_col)
                 rr, cc = np.clip(r, 0, None), np.clip(c, 0, None)
                 x0, y0 = self.xs[cc], self.ys[rr]
-                inside = valid & (points[:, 0] < x0 + self.side) & (points[:, 1] < y0 + self.side)
-                inside &= self.tissue[rr, cc]
+                inside = valid & self.tissue[rr, cc]
                 half = self.side / 2
                 distance = (points[:, 0] - x0 - half) ** 2 + (points[:, 1] - y0 - half) ** 2
                 better = inside & (distance < best)
@@ -245,6 +289,19 @@ class _QC:
         fig.savefig(path, format="png", dpi=110, metadata={"Software": SOFTWARE})
 
 
+def _read(path: Path, tiles: Any, coords: np.ndarray) -> Any:
+    """Regions at ``coords`` off the tiler's grid, read as :func:`.slide_inputs.slide_tiles` reads its own."""
+    from domainfm.domains.pathology import tiling
+
+    if not len(coords):
+        return
+    reader = tiling.RegionReader(Path(path), tiles.params.threads)
+    try:
+        yield from tiling.read_tiles(reader, tiles.plan.info, coords, tiles.mpp, tiles.side, tiles.params)
+    finally:
+        reader.close()
+
+
 def predict_instance_slide(
     deployable: Deployable,
     item: InputFile,
@@ -262,17 +319,26 @@ def predict_instance_slide(
     from tqdm.auto import tqdm
 
     from domainfm.domains.pathology.instance_geojson import object_features
-    from domainfm.domains.pathology.slide_inputs import slide_tiles
-    from domainfm.domains.pathology.slides import SlideError
-    from domainfm.domains.pathology.tiling import footprint
+    from domainfm.domains.pathology.slide_inputs import card_mpp, slide_tiles
+    from domainfm.domains.pathology.slides import SlideError, slide_info
+    from domainfm.domains.pathology.tiling import footprint, grid_origins, open_slide
+    from domainfm.domains.pathology.tissue import tissue_fractions
 
     card = deployable.card
     names = list(card.build["class_names"])
-    tile_px = int(card.build.get("tile_px") or card.spatial_shape[0])
+    model_px = int(card.build.get("tile_px") or card.spatial_shape[0])
+    slide = open_slide(Path(item.path))
+    try:
+        shorter = min(slide.dimensions)
+        scan_mpp = slide_info(slide, item.path, assume_mpp).mpp
+    finally:
+        slide.close()
+    tile_px = region_size(model_px, int(shorter * scan_mpp / card_mpp(card)))
     overlap = default_overlap(tile_px, overlap)
     device = device or torch.device("cpu")
-    with slide_tiles(item.path, card, mpp=None, min_tissue=min_tissue, batch=batch, assume_mpp=assume_mpp,
-                     require_tissue=False, overlap=overlap) as tiles:  # fmt: skip
+    per_batch = max(1, batch * model_px**2 // tile_px**2)  # regions per batch: about ``batch`` tiles of pixels
+    with slide_tiles(item.path, card, mpp=None, min_tissue=min_tissue, batch=per_batch, assume_mpp=assume_mpp,
+                     require_tissue=False, overlap=overlap, tile_px=tile_px) as tiles:  # fmt: skip
         plan, coords, side = tiles.plan, tiles.coords, tiles.side
         info = plan.info
         if side > min(info.width, info.height):
@@ -281,10 +347,15 @@ def predict_instance_slide(
                 f"tile ({side:.0f} px at {tiles.mpp:g} mpp); predict it as a picture"
             )
         step = footprint(info, tiles.mpp, tiles.params)[1]
-        owners = TileOwners(info.width, info.height, side, step, coords)
+        xs, ys = grid_axes(info.width, info.height, side, step)
+        extra = edge_regions(xs, ys, grid_origins(info.width, info.height, side, step))
+        if len(extra):  # the regions flush with the right and bottom edges, where they hold tissue
+            extra = extra[tissue_fractions(plan.mask, plan.thumb_downsample, extra, side) >= min_tissue]
+        coords = np.concatenate([coords, extra]).astype(np.int64)
+        owners = TileOwners(xs, ys, side, coords)
         downsample = side / tile_px
-        members = {"domainfm": {"slide": item.key, "objects": "detections", "tile_px": tile_px, "mpp": tiles.mpp,
-                                "slide_mpp": info.mpp, "overlap_px": overlap, "tile_side_level0": side,
+        members = {"domainfm": {"slide": item.key, "objects": "detections", "region_px": tile_px, "mpp": tiles.mpp,
+                                "slide_mpp": info.mpp, "overlap_px": overlap, "region_side_level0": side,
                                 "coordinates": "level-0 pixels, origin top-left"}}  # fmt: skip
         counts = np.zeros(len(names), np.int64)
         cut = 0
@@ -294,7 +365,7 @@ def predict_instance_slide(
             stream = FeatureStream(handle, members)
             bar = tqdm(total=len(coords), desc=item.key, unit="tile", leave=False, disable=not progress)
             with contextlib.closing(bar), torch.no_grad():
-                for raw in tiles.batches:
+                for raw in itertools.chain(tiles.batches, _read(item.path, tiles, extra)):
                     maps = predict_array(deployable, raw, device)
                     for k in range(len(raw)):
                         x0, y0 = (float(v) for v in coords[start + k])
@@ -317,7 +388,7 @@ def predict_instance_slide(
             raise SlideError(f"{item.path}: read {start} of {len(coords)} tiles")
         tissue_mm2 = float(plan.mask.sum()) * (plan.thumb_downsample * info.mpp) ** 2 / 1e6
         total = int(counts.sum())
-        title = (f"{item.key}: {total} objects in {len(coords)} tissue tiles at {tiles.mpp:g} mpp ({tile_px} px, "
+        title = (f"{item.key}: {total} objects in {len(coords)} tissue regions at {tiles.mpp:g} mpp ({tile_px} px, "
                  f"overlap {overlap}), scan {info.mpp:g} mpp ({info.mpp_source})")  # fmt: skip
         qc.write(outputs.path("overlays", ".png"), names, counts, title)
 
@@ -336,6 +407,7 @@ def predict_instance_slide(
         "mpp": tiles.mpp,
         "slide_mpp": info.mpp,
         "mpp_source": info.mpp_source,
+        "region_px": tile_px,
         "overlap": overlap,
         "width": info.width,
         "height": info.height,

@@ -188,6 +188,7 @@ def slide_tiles(
     assume_mpp: float | None = None,
     require_tissue: bool = True,
     overlap: int = 0,
+    tile_px: int | None = None,
 ) -> Iterator[SlideTiles]:
     """The slide's tissue tiles at ``mpp`` (default: the checkpoint's first training mpp), cut as ``tile`` cuts.
 
@@ -195,7 +196,8 @@ def slide_tiles(
     thread pool at most two batches ahead, so memory does not grow with the slide. ``assume_mpp`` is the
     slide's mpp when the file records none; with ``require_tissue`` a slide without a tissue tile is refused.
     ``overlap`` is the tile pixels neighbours share (``tile --overlap``; the grid step is then
-    :func:`.tiling.footprint`'s, smaller than ``side``).
+    :func:`.tiling.footprint`'s, smaller than ``side``); ``tile_px`` cuts tiles of another size than the
+    model's (a dense model's window slides over them).
     A region OpenSlide cannot decode (a corrupt file) raises a :class:`~.slides.SlideError` naming the slide.
     """
     from domainfm.domains.pathology import tiling, tissue
@@ -203,7 +205,7 @@ def slide_tiles(
     mpp = card_mpp(card, mpp)
     params = tiling.TilingParams(
         mpps=(mpp,),
-        tile_px=int(card.build.get("tile_px") or card.spatial_shape[0]),  # the store's tile (the model may resize)
+        tile_px=tile_px or int(card.build.get("tile_px") or card.spatial_shape[0]),  # the store's (model may resize)
         overlap=overlap,
         assume_mpp=assume_mpp,
         tissue=tissue.TissueParams(min_tissue=min_tissue),

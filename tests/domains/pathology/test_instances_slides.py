@@ -31,7 +31,7 @@ from domainfm.studies.pathology.phantom_cells import NUCLEUS_CLASSES, render_cel
 
 TILE, OVERLAP, MPP = 64, 28, 0.5
 STEP = TILE - OVERLAP
-SIZE = (TILE + 6 * STEP, TILE + 10 * STEP)  # (height, width): the grid covers the slide exactly
+SIZE = (TILE + 6 * STEP + 20, TILE + 10 * STEP + 13)  # (height, width): strips past the tiler's grid
 NAMES = sorted(NUCLEUS_CLASSES)  # the store's class order
 
 
@@ -121,6 +121,7 @@ def test_objects_across_tile_edges_are_found_once_and_equal_one_picture(
         return deployable
 
     monkeypatch.setattr(predict_package, "load_for_domain", with_oracle)
+    monkeypatch.setattr(instance_wsi, "REGION_TILES", 1)  # regions of one 64-px tile: many edges to cross
     out = tmp_path / "predicted"
     status, summary = _predict(segmenter, [slide.path], out, capsys, "--overlap", str(OVERLAP))
     assert status == 0 and summary["predicted"] == 1
@@ -142,7 +143,7 @@ def test_objects_across_tile_edges_are_found_once_and_equal_one_picture(
     for k, pixels in enumerate(masks, start=1):
         owner[pixels] = k
     owner = owner.reshape(shape)
-    starts = np.arange(0, shape[1] - TILE + 1, STEP), np.arange(0, shape[0] - TILE + 1, STEP)
+    starts = [np.append(np.arange(0, n - TILE + 1, STEP), n - TILE) for n in (shape[1], shape[0])]  # + flush
     edges_x = sorted({*starts[0][1:], *(starts[0][:-1] + TILE)})  # every tile edge inside the slide
     edges_y = sorted({*starts[1][1:], *(starts[1][:-1] + TILE)})
     crossing, ious, classes_right = 0, [], 0
@@ -188,13 +189,16 @@ def test_objects_across_tile_edges_are_found_once_and_equal_one_picture(
 
 
 def test_owners_fall_back_to_the_nearest_tissue_tile():
+    assert [a.tolist() for a in instance_wsi.grid_axes(110, 100, 64, 36)] == [[0, 36, 46], [0, 36]]
     coords = np.array([[0, 0], [36, 0], [0, 36]])  # tile (1, 1) is not tissue
-    owners = instance_wsi.TileOwners(100, 100, 64, 36, coords)
+    owners = instance_wsi.TileOwners(np.array([0, 36]), np.array([0, 36]), 64, coords)
     points = np.array([[10.0, 10.0], [50.0, 20.0], [62.0, 58.0], [99.0, 99.0], [63.0, 40.0]])
     rows, cols = owners.owners(points)
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0), (0, 1), (0, 1), (-1, -1), (0, 1)]
     # the central regions of a full grid: x < 64 - 28 / 2 = 50 belongs to column 0, x > 50 to column 1
-    full = instance_wsi.TileOwners(100, 100, 64, 36, np.array([[0, 0], [36, 0], [0, 36], [36, 36]]))
+    full = instance_wsi.TileOwners(
+        np.array([0, 36]), np.array([0, 36]), 64, np.array([[0, 0], [36, 0], [0, 36], [36, 36]])
+    )
     assert full.owners(np.array([[49.9, 10.0], [50.1, 10.0], [10.0, 50.1]]))[1].tolist() == [0, 1, 0]
     assert full.owners(np.array([[10.0, 50.1]]))[0].tolist() == [1]
     assert full.shared_edges(0, 0) == (False, False, True, True)
