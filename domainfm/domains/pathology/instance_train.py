@@ -5,7 +5,7 @@
   HoVer-Net-style head (:mod:`.instances`) trained on the train tiles of an instance store
   (:mod:`.instance_data`) through the shared fine-tuning loop; saved as ``instances.safetensors`` (one
   safetensors file, atomically, with the metadata that rebuilds it and its input transform record).
-  Resumable as the pretraining commands are: ``OUT/resume/last.ckpt`` (Lightning: weights, optimiser,
+  Resumable: ``OUT/resume/last.ckpt`` (Lightning: weights, optimiser,
   epoch, the per-epoch losses) is written after every epoch and a rerun of the same command continues from
   it (epoch ``k`` reads the stream's order ``k`` either way, so the resumed run ends with the weights an
   uninterrupted one has); ``OUT/resume/settings.json`` records the options, and a rerun with other options

@@ -250,8 +250,9 @@ def predict(
         assume_mpp: The slides' level-0 microns per pixel where a file records none (never guessed).
         min_tissue: Predict tiles with at least this tissue fraction (as ``pathology tile`` keeps them).
         min_size: Instance segmenters: the smallest object kept (pixels at the segmenter's mpp).
-        overlap: Instance segmenters on whole slides: tile pixels neighbours share (default a quarter tile);
-            at least the largest object's diameter, so each object is whole in the tile that keeps it.
+        overlap: Instance segmenters on whole slides: pixels shared by neighbouring regions of 4 x 4 tiles
+            (default an eighth of the region); at least the largest object's diameter, so each object is
+            whole in the region that keeps it.
         batch: Tiles read and predicted together.
         overlay_class: Draw this class's probability as a heat map on the overlays (default: every tile in
             its predicted class's colour).

@@ -6,7 +6,7 @@ the chosen train tiles, un-normalised (``prepare`` normalises as the encoder was
 outputs on other tiles in store order. Building the model (encoder, ``apply_peft``, head), choosing the
 tiles, scoring and saving stay with the domain.
 
-With ``resume_dir`` the fit is resumable as the pretraining commands are: Lightning writes
+With ``resume_dir`` the fit is resumable: Lightning writes
 ``resume_dir/last.ckpt`` (weights, optimiser, epoch, callback states) after every epoch and a rerun continues
 from it. Epoch ``k`` always reads the stream's order of epoch ``k`` (the trainer's epoch is handed to the
 stream), so a resumed run sees the batches an uninterrupted one would and, on a deterministic device, ends

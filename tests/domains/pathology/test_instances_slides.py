@@ -47,7 +47,9 @@ class Oracle(nn.Module):
             parts[sizes[parts] < 4] = 0
             foreground = (parts > 0).astype(np.float32)
             hv = hv_targets(torch.from_numpy(parts)[None])[0].numpy()
-            means = ndimage.mean(grey, parts, np.arange(n + 1))
+            means = np.bincount(parts.ravel(), grey.ravel(), n + 1) / np.maximum(
+                np.bincount(parts.ravel(), None, n + 1), 1
+            )
             kind = np.where(means < 112, NAMES.index("lymphocyte"), np.where(means < 141, NAMES.index("stromal"), 0))
             types = np.where(parts > 0, kind[parts] + 1, 0)
             nc = np.eye(len(NAMES) + 1, dtype=np.float32)[types].transpose(2, 0, 1)
