@@ -266,9 +266,11 @@ class _QC:
         from domainfm.shared.predict.pictures import SOFTWARE
 
         palette = np.array(PALETTE, np.uint8)
-        dots = ndimage.grey_dilation(self.marks, size=(3, 3)) if self.marks.any() else self.marks
+        sparse = 0 < np.count_nonzero(self.marks) < 0.02 * self.marks.size  # dots grow only where they stay apart
+        dots = ndimage.grey_dilation(self.marks, size=(3, 3)) if sparse else self.marks
         marked = self.thumbnail.copy()
-        marked[dots > 0] = palette[(dots[dots > 0] - 1) % len(palette)]
+        shown = dots > 0  # blended, so the tissue shows through dense objects
+        marked[shown] = (0.4 * marked[shown] + 0.6 * palette[(dots[shown] - 1) % len(palette)]).astype(np.uint8)
         fig = Figure(figsize=(10.5, 4.6), dpi=110, layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.4])
@@ -277,7 +279,7 @@ class _QC:
         if self.crop is not None:
             image, ids, classes, (x, y) = self.crop
             axes[1].imshow(draw_contours(image, ids, classes), interpolation="nearest")
-            axes[1].set_title(f"tile at level-0 ({x:.0f}, {y:.0f}): {self.crop_count} objects", fontsize=8)
+            axes[1].set_title(f"region at level-0 ({x:.0f}, {y:.0f}): {self.crop_count} objects", fontsize=8)
         for ax in axes:
             ax.set_axis_off()
         colours = palette / 255.0
