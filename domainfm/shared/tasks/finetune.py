@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from domainfm.shared.engine.training import OptimizerFactory, fit, make_trainer, step_task
+from domainfm.shared.engine.training import OptimizerFactory, epoch_checkpoint, fit, make_trainer, step_task
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -93,11 +93,7 @@ def finetune(
 
     extra: list[Any] = [EpochOrder(), *callbacks]
     if resume_dir is not None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        # ``last.ckpt`` as the one kept checkpoint: Lightning 2.6 writes ``save_last`` only after a top-k save
-        extra.append(ModelCheckpoint(dirpath=resume_dir, filename="last", save_top_k=1, every_n_epochs=1,
-                                     enable_version_counter=False))  # fmt: skip
+        extra.append(epoch_checkpoint(Path(resume_dir)))
     last = Path(resume_dir) / "last.ckpt" if resume_dir is not None else None
     with warnings.catch_warnings():  # the resume folder may hold the caller's records beside last.ckpt
         warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
