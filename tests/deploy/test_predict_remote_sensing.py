@@ -111,8 +111,8 @@ def test_cloud_masks_are_cogs_on_the_inputs_grid_with_the_models_values(deployab
             assert overlay.size == probability.shape[::-1] and overlay.mode == "RGB"
     assert len(shapes) == 3
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "input,height,width,cloud_fraction,georeference,mask" and len(rows) == 4
-    assert "swath.hdf,144,144," in rows[3] and rows[3].endswith(",gcps,masks/swath.tif")
+    assert rows[0] == "input,height,width,cloud_fraction,georeference,mask,strips,overlay_scale" and len(rows) == 4
+    assert "swath.hdf,144,144," in rows[3] and rows[3].endswith(",gcps,masks/swath.tif,1,1")
 
 
 def test_a_gdal_without_the_cog_driver_gets_the_same_layout_from_gtiff(tmp_path):
@@ -312,10 +312,15 @@ def test_broken_granules_and_rasters_are_named_and_the_others_predicted(deployab
     (folder / "sub" / "good.npy").write_bytes(inputs["chip"].read_bytes())
     (folder / "truncated.hdf").write_bytes(inputs["granule"].read_bytes()[:4096])
     (folder / "empty.tif").write_bytes(b"")
+    (folder / "zero_bytes.npy").write_bytes(b"")
+    (folder / "pickled.npy").write_bytes(
+        b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    )
     out = tmp_path / "out"
     summary = _run(["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", str(folder),
                     "--out", str(out)], capsys)  # fmt: skip
-    assert summary["predicted"] == 1 and sorted(summary["failed"]) == ["empty.tif", "truncated.hdf"]
+    assert summary["predicted"] == 1
+    assert sorted(summary["failed"]) == ["empty.tif", "pickled.npy", "truncated.hdf", "zero_bytes.npy"]
     for key, reason in summary["failed"].items():
         assert key in reason  # the message names the file
     assert sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*.tif")) == ["masks/sub/good.tif"]
@@ -359,3 +364,83 @@ def test_explain_of_a_curtain_writes_one_overlay_per_chip_of_the_track(deployabl
     assert summary["predicted"] == 1
     chips = len(range(0, 136 - 32 + 1, 32))  # the 136-row GeoTIFF: 4 chips of 32 rows along the track
     assert sorted(p.name for p in (out / "explanations").iterdir()) == [f"scene_chip{k}.png" for k in range(chips)]
+
+
+def test_an_input_over_the_memory_budget_is_predicted_in_strips_with_the_whole_inputs_values(
+    deployables, inputs, tmp_path, capsys, monkeypatch
+):
+    """A GeoTIFF and a .npy over the budget are read strip by strip, never whole, and give the values, layout
+    and georeference the whole input gives (the strips lie on the sliding window's grid)."""
+    from domainfm.domains.remote_sensing import strips
+    from domainfm.shared import deploy
+
+    checkpoint, _ = deployables["remote_sensing.cloud_mask"]
+    card = load_deployable(checkpoint).card
+    with rasterio.open(inputs["tif"]) as source:
+        bands, profile, descriptions = source.read(), source.profile, source.descriptions
+    tall = np.concatenate([bands, bands[:, ::-1], bands], axis=1)  # 408 x 120
+    channels, height, width = tall.shape
+    tif, npy = tmp_path / "in" / "tall.tif", tmp_path / "in" / "tall_array.npy"
+    tif.parent.mkdir()
+    with rasterio.open(tif, "w", **(profile | {"height": height})) as handle:
+        handle.write(tall)
+        for index, name in enumerate(descriptions, 1):
+            handle.set_band_description(index, name)
+    np.save(npy, tall)
+    whole = {path.name: _pred(checkpoint, path) for path in (tif, npy)}
+    np.testing.assert_array_equal(whole["tall.tif"], whole["tall_array.npy"])
+    threshold = float(np.median(whole["tall.tif"]))
+
+    classes, chip = len(card.class_names), int(card.spatial_shape[0])
+    monkeypatch.setattr(strips, "MEMORY_BUDGET", strips._row_bytes(channels, classes, width) * 150)
+    plan = strips.strip_plan(height, chip, strips.rows_per_strip(channels, classes, width))
+    assert len(plan) >= 4 and strips.needs_strips(tall.shape, classes, chip)
+    reads, read_region = [], strips.read_region
+
+    def spy(path, card, rows, cols):
+        reads.append((path.name, rows, cols))
+        return read_region(path, card, rows, cols)
+
+    def whole_read(*args, **kwargs):
+        raise AssertionError("an input over the budget was read whole")
+
+    monkeypatch.setattr(strips, "read_region", spy)
+    monkeypatch.setattr(deploy, "read_input", whole_read)
+    out = tmp_path / "out"
+    argv = ["remote-sensing", "predict", "--checkpoint", str(checkpoint), "--input", str(tif.parent),
+            "--out", str(out), "--probabilities", "--threshold", str(threshold)]  # fmt: skip
+    summary = _run(argv, capsys)
+    assert (summary["predicted"], summary["failed"]) == (2, {})
+    for name in ("tall.tif", "tall_array.npy"):
+        assert [rows for file, rows, _ in reads if file == name] == [(start, stop) for start, stop, _, _ in plan]
+        assert {cols for file, _, cols in reads if file == name} == {(0, width)}
+        probability = whole[name]
+        with rasterio.open(out / "probabilities" / f"{Path(name).stem}.tif") as source:
+            np.testing.assert_allclose(source.read(), probability, atol=1e-5)
+        with rasterio.open(out / "masks" / f"{Path(name).stem}.tif") as mask:
+            values, crs, transform = mask.read(1), mask.crs, mask.transform
+            block = geofiles.block_size(height, width)  # laid out as write_cog lays out a map this size
+            assert mask.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and mask.block_shapes == [(block, block)]
+            assert mask.overviews(1) == geofiles.overview_factors(height, width, block) == [2]
+            assert mask.descriptions == ("class",) and mask.colormap(1)[1][:3] == tuple(palette(2)[1])
+        clear = np.abs(probability[0] - threshold) > 1e-5  # pixels not within rounding of the threshold
+        np.testing.assert_array_equal(values[clear], (probability[0] >= threshold)[clear].astype(np.uint8))
+        assert clear.mean() > 0.99 and set(np.unique(values)) == {0, 1}
+        if name == "tall.tif":
+            assert crs == profile["crs"] and transform == profile["transform"]
+        else:
+            assert crs is None
+        with Image.open(out / "overlays" / f"{Path(name).stem}.png") as overlay:
+            assert overlay.size == (width, height)
+    rows = {row.split(",")[0]: row.split(",") for row in (out / "predictions.csv").read_text().splitlines()[1:]}
+    assert rows["tall.tif"][-2:] == [str(len(plan)), "1"]
+
+
+def test_strips_keep_rows_on_the_window_grid_with_a_margin_of_whole_steps():
+    from domainfm.domains.remote_sensing.strips import strip_plan
+
+    plan = strip_plan(1000, 32, 200)  # step 24, margin 48: keep (200 - 96) // 24 * 24 = 96 rows a strip
+    assert plan[0] == (0, 144, 0, 96) and plan[1] == (48, 240, 96, 192) and plan[-1] == (912, 1000, 960, 1000)
+    kept = [row for _, _, start, stop in plan for row in range(start, stop)]
+    assert kept == list(range(1000))
+    assert all(start % 24 == 0 and start - read >= min(start, 48) for read, _, start, _ in plan)

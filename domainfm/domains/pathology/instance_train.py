@@ -5,6 +5,11 @@
   HoVer-Net-style head (:mod:`.instances`) trained on the train tiles of an instance store
   (:mod:`.instance_data`) through the shared fine-tuning loop; saved as ``instances.safetensors`` (one
   safetensors file, atomically, with the metadata that rebuilds it and its input transform record).
+  Resumable: ``OUT/resume/last.ckpt`` (Lightning: weights, optimiser,
+  epoch, the per-epoch losses) is written after every epoch and a rerun of the same command continues from
+  it (epoch ``k`` reads the stream's order ``k`` either way, so the resumed run ends with the weights an
+  uninterrupted one has); ``OUT/resume/settings.json`` records the options, and a rerun with other options
+  is refused by name rather than mixing two runs. The folder is removed once the segmenter is saved.
 * :func:`evaluate_instances`: PQ, AJI, object Dice and count error (:mod:`domainfm.shared.tasks.instance_metrics`)
   of the predicted instances of a split's tiles against their ``instances`` companion, overall and per class.
 * :func:`segment_picture`: a picture of any size through the deployed network (:func:`contract_model`:
@@ -16,7 +21,8 @@
 
 from __future__ import annotations
 
-import math
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,49 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.schema import SPLITS
 
 INSTANCE_COMPANIONS = ("instances", "instance_class")
+RESUME = "resume"
+
+
+def _epoch_losses(losses: list[float]) -> Any:
+    """A Lightning callback keeping each epoch's mean step loss; its state is saved in ``last.ckpt``."""
+    import lightning
+
+    class EpochLosses(lightning.Callback):
+        def __init__(self) -> None:
+            self.epochs: list[float] = []
+            self.start = 0
+
+        def on_train_epoch_start(self, trainer: Any, _: Any) -> None:
+            self.start = len(losses)
+
+        def on_train_epoch_end(self, trainer: Any, _: Any) -> None:
+            self.epochs.append(float(np.mean(losses[self.start :])) if len(losses) > self.start else float("nan"))
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"epochs": list(self.epochs)}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.epochs = [float(v) for v in state["epochs"]]
+
+    return EpochLosses()
+
+
+def _claim_resume(folder: Path, settings: dict[str, Any]) -> bool:
+    """Records ``settings`` for a new run; for a run to resume, refuses other settings. Returns whether resuming."""
+    record = folder / "settings.json"
+    if (folder / "last.ckpt").exists():
+        saved = json.loads(record.read_text()) if record.is_file() else None
+        if saved != settings:
+            changed = sorted(k for k in settings if (saved or {}).get(k) != settings[k]) if saved else ["unknown"]
+            raise DomainfmError(
+                f"{folder}: a stopped instances-train run with other options ({', '.join(changed)}) would be "
+                "resumed here; rerun it with the same options, or delete that folder (or choose another --out) "
+                "to start again"
+            )
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2))
+    return False
 
 
 def _instance_classes(store: Any) -> list[str]:
@@ -101,6 +150,13 @@ def train_instances(
     if labelled < 1.0:
         train = label_fraction(train, labelled, seed)
     losses: list[float] = []
+    resume = Path(out) / RESUME
+    settings = {"store": str(Path(store_path).resolve()), "checkpoint": str(checkpoint) if checkpoint else None,
+                "backbone": backbone, "peft": peft, "peft_options": peft_options or {}, "labelled": labelled,
+                "epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
+                "train_tiles": len(train)}  # fmt: skip
+    resumed = _claim_resume(resume, json.loads(json.dumps(settings, default=str)))
+    history = _epoch_losses(losses)
 
     def loss(output: torch.Tensor, batch: dict) -> torch.Tensor:
         value = hover_loss(output, batch["instances"].long(), batch["instance_class"].long())
@@ -109,7 +165,7 @@ def train_instances(
 
     finetune(
         model, store, train, loss, tile_input(record), epochs, batch_size, lr, seed, torch_device, progress,
-        companions=INSTANCE_COMPANIONS,
+        companions=INSTANCE_COMPANIONS, resume_dir=resume, callbacks=[history],
     )  # fmt: skip
     mpps = store.spec.value_scaling.get("mpps")
     meta = {
@@ -126,14 +182,18 @@ def train_instances(
         "transform": downstream_transform(record, geometry="window", details={"mpps": mpps}).to_dict(),
     }
     saved = save_model_checkpoint(model.cpu(), Path(out) / "instances.safetensors", INSTANCES_KEY, meta)
-    steps = max(1, math.ceil(len(train) / batch_size))
+    shutil.rmtree(resume, ignore_errors=True)
+    epoch_losses = history.epochs
     return {
         "segmenter": str(saved),
         "init": _init_name(encoder_meta) if checkpoint else "random",
         "peft": peft,
         "train_tiles": len(train),
-        "first_epoch_loss": float(np.mean(losses[:steps])) if losses else float("nan"),
-        "last_epoch_loss": float(np.mean(losses[-steps:])) if losses else float("nan"),
+        "epochs": epochs,
+        "resumed": resumed,
+        "epoch_losses": epoch_losses,
+        "first_epoch_loss": epoch_losses[0] if epoch_losses else float("nan"),
+        "last_epoch_loss": epoch_losses[-1] if epoch_losses else float("nan"),
         "trainable_parameters": count_parameters(encoder)["trainable"]
         + sum(p.numel() for p in model.head.parameters()),
     }
@@ -233,9 +293,8 @@ def segment_picture(
     return image, ids, classes, scores, downsample
 
 
-def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> Path:
-    """The picture with every object's contour drawn in its class colour (a 1-px boundary), as PNG."""
-    from PIL import Image
+def draw_contours(image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` ``[H, W, 3]`` with every object's contour in its class colour (a 1-px inner boundary)."""
     from skimage.segmentation import find_boundaries
 
     from domainfm.domains.pathology.instance_geojson import PALETTE
@@ -245,5 +304,12 @@ def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: n
     palette = np.array(PALETTE, np.uint8)
     klass = np.asarray(classes)[ids]
     picture[edges] = palette[np.clip(klass[edges], 0, None) % len(palette)]
-    Image.fromarray(picture).save(path)
+    return picture
+
+
+def write_instance_qc(path: Path, image: np.ndarray, ids: np.ndarray, classes: np.ndarray) -> Path:
+    """The picture with every object's contour drawn in its class colour (a 1-px boundary), as PNG."""
+    from PIL import Image
+
+    Image.fromarray(draw_contours(image, ids, classes)).save(path)
     return path

@@ -27,6 +27,7 @@ it runs through the model contract (``InputTransform -> network``) like every ot
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,9 @@ def default_indices(backbone: nn.Module) -> list[int]:
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    groups = math.gcd(8, cout)  # 8 groups where they divide the channels (any --width: a stem of 12 gets 4)
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True)
     )
 
 

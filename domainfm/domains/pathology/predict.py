@@ -35,8 +35,9 @@ An instance segmenter (HoVer-Net-style, :mod:`.instances`) takes pictures of any
 its training mpp (``--mpp``: the pictures' own, resampled when it differs) and writes per picture
 ``instances/NAME.tif`` (uint32 instance ids), ``geojson/NAME.geojson`` (one polygon per object in the
 picture's own pixels, ``classification`` and a ``score`` measurement; QuPath imports it) and
-``overlays/NAME.png`` (contours in class colours); its row counts the objects per class. Whole slides are
-refused by name for it (predict fields cut from them).
+``overlays/NAME.png`` (contours in class colours); its row counts the objects per class. On whole slides
+it runs over overlapping tissue tiles and writes one GeoJSON of level-0 polygons per slide, objects merged
+across tile edges (:mod:`.instance_wsi`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from domainfm.shared.config import Fraction, PositiveFloat, PositiveInt
+from domainfm.shared.config import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 from domainfm.shared.deploy.card import Deployable, predict_array
 from domainfm.shared.predict import InputFile, Outputs
 
@@ -311,6 +312,7 @@ def predict(
     assume_mpp: PositiveFloat | None = None,
     min_tissue: Fraction = 0.5,
     min_size: PositiveInt = 6,
+    overlap: NonNegativeInt | None = None,
     batch: PositiveInt = 64,
     overlay_class: str | None = None,
     explain: bool = False,
@@ -329,16 +331,20 @@ def predict(
         checkpoint: A tile classifier written by ``domainfm pathology train``, an ABMIL slide classifier
             written by ``domainfm pathology mil`` (slides only: the slide's class, P(CLASS) and most attended
             tiles in its row; attention per tile in OUT/geojson and OUT/maps), or a nuclei/gland instance
-            segmenter written by ``domainfm pathology instances-train`` (pictures only: OUT/instances,
-            OUT/geojson and OUT/overlays per picture).
+            segmenter written by ``domainfm pathology instances-train`` (per picture OUT/instances,
+            OUT/geojson and OUT/overlays; per slide OUT/geojson of level-0 polygons and OUT/overlays).
         input: Slides (any OpenSlide format), pictures of single tiles, or folders holding them (searched
             recursively; outputs keep the relative names).
         out: The folder to write (new, empty, or an earlier ``predict`` output to resume).
         mpp: Microns per pixel to tile at; default the classifier's training mpp (the first it records). For an
-            instance segmenter: the pictures' microns per pixel (resampled to the segmenter's when they differ).
+            instance segmenter: the pictures' microns per pixel (resampled to the segmenter's when they differ);
+            slides are tiled at the segmenter's mpp.
         assume_mpp: The slides' level-0 microns per pixel where a file records none (never guessed).
         min_tissue: Predict tiles with at least this tissue fraction (as ``pathology tile`` keeps them).
         min_size: Instance segmenters: the smallest object kept (pixels at the segmenter's mpp).
+        overlap: Instance segmenters on whole slides: pixels shared by neighbouring regions of 4 x 4 tiles
+            (default an eighth of the region); at least the largest object's diameter, so each object is
+            whole in the region that keeps it.
         batch: Tiles read and predicted together.
         overlay_class: Draw this class's probability as a heat map on the overlays (default: every tile in
             its predicted class's colour).
@@ -350,7 +356,7 @@ def predict(
     """
     import json as json_module
 
-    from domainfm.domains.pathology.slide_inputs import SLIDE_SUFFIXES, SLIDES, TIFF_SUFFIXES
+    from domainfm.domains.pathology.slide_inputs import SLIDES
     from domainfm.shared.engine import resolve_device
     from domainfm.shared.explain.targets import ExplainError, resolve_target
     from domainfm.shared.predict import PredictError, load_for_domain, run_predictions
@@ -370,11 +376,12 @@ def predict(
 
     def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
         if deployable.card.kind == INSTANCES:
-            if item.path.suffix.lower() in set(SLIDE_SUFFIXES) - set(TIFF_SUFFIXES):
-                raise PredictError(
-                    f"{item.path} is a whole slide; an instance segmenter predicts pictures (fields or tiles cut "
-                    "from it at its mpp), not whole slides yet"
-                )
+            from domainfm.domains.pathology.instance_wsi import INSTANCE_SLIDES, predict_instance_slide
+
+            if INSTANCE_SLIDES.claims(item.path, deployable.card):
+                return predict_instance_slide(deployable, item, outputs, assume_mpp=assume_mpp, min_tissue=min_tissue,
+                                              min_size=min_size, batch=batch, overlap=overlap, device=torch_device,
+                                              progress=not json)  # fmt: skip
             return predict_instances(deployable, item, outputs, mpp, min_size, torch_device)
         if deployable.card.kind == SLIDE_CLASSIFIER:
             from domainfm.domains.pathology import predict_mil
@@ -395,7 +402,7 @@ def predict(
         return predict_picture(deployable, item, torch_device, outputs, explain)
 
     options = {"mpp": mpp, "assume_mpp": assume_mpp, "min_tissue": min_tissue, "overlay_class": overlay_class,
-               "explain": explain, "min_size": min_size}  # fmt: skip
+               "explain": explain, "min_size": min_size, "overlap": overlap}  # fmt: skip
     run = run_predictions(
         deployable, input, out, predict_one, suffixes=_suffixes(), what="slides or pictures", options=options,
         overwrite=overwrite, progress=not json, title=f"pathology predict ({deployable.card.kind})",

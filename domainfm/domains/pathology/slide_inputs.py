@@ -156,7 +156,7 @@ class SlideTiles:
         params: The tiling parameters used.
         mpp: The tiles' microns per pixel.
         coords: Level-0 top-left corners ``[N, 2]`` (x, y) of the kept (tissue) tiles, row-major.
-        side: Tile side (and grid step: tiles do not overlap) in level-0 pixels.
+        side: Tile side in level-0 pixels (also the grid step unless ``params.overlap``).
         batches: Raw tiles ``[n, 3, tile_px, tile_px]`` uint8 in ``coords`` order, a bounded number in memory.
     """
 
@@ -187,12 +187,17 @@ def slide_tiles(
     batch: int,
     assume_mpp: float | None = None,
     require_tissue: bool = True,
+    overlap: int = 0,
+    tile_px: int | None = None,
 ) -> Iterator[SlideTiles]:
     """The slide's tissue tiles at ``mpp`` (default: the checkpoint's first training mpp), cut as ``tile`` cuts.
 
     The grid, tissue detector and region reader are the tiler's (:mod:`.tiling`); tiles are read by its
     thread pool at most two batches ahead, so memory does not grow with the slide. ``assume_mpp`` is the
     slide's mpp when the file records none; with ``require_tissue`` a slide without a tissue tile is refused.
+    ``overlap`` is the tile pixels neighbours share (``tile --overlap``; the grid step is then
+    :func:`.tiling.footprint`'s, smaller than ``side``); ``tile_px`` cuts tiles of another size than the
+    model's (a dense model's window slides over them).
     A region OpenSlide cannot decode (a corrupt file) raises a :class:`~.slides.SlideError` naming the slide.
     """
     from domainfm.domains.pathology import tiling, tissue
@@ -200,7 +205,8 @@ def slide_tiles(
     mpp = card_mpp(card, mpp)
     params = tiling.TilingParams(
         mpps=(mpp,),
-        tile_px=int(card.build.get("tile_px") or card.spatial_shape[0]),  # the store's tile (the model may resize)
+        tile_px=tile_px or int(card.build.get("tile_px") or card.spatial_shape[0]),  # the store's (model may resize)
+        overlap=overlap,
         assume_mpp=assume_mpp,
         tissue=tissue.TissueParams(min_tissue=min_tissue),
         batch=batch,

@@ -33,11 +33,16 @@ def read_granule_input(path: Path, card: ModelCard) -> np.ndarray:
     return np.where(granule.valid, np.nan_to_num(scaled), 0).astype(np.float32)
 
 
-def read_raster_input(path: Path, card: ModelCard) -> np.ndarray:
-    """A GeoTIFF band set as the card's bands ``[C, H, W]`` in the file's values, nodata 0 (as ingest)."""
+def read_raster_input(
+    path: Path, card: ModelCard, window: tuple[tuple[int, int], tuple[int, int]] | None = None
+) -> np.ndarray:
+    """A GeoTIFF band set as the card's bands ``[C, H, W]`` in the file's values, nodata 0 (as ingest).
+
+    ``window``: only rows ``[r0, r1)`` and columns ``[c0, c1)``, as ``((r0, r1), (c0, c1))``.
+    """
     from domainfm.domains.remote_sensing.rasters import read_stack
 
-    stack = read_stack([Path(path)], list(card.channel_names))
+    stack = read_stack([Path(path)], list(card.channel_names), window)
     return np.where(stack.valid, np.nan_to_num(stack.values), 0).astype(np.float32)
 
 

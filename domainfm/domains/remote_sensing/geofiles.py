@@ -223,13 +223,7 @@ def write_cog(
 
     def fill(dataset: Any) -> None:
         dataset.write(bands)
-        for index, description in enumerate(descriptions, 1):
-            dataset.set_band_description(index, description)
-        dataset.update_tags(**tags)
-        if geo.kind == "gcps":
-            dataset.gcps = (geo.gcps, geo.gcp_crs)
-        if colormap is not None:
-            dataset.write_colormap(1, colormap)
+        _describe(dataset, geo, descriptions, tags, colormap)
 
     path = Path(path)
     with warnings.catch_warnings():
@@ -249,6 +243,78 @@ def write_cog(
                 rasterio.shutil.copy(source, path, driver="GTiff", tiled=True, blockxsize=block, blockysize=block,
                                      compress="deflate", copy_src_overviews=True, bigtiff="if_safer")  # fmt: skip
     return path
+
+
+def _describe(
+    dataset: Any,
+    geo: Georeference,
+    descriptions: list[str],
+    tags: dict[str, str],
+    colormap: dict[int, tuple[int, int, int, int]] | None,
+) -> None:
+    """Band descriptions, tags, GCPs and colour table of a map being written."""
+    for index, description in enumerate(descriptions, 1):
+        dataset.set_band_description(index, description)
+    dataset.update_tags(**tags)
+    if geo.kind == "gcps":
+        dataset.gcps = (geo.gcps, geo.gcp_crs)
+    if colormap is not None:
+        dataset.write_colormap(1, colormap)
+
+
+def open_tiled(path: Path, height: int, width: int, count: int, dtype: str, geo: Georeference) -> Any:
+    """A tiled GeoTIFF (DEFLATE, BigTIFF when needed) open for writing window by window.
+
+    Once filled and closed, :func:`cog_from_tiled` makes the COG of it.
+    """
+    import rasterio
+
+    profile: dict[str, Any] = {"width": width, "height": height, "count": count, "dtype": dtype}
+    if geo.kind == "crs":
+        profile.update(crs=geo.crs, transform=geo.transform)
+    block = block_size(height, width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        return rasterio.open(Path(path), "w", driver="GTiff", tiled=True, blockxsize=block, blockysize=block,
+                             compress="deflate", zlevel=1, bigtiff="if_safer", **profile)  # fmt: skip
+
+
+def cog_from_tiled(
+    source: Path,
+    path: Path,
+    geo: Georeference,
+    resampling: str,
+    descriptions: list[str],
+    tags: dict[str, str],
+    colormap: dict[int, tuple[int, int, int, int]] | None = None,
+    driver: str | None = None,
+) -> Path:
+    """The tiled GeoTIFF ``source`` (:func:`open_tiled`, filled and closed) as the COG ``path``.
+
+    Laid out and described as :func:`write_cog` writes it; GDAL streams the copy, so a map larger than
+    memory can be written. ``source`` is left for the caller to delete.
+    """
+    import rasterio
+    import rasterio.shutil
+    from rasterio.enums import Resampling
+
+    driver = driver or cog_driver()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(source, "r+") as dataset:
+            _describe(dataset, geo, descriptions, tags, colormap)
+            height, width = dataset.height, dataset.width
+            block = block_size(height, width)
+            factors = overview_factors(height, width, block)
+            if driver != "COG" and factors:
+                dataset.build_overviews(factors, Resampling[resampling])
+        if driver == "COG":
+            rasterio.shutil.copy(source, path, driver="COG", blocksize=block, compress="deflate",
+                                 bigtiff="if_safer", overview_resampling=resampling)  # fmt: skip
+        else:
+            rasterio.shutil.copy(source, path, driver="GTiff", tiled=True, blockxsize=block, blockysize=block,
+                                 compress="deflate", copy_src_overviews=True, bigtiff="if_safer")  # fmt: skip
+    return Path(path)
 
 
 def write_curtain(

@@ -27,7 +27,10 @@ With ``explain``, ``explanations/NAME.png`` is the ``domainfm explain`` overlay 
 gradients of the summed cloud probability, or of the top scene label; docs/explain.md), pixel for pixel
 the picture ``explain`` writes; for curtains one per chip of the track, ``explanations/NAME_chipK.png``
 (``NAME.png`` for a one-chip input).
-Inputs are read whole (a 1-km MODIS granule's 14 bands are about 150 MB as float32).
+Inputs too large to hold are read region by region (:mod:`.strips`): a cloud mask of a GeoTIFF or ``.npy``
+whose bands exceed :data:`.strips.MEMORY_BUDGET` is predicted strip by strip with the same values as a whole
+read, a curtain reads only its track's column of chips, and a scene model's wrong-sized input is refused
+before it is read. MODIS granules are read whole (a 1-km granule's 14 bands are about 150 MB as float32).
 """
 
 from __future__ import annotations
@@ -48,14 +51,20 @@ SUFFIXES = (*HDF_SUFFIXES, ".tif", ".tiff", ".npy")
 KINDS = ("remote_sensing.cloud_mask", "remote_sensing.curtain", "remote_sensing.scenes")
 
 
-def _read(deployable: Deployable, item: InputFile) -> np.ndarray:
-    from domainfm.domains.remote_sensing.rasters import BAND_SUFFIX
+def _read(
+    deployable: Deployable, item: InputFile, region: tuple[tuple[int, int], tuple[int, int]] | None = None
+) -> np.ndarray:
+    """The input's bands ``[C, H, W]``, or only rows ``[r0, r1)`` and columns ``[c0, c1)`` of them."""
+    from domainfm.domains.remote_sensing.rasters import BAND_SUFFIX, RasterError
+    from domainfm.domains.remote_sensing.strips import read_region
     from domainfm.shared.deploy import read_input
     from domainfm.shared.deploy.inputs import InputError
 
     try:
+        if region is not None:
+            return read_region(item.path, deployable.card, *region)
         return read_input(item.path, deployable.card)[0].numpy()
-    except InputError as error:
+    except (InputError, RasterError) as error:
         match = BAND_SUFFIX.match(item.path.stem)
         if match is None or deployable.card.in_channels == 1 or item.path.suffix.lower() not in (".tif", ".tiff"):
             raise
@@ -93,18 +102,24 @@ def _predict_mask(
     explain: bool = False,
 ) -> dict[str, Any]:
     from domainfm.domains.remote_sensing.geofiles import georeference, write_cog
+    from domainfm.domains.remote_sensing.strips import input_shape, needs_strips
     from domainfm.shared.explain.overlay import display_rgb
     from domainfm.shared.predict.pictures import overlay_labels, palette, save_png
 
     card = deployable.card
-    image = _read(deployable, item)
-    probability = predict_array(deployable, image[None], device)[0]
-    labels = class_map(probability, threshold)
     geo = georeference(item.path)
     names = ["clear", *(card.class_names if len(card.class_names) > 1 else ["cloud"])]
     colours = palette(len(names))
     colormap = {0: (0, 0, 0, 255), **{v: (*map(int, colours[v]), 255) for v in range(1, len(names))}}
     tags = _tags(deployable, item, threshold=threshold, classes=", ".join(f"{i}={n}" for i, n in enumerate(names)))
+    shape = input_shape(item.path, card)
+    if shape is not None and needs_strips(shape, len(card.class_names), int(card.spatial_shape[0])):
+        return _predict_mask_in_strips(
+            deployable, item, outputs, shape, threshold, probabilities, device, explain, geo, tags, colormap, names
+        )
+    image = _read(deployable, item)
+    probability = predict_array(deployable, image[None], device)[0]
+    labels = class_map(probability, threshold)
     write_cog(outputs.path("masks", ".tif"), labels[None], geo, "nearest", ["class"], tags, colormap)
     if probabilities:
         write_cog(outputs.path("probabilities", ".tif"), probability.astype(np.float32), geo, "average",
@@ -121,7 +136,62 @@ def _predict_mask(
         )
     height, width = labels.shape
     return {"height": height, "width": width, "cloud_fraction": float((labels > 0).mean()),
-            "georeference": geo.kind, "mask": f"masks/{item.stem}.tif"}  # fmt: skip
+            "georeference": geo.kind, "mask": f"masks/{item.stem}.tif", "strips": 1, "overlay_scale": 1}  # fmt: skip
+
+
+def _predict_mask_in_strips(
+    deployable: Deployable,
+    item: InputFile,
+    outputs: Outputs,
+    shape: tuple[int, int, int],
+    threshold: float,
+    probabilities: bool,
+    device: torch.device,
+    explain: bool,
+    geo: Any,
+    tags: dict[str, str],
+    colormap: dict[int, tuple[int, int, int, int]],
+    names: list[str],
+) -> dict[str, Any]:
+    """The cloud mask of an input too large to hold, strip by strip (:mod:`.strips`), as the same files."""
+    import shutil
+
+    from domainfm.domains.remote_sensing.geofiles import cog_from_tiled, open_tiled
+    from domainfm.domains.remote_sensing.rasters import RasterError
+    from domainfm.domains.remote_sensing.strips import predict_mask_strips
+    from domainfm.shared.deploy.inputs import InputError
+    from domainfm.shared.explain.overlay import display_rgb
+    from domainfm.shared.predict.pictures import overlay_labels, save_png
+
+    card = deployable.card
+    _, height, width = shape
+    scratch = outputs.staging / ".strips"
+    scratch.mkdir(parents=True, exist_ok=True)
+    writers = {"mask": open_tiled(scratch / "mask.tif", height, width, 1, "uint8", geo)}
+    if probabilities:
+        writers["probabilities"] = open_tiled(
+            scratch / "probabilities.tif", height, width, len(card.class_names), "float32", geo
+        )
+    try:
+        result = predict_mask_strips(deployable, item.path, shape, threshold, class_map, writers, device)
+    except (InputError, RasterError) as error:
+        raise PredictError(f"{item.path}: {error}") from error
+    finally:
+        for writer in writers.values():
+            writer.close()
+    cog_from_tiled(scratch / "mask.tif", outputs.path("masks", ".tif"), geo, "nearest", ["class"], tags, colormap)
+    if probabilities:
+        cog_from_tiled(scratch / "probabilities.tif", outputs.path("probabilities", ".tif"), geo, "average",
+                       [f"{n} probability" for n in card.class_names], _tags(deployable, item))  # fmt: skip
+    shutil.rmtree(scratch)
+    picture = (display_rgb(result["picture"], card) * 255 + 0.5).astype(np.uint8)
+    save_png(overlay_labels(picture, result["labels"].astype(np.int64), len(names)), outputs.path("overlays", ".png"))
+    row = {"height": height, "width": width, "cloud_fraction": result["cloudy"] / (height * width),
+           "georeference": geo.kind, "mask": f"masks/{item.stem}.tif", "strips": result["strips"],
+           "overlay_scale": result["overlay_scale"]}  # fmt: skip
+    if explain:  # integrated gradients of a whole scene this size would not fit either
+        row["explanation"] = f"not written: a {height} x {width} px input is predicted in strips; explain a crop"
+    return row
 
 
 def track_chips(height: int, width: int, chip: tuple[int, int]) -> tuple[list[int], int]:
@@ -141,20 +211,24 @@ def _predict_curtain(
 ) -> dict[str, Any]:
     from domainfm.domains.remote_sensing.curtain import CURTAIN_TOP_KM, height_bins, track_rows
     from domainfm.domains.remote_sensing.geofiles import georeference, plot_curtain, write_curtain
+    from domainfm.domains.remote_sensing.strips import input_shape
 
     card = deployable.card
-    image = _read(deployable, item)
     chip = (int(card.spatial_shape[0]), int(card.spatial_shape[1]))
-    height, width = image.shape[1:]
+    shape = input_shape(item.path, card)
+    image = _read(deployable, item) if shape is None else None
+    height, width = image.shape[1:] if shape is None else shape[1:]
     if height < chip[0] or width < chip[1]:
         raise PredictError(
             f"{item.path} is {height} x {width} px; the curtain model takes {chip[0]} x {chip[1]} chips: give "
             "an input at least that large"
         )
     tops, left = track_chips(height, width, chip)
+    # only the track's column of chips is read (a granule is read whole)
+    column = _read(deployable, item, ((0, height), (left, left + chip[1]))) if image is None else image[..., left:]
     curtains = []
     for start in range(0, len(tops), batch):
-        chips = np.stack([image[:, y : y + chip[0], left : left + chip[1]] for y in tops[start : start + batch]])
+        chips = np.stack([column[:, y : y + chip[0], : chip[1]] for y in tops[start : start + batch]])
         curtains.append(predict_array(deployable, chips, device)[:, 0])
     per_chip = np.concatenate(curtains)  # [chips, samples, bins]
     n_chips, samples, bins = per_chip.shape
@@ -179,7 +253,7 @@ def _predict_curtain(
         for k, y in enumerate(tops):
             single = len(tops) == 1
             name = item.path.name if single else f"{item.path.name} chip {k}"
-            explain_overlay(deployable, image[:, y : y + chip[0], left : left + chip[1]],
+            explain_overlay(deployable, column[:, y : y + chip[0], : chip[1]],
                             f"{name} ({deployable.card.kind})",
                             outputs.path("explanations", ".png" if single else f"_chip{k}.png"), device)  # fmt: skip
     cloudy = probability >= threshold
@@ -193,11 +267,15 @@ def _predict_curtain(
 def _predict_scenes(
     deployable: Deployable, item: InputFile, outputs: Outputs, threshold: float, device, explain: bool = False
 ) -> dict[str, Any]:
+    from domainfm.domains.remote_sensing.strips import input_shape
+
     card = deployable.card
-    image = _read(deployable, item)
-    if list(image.shape[1:]) != list(card.spatial_shape):
+    shape = input_shape(item.path, card)  # a wrong size is refused before a large file is read
+    image = _read(deployable, item) if shape is None or list(shape[1:]) == list(card.spatial_shape) else None
+    size = image.shape[1:] if image is not None else shape[1:]
+    if image is None or list(size) != list(card.spatial_shape):
         raise PredictError(
-            f"{item.path} is {image.shape[1]} x {image.shape[2]} px; the scene model takes exactly "
+            f"{item.path} is {size[0]} x {size[1]} px; the scene model takes exactly "
             f"{card.spatial_shape[0]} x {card.spatial_shape[1]} chips: cut the input into chips of that size"
         )
     probability = predict_array(deployable, image[None], device)[0]

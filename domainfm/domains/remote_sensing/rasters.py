@@ -66,13 +66,23 @@ def _band_name(path: Path, index: int, description: str | None, single: bool) ->
     return description or f"b{index + 1}"
 
 
-def read_stack(files: list[Path], band_names: list[str] | None = None) -> RasterStack:
-    """Reads a band set onto the grid of its finest file (see the module docstring)."""
+def read_stack(
+    files: list[Path],
+    band_names: list[str] | None = None,
+    window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> RasterStack:
+    """Reads a band set onto the grid of its finest file (see the module docstring).
+
+    ``window``: only rows ``[r0, r1)`` and columns ``[c0, c1)`` of that grid, as ``((r0, r1), (c0, c1))``
+    (the stack's transform is then the window's).
+    """
     require("rasterio", "remote-sensing")
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioIOError
     from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
 
     handles = []
     for f in files:
@@ -84,6 +94,7 @@ def read_stack(files: list[Path], band_names: list[str] | None = None) -> Raster
             raise RasterError(f"{f}: cannot be read as a raster ({' '.join(str(error).split())})") from error
     try:
         reference = min(handles, key=lambda h: abs(h.res[0]))
+        region = None if window is None else Window.from_slices(*window)
         values, valid, names = [], [], []
         for handle, path in zip(handles, files, strict=True):
             single = handle.count == 1
@@ -96,7 +107,7 @@ def read_stack(files: list[Path], band_names: list[str] | None = None) -> Raster
                 handle, crs=reference.crs, transform=reference.transform, width=reference.width,
                 height=reference.height, resampling=Resampling.bilinear, src_nodata=handle.nodata,
             )  # fmt: skip
-            data = source.read(masked=True).astype(np.float32)
+            data = source.read(masked=True, window=region).astype(np.float32)
             mask = ~np.ma.getmaskarray(data)
             for index in range(handle.count):
                 name = _band_name(path, index, handle.descriptions[index], single)
@@ -107,7 +118,8 @@ def read_stack(files: list[Path], band_names: list[str] | None = None) -> Raster
                 source.close()
         stack = RasterStack(
             np.stack(values), np.stack(valid), names, reference.crs.to_string() if reference.crs else "",
-            tuple(reference.transform)[:6], float(abs(reference.res[0])),
+            tuple(reference.transform if region is None else window_transform(region, reference.transform))[:6],
+            float(abs(reference.res[0])),
         )  # fmt: skip
     finally:
         for handle in handles:

@@ -49,7 +49,14 @@ from domainfm.shared.engine.distributed import (
     tile_generators,
     tile_uniforms,
 )
-from domainfm.shared.engine.training import data_parallel_only, fit, make_trainer, step_task, trainer_device
+from domainfm.shared.engine.training import (
+    data_parallel_only,
+    epoch_checkpoint,
+    fit,
+    make_trainer,
+    step_task,
+    trainer_device,
+)
 from domainfm.shared.tasks.schedule import adamw_warmup_cosine
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -244,15 +251,13 @@ def train_segmenter(
     ``batch_size`` is per process and every process scores the val split after each epoch. ``callbacks``
     are added to the Lightning trainer.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     data_parallel_only(strategy, "segmentation train")
     if isinstance(model, GMSSegmenter) and strategy in ("auto", "ddp") and (devices != 1 or num_nodes != 1):
         strategy = "ddp_find_unused_parameters_true"  # the mapper's level-3 head is not supervised
     callbacks = [*(callbacks or [])]
     last = None
     if resume_dir is not None:
-        callbacks.append(ModelCheckpoint(dirpath=resume_dir, save_top_k=0, save_last=True, every_n_epochs=1))
+        callbacks.append(epoch_checkpoint(Path(resume_dir)))
         last = Path(resume_dir) / "last.ckpt"
     trainer = make_trainer(
         epochs, resolve_device(device), progress, callbacks, devices=devices, strategy=strategy, num_nodes=num_nodes

@@ -56,7 +56,10 @@ def read_array(path: str | Path, card: ModelCard) -> np.ndarray:
         except (ValueError, OSError) as error:  # the domain's readers name what is wrong with the file
             raise InputError(f"{path}: cannot be read as an input of {card.kind} ({error})") from error
     elif suffix == ".npy":
-        array = np.load(path, allow_pickle=False).astype(np.float32)
+        try:
+            array = np.load(path, allow_pickle=False).astype(np.float32)
+        except (ValueError, EOFError, OSError) as error:  # not an .npy, empty or truncated, or pickled objects
+            raise InputError(f"{path}: cannot be read as a NumPy array [C, H, W] ({error})") from error
         if array.ndim == 2:
             array = array[None]
     elif suffix in PICTURES and card.in_channels in (1, 3):

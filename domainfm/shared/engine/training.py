@@ -95,11 +95,23 @@ def resumable_trainer(
     Pass ``folder / "last.ckpt"`` to :func:`fit` so that a rerun of the same command resumes; delete the folder
     once the run's outputs are written. ``options`` go to :func:`make_trainer` (devices, strategy, ...).
     """
+    resume = Path(out) / "resume"
+    return make_trainer(epochs, device, progress, [epoch_checkpoint(resume), *(callbacks or [])], **options), resume
+
+
+def epoch_checkpoint(folder: Path) -> Any:
+    """A ``ModelCheckpoint`` that writes ``folder/last.ckpt`` at the end of every epoch, replacing the last one.
+
+    ``save_top_k=0, save_last=True`` looks like this but, in Lightning 2.6, writes ``last.ckpt`` only when
+    training ends (``save_last`` follows a top-k save, and there is none), so a run killed in its third epoch
+    started again from the first. Here the one top-k checkpoint *is* ``last.ckpt`` (no monitor: the newest
+    is kept; no version counter: it is replaced, not joined by ``last-v1.ckpt``).
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    resume = Path(out) / "resume"
-    checkpointing = ModelCheckpoint(resume, save_top_k=0, save_last=True)
-    return make_trainer(epochs, device, progress, [checkpointing, *(callbacks or [])], **options), resume
+    return ModelCheckpoint(
+        dirpath=folder, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False
+    )
 
 
 def trainer_device(trainer: Any) -> torch.device:

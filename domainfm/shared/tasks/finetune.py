@@ -5,17 +5,26 @@ batch)`` with AdamW (weight decay 0.01 unless another optimizer is given) over a
 the chosen train tiles, un-normalised (``prepare`` normalises as the encoder was trained), then the model's
 outputs on other tiles in store order. Building the model (encoder, ``apply_peft``, head), choosing the
 tiles, scoring and saving stay with the domain.
+
+With ``resume_dir`` the fit is resumable: Lightning writes
+``resume_dir/last.ckpt`` (weights, optimiser, epoch, callback states) after every epoch and a rerun continues
+from it. Epoch ``k`` always reads the stream's order of epoch ``k`` (the trainer's epoch is handed to the
+stream), so a resumed run sees the batches an uninterrupted one would and, on a deterministic device, ends
+with the same weights.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from domainfm.shared.engine.training import OptimizerFactory, fit, make_trainer, step_task
+from domainfm.shared.engine.training import OptimizerFactory, epoch_checkpoint, fit, make_trainer, step_task
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.store import TileStore
 from domainfm.shared.tiles.stream import TileStream
@@ -37,6 +46,8 @@ def finetune(
     progress: bool = False,
     companions: Sequence[str] = (),
     optimizer: OptimizerFactory | None = None,
+    resume_dir: Path | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> nn.Module:
     """Trains ``model``'s trainable parameters on the ``train`` tiles; returns it in eval mode.
 
@@ -54,6 +65,8 @@ def finetune(
         progress: Show Lightning's progress bar.
         companions: Companion arrays the loss reads from the batch.
         optimizer: An optimizer factory for ``step_task``; default AdamW(``lr``, weight decay 0.01).
+        resume_dir: Where ``last.ckpt`` is written after every epoch and resumed from (module docstring).
+        callbacks: Extra Lightning callbacks (their ``state_dict`` is saved in ``last.ckpt``).
 
     Raises:
         DomainfmError: ``train`` is empty (nothing to learn from: a wrong split or a damaged index), so no
@@ -72,7 +85,19 @@ def finetune(
     stream = TileStream(
         store, batch_size, indices=train, seed=seed, device=device, normalize=False, companions=tuple(companions)
     )
-    fit(make_trainer(epochs, device, progress), step_task(step, model, optimizers), stream)
+    import lightning
+
+    class EpochOrder(lightning.Callback):  # epoch k reads order k, also after a resume
+        def on_train_epoch_start(self, trainer: Any, _: Any) -> None:
+            stream.set_epoch(trainer.current_epoch)
+
+    extra: list[Any] = [EpochOrder(), *callbacks]
+    if resume_dir is not None:
+        extra.append(epoch_checkpoint(Path(resume_dir)))
+    last = Path(resume_dir) / "last.ckpt" if resume_dir is not None else None
+    with warnings.catch_warnings():  # the resume folder may hold the caller's records beside last.ckpt
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+        fit(make_trainer(epochs, device, progress, extra), step_task(step, model, optimizers), stream, last)
     return model.eval()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import mmap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import crc32c as _crc32c
@@ -124,60 +123,75 @@ class ShardDecoder:
                 self._decode_chunk(data, index, k, out[k * self.chunk_bytes : (k + 1) * self.chunk_bytes], path)
         return out.view(self.array.dtype).reshape(-1, *self.item_shape)[:rows]
 
-    def iter_rows(
-        self, path: Path, rows: np.ndarray, expected_crc: int | None = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Decodes only the inner chunks holding ``rows`` (local to the shard), one at a time.
+    def copy_rows(
+        self, path: Path, rows: np.ndarray, targets: list[np.ndarray], expected_crc: int | None = None
+    ) -> None:
+        """Copies row ``rows[i]`` (local to the shard) of the shard in ``path`` into ``targets[i]``.
 
-        Yields ``(which, chunk, offsets)``: positions into ``rows``, the decoded inner chunk, and the row
-        of each of them inside ``chunk``. ``chunk`` is a per-thread scratch buffer of one inner chunk
-        (about 2 MiB, so it is still in cache while the caller copies rows out of it); the next step
-        overwrites it. Uncompressed chunks are not copied at all: ``chunk`` is then a read-only view of
-        the mapped file (the page cache), so each row is copied once, straight to wherever the caller
-        wants it (the map closes when the last view is dropped).
+        Only the inner chunks holding ``rows`` are decoded, one at a time, into a per-thread scratch
+        buffer of one inner chunk (about 2 MiB, so it is still in cache when its rows are copied out).
+        Uncompressed chunks are not copied at all: each row is copied once, from the mapped file (the
+        page cache) straight to its target.
 
-        With ``expected_crc`` the CRC-32C of the whole file is computed on the way, in file order, each
-        chunk just before it is used (so it is read from memory once), and checked after the last one:
-        a mismatch raises :class:`ShardCorruptError` when the generator finishes, before the caller can
-        hand on what it copied.
+        With ``expected_crc`` the CRC-32C of the whole file is computed on the way, in file order, and
+        checked after the last chunk: a mismatch raises :class:`ShardCorruptError` before this returns,
+        so a caller never hands on what it copied from a changed file. An uncompressed chunk is checked
+        row by row, each row just before it is copied, so the copy reads it from the cache the checksum
+        has just filled rather than from memory a second time: a plain copy is memory-bound, and a
+        checksum pass over a whole chunk first, then the copy, read the chunk twice (measured with
+        ``domainfm bench stream``: see ``checksum_cost_ratio`` in docs/benchmarks.md).
         """
         data, index = self._open(path)
-        chunk_of = rows // self.rows_per_chunk
-        needed = np.unique(chunk_of).tolist()
+        wanted: dict[int, list[int]] = {}
+        for position, row in enumerate(rows.tolist()):
+            wanted.setdefault(row, []).append(position)
+        needed = sorted({row // self.rows_per_chunk for row in wanted})
         check = None if expected_crc is None else FileCheck(data, path, expected_crc)
         if check is not None:
             needed.sort(key=lambda k: int(index[k, 0]))
-        if self.decoder is None:
-            for k in needed:
-                offset, nbytes = self._chunk_span(data, index, k, path)
-                if check is not None:
-                    check.upto(offset + nbytes)
-                view = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
-                which = np.flatnonzero(chunk_of == k)
-                yield (
-                    which,
-                    view.view(self.array.dtype).reshape(-1, *self.item_shape),
-                    rows[which] - k * self.rows_per_chunk,
-                )
-            if check is not None:
-                check.finish()
-            return
-        scratch = _scratch(self.chunk_bytes)
-        chunk = scratch.view(self.array.dtype).reshape(-1, *self.item_shape)
         try:
-            for k in needed:
-                if check is not None:
+            if self.decoder is None:
+                for k in needed:
                     offset, nbytes = self._chunk_span(data, index, k, path)
-                    check.upto(offset + nbytes)
-                self._decode_chunk(data, index, k, scratch, path)
-                which = np.flatnonzero(chunk_of == k)
-                yield which, chunk, rows[which] - k * self.rows_per_chunk
+                    chunk = np.frombuffer(data, np.uint8, count=nbytes, offset=offset)
+                    chunk = chunk.view(self.array.dtype).reshape(-1, *self.item_shape)
+                    if check is not None:
+                        check.upto(offset)  # the bytes before this chunk (none in zarr's layout)
+                    _copy_chunk_rows(chunk, k * self.rows_per_chunk, wanted, targets, check)
+                    del chunk
+            else:
+                scratch = _scratch(self.chunk_bytes)
+                chunk = scratch.view(self.array.dtype).reshape(-1, *self.item_shape)
+                for k in needed:
+                    if check is not None:
+                        offset, nbytes = self._chunk_span(data, index, k, path)
+                        check.upto(offset + nbytes)
+                    self._decode_chunk(data, index, k, scratch, path)
+                    _copy_chunk_rows(chunk, k * self.rows_per_chunk, wanted, targets, None)
             if check is not None:
                 check.finish()
         finally:
             if check is not None:
                 check.release()
             data.close()
+
+
+def _copy_chunk_rows(
+    chunk: np.ndarray, first_row: int, wanted: dict[int, list[int]], targets: list[np.ndarray], check: FileCheck | None
+) -> None:
+    """Copies the wanted rows of one chunk, whose rows are ``first_row`` on.
+
+    With ``check``, every row of the chunk is added to the checksum, in order, just before it is copied.
+    """
+    for r in range(len(chunk)):
+        positions = wanted.get(first_row + r)
+        if check is None and positions is None:
+            continue
+        source = chunk[r]
+        if check is not None:
+            check.add(source)
+        for position in positions or ():
+            targets[position][...] = source
 
 
 class FileCheck:
@@ -192,6 +206,12 @@ class FileCheck:
         if self.data is not None and end > self.pos:
             self.crc = _crc32c.crc32c(self.data[self.pos : end], self.crc)
             self.pos = end
+
+    def add(self, row: np.ndarray) -> None:
+        """Adds the next bytes of the file, given as the array that maps them (a row about to be copied)."""
+        if self.data is not None:
+            self.crc = _crc32c.crc32c(row, self.crc)
+            self.pos += row.nbytes
 
     def finish(self) -> None:
         """Adds the rest of the file and raises :class:`ShardCorruptError` if the checksum differs."""

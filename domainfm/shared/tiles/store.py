@@ -14,7 +14,6 @@ import datetime as _dt
 import os
 import threading
 import warnings
-from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -388,19 +387,21 @@ class TileStore:
         if expected is not None:
             self.check_shard(shard)
 
-    def iter_shard_rows(self, shard: int, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Decodes the given rows (local to the shard) chunk by chunk; see ``ShardDecoder.iter_rows``.
+    def copy_shard_rows(self, shard: int, rows: np.ndarray, targets: list[np.ndarray]) -> None:
+        """Copies row ``rows[i]`` (local to the shard) into ``targets[i]``; see ``ShardDecoder.copy_rows``.
 
-        The shard file's checksum (``verify_reads``) is computed on the way and checked before this
-        generator finishes: a caller must consume it to the end before using what it copied.
+        The shard file's checksum (``verify_reads``) is computed on the way and checked before this returns:
+        on a mismatch it raises, and the caller must not use what was copied.
         """
         if self._shard_decoder.supported:
             path = self._existing_shard_file(shard)
             expected, key = self._expected_crc(shard, path)
-            yield from self._shard_decoder.iter_rows(path, rows, expected)
+            self._shard_decoder.copy_rows(path, rows, targets, expected)
             self._mark_verified(key)
         else:
-            yield np.arange(len(rows)), self.read_shard(shard), rows
+            tiles = self.read_shard(shard)
+            for target, row in zip(targets, rows.tolist(), strict=True):
+                target[...] = tiles[row]
 
     def _existing_shard_file(self, shard: int) -> Path:
         path = self.shard_file(shard)

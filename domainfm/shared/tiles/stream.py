@@ -263,9 +263,9 @@ class TileStream:
         for number in set(numbers):
             tiles = buffers[number]["tiles"]
             targets[number] = tiles.numpy() if isinstance(tiles, torch.Tensor) else tiles
-        for which, chunk, offsets in self.store.iter_shard_rows(load.shard, load.rows):
-            for w, offset in zip(which.tolist(), offsets.tolist(), strict=True):
-                targets[numbers[w]][slots[w]] = chunk[offset]
+        self.store.copy_shard_rows(
+            load.shard, load.rows, [targets[number][slot] for number, slot in zip(numbers, slots, strict=True)]
+        )
         if self.companions:
             start, stop = self.store.shard_ranges()[load.shard]
             for name in self.companions:

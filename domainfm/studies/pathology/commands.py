@@ -49,11 +49,15 @@ def phantom_cells(
     seed: Seed = 0,
     mpp: PositiveFloat = 0.5,
     glands: NonNegativeInt = 2,
+    slides: NonNegativeInt = 0,
+    slide_size: PositiveInt = 2048,
 ) -> int:
     """Write phantom H&E fields with nuclei (epithelial, lymphocyte, stromal) and glands, with instance truth.
 
     OUT/images/*.png, OUT/nuclei/*.tif and OUT/glands/*.tif (instance ids), OUT/nuclei.csv and
-    OUT/glands.csv (image,id,class): the layout ``pathology instances-tile`` reads.
+    OUT/glands.csv (image,id,class): the layout ``pathology instances-tile`` reads. With ``slides``, also
+    OUT/slides/cells_slide_K.tif: whole slides (lossless pyramidal TIFF with the mpp, nuclei 2 um apart)
+    and their nucleus truth (``.tif.cells.npz``) for ``pathology predict`` with an instance segmenter.
 
     Args:
         out: Output folder (new or empty).
@@ -62,13 +66,20 @@ def phantom_cells(
         seed: Random seed.
         mpp: Microns per pixel.
         glands: Glands attempted per field.
+        slides: Whole slides also written (OUT/slides).
+        slide_size: Their side in pixels.
     """
     from domainfm.shared.outputs import run_folder
-    from domainfm.studies.pathology.phantom_cells import write_cell_phantom
+    from domainfm.studies.pathology.phantom_cells import write_cell_phantom, write_cell_slide
 
     with run_folder(Path(out), what="phantom folder"):
         stems = write_cell_phantom(Path(out), images, size, seed, mpp, glands)
+        for k in range(slides):
+            path = Path(out) / "slides" / f"cells_slide_{k:03d}.tif"
+            write_cell_slide(path, slide_size, mpp, seed * 100_003 + 50_000 + k, max(glands, 1) * 8, gap=2.0)
     print(f"wrote {len(stems)} fields of {size}x{size} px at {mpp} mpp to {out} (images/, nuclei/, glands/)")
+    if slides:
+        print(f"wrote {slides} slides of {slide_size}x{slide_size} px to {Path(out) / 'slides'}")
     return 0
 
 

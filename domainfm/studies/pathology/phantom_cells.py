@@ -23,6 +23,13 @@ and every id in a label map is one connected object: the truth is exact by const
     OUT/nuclei/cells_000.tif        uint16 nucleus instance ids
     OUT/glands/cells_000.tif        uint16 gland instance ids
     OUT/nuclei.csv, OUT/glands.csv  image,id,class rows
+
+:func:`write_cell_slide` writes one field as a small whole slide instead: a tiled, pyramidal TIFF
+(lossless, so level 0 is the field pixel for pixel; each further level halves the one before by 2 x 2
+means) with its mpp in the TIFF resolution tags (OpenSlide reads it as a ``generic-tiff`` slide and
+``openslide.mpp-x``), and the nucleus truth beside it (``SLIDE.tif.cells.npz``: the id map, whose pixel
+``(row, col)`` is level-0 pixel ``(x=col, y=row)``, so each object's level-0 polygon is exact, and its
+classes). With ``gap`` the nuclei keep a margin of stroma between them.
 """
 
 from __future__ import annotations
@@ -94,9 +101,16 @@ def _place_glands(rng: np.random.Generator, shape: tuple[int, int], um: float, c
     return glands
 
 
-def _add_nucleus(nuclei: np.ndarray, rows: np.ndarray, cols: np.ndarray, min_pixels: int) -> bool:
-    """Paints a nucleus with the next id when all its pixels are free and enough lie inside; returns success."""
+def _add_nucleus(
+    nuclei: np.ndarray, rows: np.ndarray, cols: np.ndarray, min_pixels: int, halo: tuple | None = None
+) -> bool:
+    """Paints a nucleus with the next id when all its pixels are free and enough lie inside; returns success.
+
+    ``halo`` (rows, cols of the nucleus grown by the gap) must be free of other nuclei too.
+    """
     if len(rows) < min_pixels or nuclei[rows, cols].any():
+        return False
+    if halo is not None and nuclei[halo].any():
         return False
     nuclei[rows, cols] = nuclei.max() + 1
     return True
@@ -110,6 +124,7 @@ def render_cells(
     lymphocytes: float = 0.004,
     stromal: float = 0.002,
     stain_variation: float = 0.3,
+    gap: float = 0.0,
 ) -> CellField:
     """Draws one phantom field (see the module docstring).
 
@@ -121,10 +136,16 @@ def render_cells(
         lymphocytes: Lymphocytes per um^2 of stroma attempted.
         stromal: Stromal nuclei per um^2 of stroma attempted.
         stain_variation: Per-field stain variation (0: Ruifrok's reference vectors).
+        gap: Microns of stroma kept between any two nuclei (0: nuclei may touch); the draws are the same.
     """
     rng = np.random.default_rng(seed)
     shape = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     um = 1.0 / mpp
+    grow = gap * um
+
+    def halo(cy: float, cx: float, a: float, b: float, angle: float) -> tuple | None:
+        return _ellipse(shape, cy, cx, a + grow, b + grow, angle) if grow > 0 else None
+
     gland_ids = np.zeros(shape, np.int32)
     nuclei = np.zeros(shape, np.int32)
     classes: list[int] = [-1]
@@ -151,7 +172,7 @@ def render_cells(
             radial = angle + math.atan2(py * ring_a, px * ring_b)
             long, short, _ = NUCLEUS_SHAPES["epithelial"]
             rows, cols = _ellipse(shape, ny, nx, long * um * 0.9, short * um, radial)
-            if _add_nucleus(nuclei, rows, cols, 4):
+            if _add_nucleus(nuclei, rows, cols, 4, halo(ny, nx, long * um * 0.9, short * um, radial)):
                 classes.append(NUCLEUS_CLASSES.index("epithelial"))
     area_um2 = float((gland_ids == 0).sum()) / um**2
     for name, density in (("lymphocyte", lymphocytes), ("stromal", stromal)):
@@ -160,10 +181,11 @@ def render_cells(
             for _attempt in range(6):
                 cy, cx = rng.uniform(-2, shape[0] + 2), rng.uniform(-2, shape[1] + 2)
                 scale = rng.uniform(0.85, 1.15)
-                rows, cols = _ellipse(shape, cy, cx, long * um * scale, short * um * scale, rng.uniform(0, math.pi))
+                axes = (long * um * scale, short * um * scale, rng.uniform(0, math.pi))
+                rows, cols = _ellipse(shape, cy, cx, *axes)
                 if len(rows) and gland_ids[rows, cols].any():
                     continue
-                if _add_nucleus(nuclei, rows, cols, 4):
+                if _add_nucleus(nuclei, rows, cols, 4, halo(cy, cx, *axes)):
                     classes.append(NUCLEUS_CLASSES.index(name))
                     break
     nucleus_class = np.array(classes, np.int64)
@@ -218,3 +240,78 @@ def write_cell_phantom(
         os.replace(partial, out / f"{name}.csv")
     (out / "mpp.txt").write_text(f"{mpp}\n")
     return stems
+
+
+CELL_TRUTH_SUFFIX = ".cells.npz"
+
+
+@dataclass
+class CellSlide:
+    """A phantom slide with nuclei (:func:`write_cell_slide`): its path, its truth file and the field drawn."""
+
+    path: Path
+    truth: Path
+    field: CellField
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    """2 x 2 block means (rounded) of an ``[H, W, 3]`` uint8 picture, the odd last row or column dropped."""
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    blocks = image[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).astype(np.uint16).sum((1, 3))
+    return ((blocks + 2) // 4).astype(np.uint8)
+
+
+def write_cell_slide(
+    out: Path,
+    size: int | tuple[int, int] = 512,
+    mpp: float = 0.5,
+    seed: int = 0,
+    glands: int = 0,
+    gap: float = 0.0,
+    stain_variation: float = 0.3,
+    tile: int = 128,
+) -> CellSlide:
+    """Writes a phantom field of ``size`` (``(height, width)``) as a pyramidal TIFF slide and its nucleus truth.
+
+    Args:
+        out: The ``.tif`` path (its folder is created).
+        size: Level-0 side, or ``(height, width)``.
+        mpp: Microns per level-0 pixel (recorded in the resolution tags).
+        seed: Random seed of :func:`render_cells`.
+        glands: Glands attempted.
+        gap: Microns kept free between nuclei (:func:`render_cells`).
+        stain_variation: Per-field stain variation.
+        tile: TIFF tile side (a multiple of 16).
+
+    Returns:
+        The slide, its truth file (``out`` + :data:`CELL_TRUTH_SUFFIX`) and the field.
+    """
+    import tifffile
+
+    from domainfm.shared.outputs import partial_path
+
+    field = render_cells(seed, size, mpp, glands, stain_variation=stain_variation, gap=gap)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    truth = out.with_name(out.name + CELL_TRUTH_SUFFIX)
+    levels = [field.image]
+    while min(levels[-1].shape[:2]) >= 2 * tile:
+        levels.append(_halve(levels[-1]))
+    if len(levels) < 2:
+        levels.append(_halve(field.image))  # a slide has a pyramid (a one-level TIFF is a picture)
+    staged, staged_truth = partial_path(out), partial_path(truth)
+    try:
+        with tifffile.TiffWriter(staged) as tif:
+            for k, level in enumerate(levels):
+                per_cm = 1e4 / (mpp * 2**k)
+                tif.write(level, tile=(tile, tile), photometric="rgb", compression="zlib", subfiletype=1 if k else 0,
+                          resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", metadata=None)  # fmt: skip
+        with open(staged_truth, "wb") as handle:
+            np.savez_compressed(handle, nuclei=field.nuclei, nucleus_class=field.nucleus_class,
+                                class_names=np.array(NUCLEUS_CLASSES), mpp=np.float64(mpp))  # fmt: skip
+        os.replace(staged_truth, truth)
+        os.replace(staged, out)
+    finally:
+        for leftover in (staged, staged_truth):
+            leftover.unlink(missing_ok=True)
+    return CellSlide(out, truth, field)

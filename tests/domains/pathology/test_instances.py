@@ -243,7 +243,7 @@ def test_cli_trains_scores_and_predicts_geojson(dataset, tmp_path: Path):
     assert row["input"] == "f2.png" and int(row["objects"]) == ids.max()
     assert sum(int(row[f"objects_{name}"]) for name in sorted(CLASSES)) == ids.max()
     slide = tmp_path / "s.svs"
-    slide.write_bytes(b"not opened")
+    slide.write_bytes(b"not a slide")  # whole slides are predicted (test_instances_slides.py); a broken one is named
     assert main(["pathology", "predict", "--checkpoint", str(run / "instances.safetensors"),
                  "--input", str(slide), "--out", str(tmp_path / "slide_pred"), "--device", "cpu"]) == 2  # fmt: skip
 
@@ -270,3 +270,12 @@ def test_geojson_polygons_on_a_slide_become_the_same_instance_tiles(field, tmp_p
         assert np.array_equal(sources[local], field.nuclei[y : y + 48, x : x + 48])
         for i in range(1, local.max() + 1):
             assert names[data["instance_class"][k][i]] == CLASSES[field.nucleus_class[sources[i]]]
+
+
+def test_any_decoder_width_builds():
+    for width in (5, 12, 32):  # stems of 8, 8 and 12 channels: group norms of 8, 8 and 4 groups
+        model = InstanceSegmenter(create_backbone("test_vit", img_size=32), 2, width=width)
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7, 32, 32)
+        norms = [m for m in model.head.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert all(m.num_channels % m.num_groups == 0 for m in norms)
+        assert {m.num_groups for m in norms if m.num_channels == 12} <= {4}

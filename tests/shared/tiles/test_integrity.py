@@ -257,3 +257,36 @@ def test_changed_options_after_a_kill_are_refused_and_overwrite_redoes_every_fra
     summary = ingest(sources, out, spec, partial(_labelled_reader, split="val"), "r", overwrite=True, progress=False)
     assert summary.ok and not summary.skipped
     assert (TileStore(out).index["split"] == 1).all()
+
+
+@pytest.mark.parametrize("codec", ["none", "blosc-lz4"])
+def test_reading_some_rows_checks_the_whole_shard_and_copies_exactly_those_rows(tmp_path: Path, codec: str):
+    """copy_shard_rows: repeated and unordered rows land in their targets; a flip in bytes nobody asked for
+    (another row, the zero padding of the last chunk) still fails the read before it returns."""
+    store = _build(tmp_path / "pristine", codec)
+    shard = len(store.shard_ranges()) - 1  # the last shard: a partial chunk padded with zeros
+    start, stop = store.shard_ranges()[shard]
+    rows = np.array([stop - start - 1, 0, 3, 0])
+    targets = [np.full(store.spec.tile_shape, 7, store.spec.dtype) for _ in rows]
+    store.copy_shard_rows(shard, rows, targets)
+    expected = store.read(start + rows)["tiles"]
+    for target, tile in zip(targets, expected, strict=True):
+        np.testing.assert_array_equal(target, tile)
+
+    path = store.shard_file(shard)
+    tiles_per_chunk = int(store.tiles.chunks[0])
+    assert (stop - start) % tiles_per_chunk, "the last shard should end in a partial, padded chunk"
+    row_bytes = int(np.prod(store.spec.tile_shape))
+    for name, position in (("row 1", row_bytes + 5), ("padding", (stop - start) * row_bytes + 1)):
+        work = tmp_path / name
+        shutil.copytree(store.path, work)
+        target = work / path.relative_to(store.path)
+        data = bytearray(target.read_bytes())
+        if codec == "none":  # uncompressed: the byte offsets above are the rows' own bytes
+            data[position] ^= 0x10
+        else:  # compressed: flip a byte inside the first inner chunk's compressed data
+            data[7] ^= 0x10
+        target.write_bytes(bytes(data))
+        damaged = TileStore(work, check=False)
+        with pytest.raises(DomainfmError, match=r"does not match its recorded checksum|cannot be decoded"):
+            damaged.copy_shard_rows(shard, np.array([stop - start - 1]), [np.empty_like(targets[0])])
