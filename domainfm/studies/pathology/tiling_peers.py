@@ -1,0 +1,218 @@
+"""``domainfm bench tiling --peers`` and ``--sizes``: the tiler against the tools a user would pick instead,
+and how its cost grows with the slide.
+
+``--peers``: on the benchmark's phantom Aperio SVS (0.5 mpp), every tool cuts the same 224-px tiles at
+0.5 mpp with its own tissue detection on, and stores them where it stores them:
+
+* ``domainfm``: ``pathology tile`` (:func:`~domainfm.domains.pathology.tiling.tile_slides`, 2 reading
+  threads, 2 ingest workers) into a tile store;
+* ``tiatoolbox``: its documented patch-extraction path (``get_patch_extractor("slidingwindow", ...)``
+  with ``input_mask="otsu"``, ``resolution=0.5, units="mpp"``, ``min_mask_ratio=0.5``), every patch
+  written into one ``.npy`` (tiatoolbox has no tile writer; its example keeps the patches in memory);
+* ``lazyslide``: ``zs.pp.find_tissues`` + ``zs.pp.tile_tissues(wsi, 224, mpp=0.5)`` (coordinates saved in
+  the slide's SpatialData zarr by ``wsi.write()``), then the pixels through its own ``wsi.ds.tile_images``
+  dataset in a 2-worker ``DataLoader``, written into one ``.npy``.
+
+Each tool runs in its own child process (:mod:`.peer_tilers`, which imports no domainfm), so the peak RSS
+(``VmHWM``) is its own, imports included. The peers need not live in domainfm's environment: tiatoolbox
+pins ``torch<2.13`` and lazyslide ``pandas<3``, so ``make bench-peers-env`` builds ``.venv-peers`` and
+``--peer_python .venv-peers/bin/python`` (or ``DOMAINFM_PEERS_PYTHON``) runs them there. A peer that is
+importable by neither interpreter is reported as not installed. ``ratio_vs_<peer>`` = domainfm's tiles/s
+/ the peer's; ``agreement_<peer>`` = |common tile origins| / |origins of either| (the tools' tissue
+detectors differ, so the counts differ; the agreement says by how much).
+
+``--sizes``: the tiler alone (one child process per slide size and round), tiles/s and peak RSS per size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import domainfm
+
+PEERS = ("tiatoolbox", "lazyslide")
+PEER_SCRIPT = Path(__file__).with_name("peer_tilers.py")
+PYTHON_ENV = "DOMAINFM_PEERS_PYTHON"
+MISSING = (
+    "not installed: it cannot share domainfm's environment (see docs/benchmarks.md); "
+    "run `make bench-peers-env` and pass --peer_python .venv-peers/bin/python"
+)
+
+
+def coordinate_agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
+    """Counts and overlap of two sets of level-0 tile origins ``[N, 2]`` (x, y).
+
+    ``agreement`` is the Jaccard index |A & B| / |A | B| (1.0 when both tools kept the same tiles).
+    """
+    a = {(int(x), int(y)) for x, y in np.asarray(ours).reshape(-1, 2)}
+    b = {(int(x), int(y)) for x, y in np.asarray(theirs).reshape(-1, 2)}
+    union = len(a | b)
+    return {
+        "tiles": len(b),
+        "common_tiles": len(a & b),
+        "agreement": round(len(a & b) / union, 3) if union else 1.0,
+    }
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a child: this checkout's domainfm first on the path, one BLAS thread per process."""
+    env = dict(os.environ)
+    root = str(Path(domainfm.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_child(command: list[str], timeout: float = 3600) -> dict[str, Any]:
+    """Runs a benchmark child and returns the JSON object on the last line of its stdout."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_child_env(), check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"benchmark child {command[1:4]} failed (exit {done.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+def peer_version(python: str, peer: str) -> str | None:
+    """``peer``'s installed version under the interpreter ``python``, or None when it is not importable there."""
+    code = f"import importlib.metadata as m, {peer}; print(m.version({peer!r}))"
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else None
+
+
+def find_peer_python(peer: str, given: Path | None) -> tuple[str, str] | None:
+    """The first interpreter (``given``, ``$DOMAINFM_PEERS_PYTHON``, this one) that imports ``peer``, and its version."""
+    candidates = [str(given) if given else None, os.environ.get(PYTHON_ENV), sys.executable]
+    for python in dict.fromkeys(c for c in candidates if c):
+        version = peer_version(python, peer)
+        if version:
+            return python, version
+    return None
+
+
+def domainfm_tile(slide: Path, out: Path, tile_px: int, mpp: float, threads: int) -> dict[str, Any]:
+    """``pathology tile`` of one slide in a child process: tiles, seconds, tiles/s, peak RSS; origins in ``out``.npy."""
+    command = [sys.executable, "-m", __name__, str(slide), str(out), str(tile_px), str(mpp), str(threads)]
+    return run_child(command)
+
+
+def _tile_here(slide: Path, out: Path, tile_px: int, mpp: float, threads: int) -> dict[str, Any]:
+    """The child's side of :func:`domainfm_tile` (timed from the import of the tiler to the finished store)."""
+    start = time.perf_counter()
+    from domainfm.domains.pathology.tiling import TilingParams, tile_slides
+    from domainfm.shared.tiles.store import TileStore
+
+    params = TilingParams(mpps=(mpp,), tile_px=tile_px, threads=threads)
+    summary = tile_slides([slide], out, params, workers=2, progress=False)
+    seconds = time.perf_counter() - start
+    if not summary.ok:
+        raise RuntimeError(summary.report())
+    index = TileStore(out).index()
+    np.save(str(out) + ".origins.npy", np.stack([index["x"], index["y"]], axis=1).astype(np.int64))
+    return {
+        "tiles": int(summary.n_tiles),
+        "seconds": round(seconds, 2),
+        "tiles_per_s": round(summary.n_tiles / seconds, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peer_tile(python: str, peer: str, slide: Path, out: Path, tile_px: int, mpp: float) -> dict[str, Any]:
+    """One peer's tiling of ``slide`` in a child process run by ``python`` (:mod:`.peer_tilers`)."""
+    return run_child([python, str(PEER_SCRIPT), peer, str(slide), str(out), str(tile_px), str(mpp)])
+
+
+def run_tiling_peers(
+    slide: Path, folder: Path, tile_px: int, threads: int, rounds: int, python: Path | None = None
+) -> dict[str, Any]:
+    """domainfm and every peer found on the same slide, ``rounds`` interleaved rounds; returns the JSON fields."""
+    results: dict[str, Any] = {"peer_rounds": rounds}
+    found = {peer: find_peer_python(peer, python) for peer in PEERS}
+    runs: dict[str, list[dict[str, Any]]] = {"domainfm": []} | {p: [] for p in PEERS if found[p]}
+    for _ in range(rounds):
+        for tool in runs:
+            out = folder / f"peer-{tool}"
+            shutil.rmtree(out, ignore_errors=True)  # the previous round's output: not this round's work
+            if tool == "domainfm":
+                runs[tool].append(domainfm_tile(slide, out / "tiles.zarr", tile_px, 0.5, threads))
+            else:
+                runs[tool].append(peer_tile(found[tool][0], tool, slide, out, tile_px, 0.5))  # type: ignore[index]
+    ours = np.load(folder / "peer-domainfm" / "tiles.zarr.origins.npy")
+    for tool, measured in runs.items():
+        rate = statistics.median(m["tiles_per_s"] for m in measured)
+        results[f"{tool}_tiles"] = measured[-1]["tiles"]
+        results[f"{tool}_tiles_per_s"] = round(rate, 1)
+        results[f"{tool}_tiles_per_s_rounds"] = [m["tiles_per_s"] for m in measured]
+        results[f"{tool}_peak_rss_mb"] = round(statistics.median(m["peak_rss_mb"] for m in measured), 1)
+        if tool == "domainfm":
+            continue
+        python_used, version = found[tool]  # type: ignore[misc]
+        results[f"{tool}_version"] = version
+        results[f"{tool}_python"] = python_used
+        results[f"{tool}_settings"] = measured[-1]["settings"]
+        agreement = coordinate_agreement(ours, np.load(folder / f"peer-{tool}" / "origins.npy"))
+        results[f"{tool}_common_tiles"] = agreement["common_tiles"]
+        results[f"agreement_{tool}"] = agreement["agreement"]
+        results[f"ratio_vs_{tool}"] = round(results["domainfm_tiles_per_s"] / rate, 2)
+    for peer in PEERS:
+        if not found[peer]:
+            results[peer] = MISSING
+    return results
+
+
+def run_growth(sizes: list[int], folder: Path, tile_px: int, threads: int, rounds: int) -> dict[str, Any]:
+    """The tiler alone on phantom slides of each side in ``sizes``: tiles/s and child peak RSS per size."""
+    from domainfm.studies.pathology.phantom import write_phantom_slide
+
+    results: dict[str, Any] = {"sizes": sizes, "rounds": rounds, "threads": threads}
+    for size in sizes:
+        start = time.perf_counter()
+        slide = write_phantom_slide(folder / f"growth-{size}.svs", size, seed=0, mpp=0.5)
+        results[f"phantom_{size}_seconds"] = round(time.perf_counter() - start, 1)
+        measured = []
+        for _ in range(rounds):
+            out = folder / f"growth-{size}.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            measured.append(domainfm_tile(slide.path, out, tile_px, 0.5, threads))
+        results[f"tiles_{size}"] = measured[-1]["tiles"]
+        results[f"tiles_per_s_{size}"] = round(statistics.median(m["tiles_per_s"] for m in measured), 1)
+        results[f"tiles_per_s_{size}_rounds"] = [m["tiles_per_s"] for m in measured]
+        results[f"peak_rss_mb_{size}"] = round(statistics.median(m["peak_rss_mb"] for m in measured), 1)
+        results[f"peak_rss_mb_{size}_rounds"] = [m["peak_rss_mb"] for m in measured]
+        shutil.rmtree(folder / f"growth-{size}.zarr", ignore_errors=True)
+        for path in folder.glob(f"growth-{size}.*"):  # this size's slide and truth: the next may be large
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+    first, last = sizes[0], sizes[-1]
+    results["tiles_per_s_ratio_largest_vs_smallest"] = round(
+        results[f"tiles_per_s_{last}"] / results[f"tiles_per_s_{first}"], 2
+    )
+    results["peak_rss_ratio_largest_vs_smallest"] = round(
+        results[f"peak_rss_mb_{last}"] / results[f"peak_rss_mb_{first}"], 2
+    )
+    return results
+
+
+if __name__ == "__main__":  # the child of domainfm_tile
+    slide_arg, out_arg, px, mpp_arg, threads_arg = sys.argv[1:6]
+    print(json.dumps(_tile_here(Path(slide_arg), Path(out_arg), int(px), float(mpp_arg), int(threads_arg))))
