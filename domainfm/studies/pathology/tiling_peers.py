@@ -15,9 +15,9 @@ and how its cost grows with the slide.
 
 Each tool runs in its own child process (:mod:`.peer_tilers`, which imports no domainfm), so the peak RSS
 (``VmHWM``) is its own, imports included. The peers need not live in domainfm's environment: tiatoolbox
-pins ``torch<2.13`` and lazyslide ``pandas<3``, so ``make bench-peers-env`` builds ``.venv-peers`` and
-``--peer_python .venv-peers/bin/python`` (or ``DOMAINFM_PEERS_PYTHON``) runs them there. A peer that is
-importable by neither interpreter is reported as not installed. ``ratio_vs_<peer>`` = domainfm's tiles/s
+pins ``torch<2.13`` and lazyslide ``pandas<3`` (and the two pin disjoint ``dask`` ranges), so
+``make bench-peers-env`` builds one environment per peer, ``.venv-peers/<peer>``, where the children run
+(:func:`find_peer_python`). A peer that no interpreter imports is reported as not installed. ``ratio_vs_<peer>`` = domainfm's tiles/s
 / the peer's; ``agreement_<peer>`` = |common tile origins| / |origins of either| (the tools' tissue
 detectors differ, so the counts differ; the agreement says by how much).
 
@@ -42,10 +42,11 @@ import domainfm
 
 PEERS = ("tiatoolbox", "lazyslide")
 PEER_SCRIPT = Path(__file__).with_name("peer_tilers.py")
-PYTHON_ENV = "DOMAINFM_PEERS_PYTHON"
+ENVS_VARIABLE = "DOMAINFM_PEERS_ENVS"
+DEFAULT_ENVS = ".venv-peers"
 MISSING = (
     "not installed: it cannot share domainfm's environment (see docs/benchmarks.md); "
-    "run `make bench-peers-env` and pass --peer_python .venv-peers/bin/python"
+    "run `make bench-peers-env` (one environment per peer under .venv-peers/) or pass --peer_envs"
 )
 
 
@@ -92,10 +93,17 @@ def peer_version(python: str, peer: str) -> str | None:
     return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else None
 
 
-def find_peer_python(peer: str, given: Path | None) -> tuple[str, str] | None:
-    """The first interpreter (``given``, ``$DOMAINFM_PEERS_PYTHON``, this one) that imports ``peer``, and its version."""
-    candidates = [str(given) if given else None, os.environ.get(PYTHON_ENV), sys.executable]
-    for python in dict.fromkeys(c for c in candidates if c):
+def find_peer_python(peer: str, envs: Path | None) -> tuple[str, str] | None:
+    """The first interpreter that imports ``peer``, and the version it finds.
+
+    Tried in order: ``<envs>/<peer>/bin/python``, ``$DOMAINFM_PEERS_ENVS/<peer>/bin/python``,
+    ``.venv-peers/<peer>/bin/python`` (what ``make bench-peers-env`` builds) and this interpreter.
+    """
+    folders = [envs, os.environ.get(ENVS_VARIABLE), DEFAULT_ENVS]
+    candidates = [str(Path(f) / peer / "bin" / "python") for f in folders if f] + [sys.executable]
+    for python in dict.fromkeys(candidates):
+        if python != sys.executable and not Path(python).is_file():
+            continue
         version = peer_version(python, peer)
         if version:
             return python, version
@@ -109,17 +117,17 @@ def domainfm_tile(slide: Path, out: Path, tile_px: int, mpp: float, threads: int
 
 
 def _tile_here(slide: Path, out: Path, tile_px: int, mpp: float, threads: int) -> dict[str, Any]:
-    """The child's side of :func:`domainfm_tile` (timed from the import of the tiler to the finished store)."""
-    start = time.perf_counter()
+    """The child's side of :func:`domainfm_tile` (timed from the call, imports done, to the finished store)."""
     from domainfm.domains.pathology.tiling import TilingParams, tile_slides
     from domainfm.shared.tiles.store import TileStore
 
+    start = time.perf_counter()
     params = TilingParams(mpps=(mpp,), tile_px=tile_px, threads=threads)
     summary = tile_slides([slide], out, params, workers=2, progress=False)
     seconds = time.perf_counter() - start
     if not summary.ok:
         raise RuntimeError(summary.report())
-    index = TileStore(out).index()
+    index = TileStore(out).index
     np.save(str(out) + ".origins.npy", np.stack([index["x"], index["y"]], axis=1).astype(np.int64))
     return {
         "tiles": int(summary.n_tiles),
@@ -144,11 +152,11 @@ def peer_tile(python: str, peer: str, slide: Path, out: Path, tile_px: int, mpp:
 
 
 def run_tiling_peers(
-    slide: Path, folder: Path, tile_px: int, threads: int, rounds: int, python: Path | None = None
+    slide: Path, folder: Path, tile_px: int, threads: int, rounds: int, envs: Path | None = None
 ) -> dict[str, Any]:
     """domainfm and every peer found on the same slide, ``rounds`` interleaved rounds; returns the JSON fields."""
     results: dict[str, Any] = {"peer_rounds": rounds}
-    found = {peer: find_peer_python(peer, python) for peer in PEERS}
+    found = {peer: find_peer_python(peer, envs) for peer in PEERS}
     runs: dict[str, list[dict[str, Any]]] = {"domainfm": []} | {p: [] for p in PEERS if found[p]}
     for _ in range(rounds):
         for tool in runs:
