@@ -18,8 +18,9 @@ Each tool runs in its own child process (:mod:`.peer_tilers`, which imports no d
 pins ``torch<2.13`` and lazyslide ``pandas<3`` (and the two pin disjoint ``dask`` ranges), so
 ``make bench-peers-env`` builds one environment per peer, ``.venv-peers/<peer>``, where the children run
 (:func:`find_peer_python`). A peer that no interpreter imports is reported as not installed. ``ratio_vs_<peer>`` = domainfm's tiles/s
-/ the peer's; ``agreement_<peer>`` = |common tile origins| / |origins of either| (the tools' tissue
-detectors differ, so the counts differ; the agreement says by how much).
+/ the peer's; ``agreement_<peer>`` = the Jaccard index of the slide area the two tile sets cover, and
+``<peer>_common_tiles`` the tile origins both kept (:func:`coordinate_agreement`; the tools' tissue
+detectors differ, so the counts differ, and the agreement says by how much).
 
 ``--sizes``: the tiler alone (one child process per slide size and round), tiles/s and peak RSS per size.
 """
@@ -50,19 +51,28 @@ MISSING = (
 )
 
 
-def coordinate_agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
-    """Counts and overlap of two sets of level-0 tile origins ``[N, 2]`` (x, y).
+def coordinate_agreement(ours: np.ndarray, theirs: np.ndarray, side: int = 224, cell: int = 16) -> dict[str, Any]:
+    """Counts and overlap of two sets of ``side`` x ``side`` tiles given by level-0 origins ``[N, 2]`` (x, y).
 
-    ``agreement`` is the Jaccard index |A & B| / |A | B| (1.0 when both tools kept the same tiles).
+    ``common_tiles``: origins both kept. ``agreement``: the Jaccard index of the slide area the two tile sets
+    cover, on a grid of ``cell`` level-0 pixels (1.0 when both cover the same area; a tool whose grid starts
+    elsewhere, as lazyslide's starts at each tissue's bounding box, shares no origin but may cover the same
+    tissue).
     """
-    a = {(int(x), int(y)) for x, y in np.asarray(ours).reshape(-1, 2)}
-    b = {(int(x), int(y)) for x, y in np.asarray(theirs).reshape(-1, 2)}
-    union = len(a | b)
-    return {
-        "tiles": len(b),
-        "common_tiles": len(a & b),
-        "agreement": round(len(a & b) / union, 3) if union else 1.0,
-    }
+    ours, theirs = np.asarray(ours).reshape(-1, 2), np.asarray(theirs).reshape(-1, 2)
+    a = {(int(x), int(y)) for x, y in ours}
+    b = {(int(x), int(y)) for x, y in theirs}
+    both = np.concatenate([ours, theirs]) if len(a | b) else np.zeros((1, 2), np.int64)
+    shape = tuple(int(v) // cell + side // cell + 2 for v in both.max(axis=0)[::-1])
+    covered = []
+    for origins in (ours, theirs):
+        mask = np.zeros(shape, bool)
+        for x, y in origins:
+            mask[int(y) // cell : (int(y) + side) // cell, int(x) // cell : (int(x) + side) // cell] = True
+        covered.append(mask)
+    union = int(np.count_nonzero(covered[0] | covered[1]))
+    common = int(np.count_nonzero(covered[0] & covered[1]))
+    return {"tiles": len(b), "common_tiles": len(a & b), "agreement": round(common / union, 3) if union else 1.0}
 
 
 def _child_env() -> dict[str, str]:
@@ -179,7 +189,7 @@ def run_tiling_peers(
         results[f"{tool}_version"] = version
         results[f"{tool}_python"] = python_used
         results[f"{tool}_settings"] = measured[-1]["settings"]
-        agreement = coordinate_agreement(ours, np.load(folder / f"peer-{tool}" / "origins.npy"))
+        agreement = coordinate_agreement(ours, np.load(folder / f"peer-{tool}" / "origins.npy"), tile_px)
         results[f"{tool}_common_tiles"] = agreement["common_tiles"]
         results[f"agreement_{tool}"] = agreement["agreement"]
         results[f"ratio_vs_{tool}"] = round(results["domainfm_tiles_per_s"] / rate, 2)

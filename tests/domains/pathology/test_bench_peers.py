@@ -12,10 +12,12 @@ from domainfm.cli import main
 from domainfm.studies.pathology import tiling_peers
 
 
-def test_coordinate_agreement_is_the_jaccard_index_of_tile_origins():
+def test_coordinate_agreement_is_the_jaccard_index_of_the_covered_area():
     ours = np.array([[0, 0], [224, 0], [448, 0]])
     theirs = np.array([[0, 0], [224, 0], [0, 224]])
     assert tiling_peers.coordinate_agreement(ours, theirs) == {"tiles": 3, "common_tiles": 2, "agreement": 0.5}
+    shifted = tiling_peers.coordinate_agreement(ours, ours + [112, 0])  # a grid that starts elsewhere
+    assert shifted == {"tiles": 3, "common_tiles": 0, "agreement": round(560 / 784, 3)}
     assert tiling_peers.coordinate_agreement(ours, ours[::-1])["agreement"] == 1.0
     assert tiling_peers.coordinate_agreement(ours, np.zeros((0, 2)))["agreement"] == 0.0
 
@@ -77,18 +79,21 @@ def test_growth_reports_medians_per_size_and_removes_each_slide(tmp_path: Path, 
     assert not list(tmp_path.glob("growth-*"))  # every slide removed once measured
 
 
-def test_tiatoolbox_peer_tiles_the_phantom_like_domainfm(tmp_path: Path):
-    found = tiling_peers.find_peer_python("tiatoolbox", None)
+@pytest.mark.parametrize("peer, least", [("tiatoolbox", 0.9), ("lazyslide", 0.7)])
+def test_a_peer_tiles_the_phantom_like_domainfm(tmp_path: Path, peer: str, least: float):
+    """Runs only where the peer is installed (here or in .venv-peers/<peer>); its tiles cover about the same tissue."""
+    found = tiling_peers.find_peer_python(peer, None)
     if found is None:
-        pytest.skip("tiatoolbox is not installed here or in .venv-peers/tiatoolbox (make bench-peers-env)")
+        pytest.skip(f"{peer} is not installed here or in .venv-peers/{peer} (make bench-peers-env)")
     from domainfm.studies.pathology.phantom import write_phantom_slide
 
     slide = write_phantom_slide(tmp_path / "s.svs", 1536, seed=0, mpp=0.5).path
     ours = tiling_peers.domainfm_tile(slide, tmp_path / "tiles.zarr", 224, 0.5, 2)
-    theirs = tiling_peers.peer_tile(found[0], "tiatoolbox", slide, tmp_path / "tia", 224, 0.5)
-    tiles = np.load(tmp_path / "tia" / "tiles.npy", mmap_mode="r")
+    theirs = tiling_peers.peer_tile(found[0], peer, slide, tmp_path / peer, 224, 0.5)
+    tiles = np.load(tmp_path / peer / "tiles.npy", mmap_mode="r")
     assert tiles.shape == (theirs["tiles"], 224, 224, 3) and tiles.dtype == np.uint8
+    assert tiles[:, 100:124, 100:124].std() > 5  # decoded tissue, not an empty buffer
     agreement = tiling_peers.coordinate_agreement(
-        np.load(tmp_path / "tiles.zarr.origins.npy"), np.load(tmp_path / "tia" / "origins.npy")
+        np.load(tmp_path / "tiles.zarr.origins.npy"), np.load(tmp_path / peer / "origins.npy")
     )
-    assert agreement["tiles"] == theirs["tiles"] and agreement["agreement"] >= 0.8, (ours, agreement)
+    assert agreement["tiles"] == theirs["tiles"] and agreement["agreement"] >= least, (ours, agreement)
