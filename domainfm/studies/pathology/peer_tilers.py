@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 
 
 def tiatoolbox_tiles(slide: Path, out: Path, tile_px: int, mpp: float) -> dict:
-    """tiatoolbox's sliding-window patch extraction with its Otsu tissue mask."""
+    """Tiatoolbox's sliding-window patch extraction with its Otsu tissue mask."""
     from tiatoolbox.tools.patchextraction import get_patch_extractor
 
     settings = {
@@ -66,7 +66,7 @@ def tiatoolbox_tiles(slide: Path, out: Path, tile_px: int, mpp: float) -> dict:
 
 
 def lazyslide_tiles(slide: Path, out: Path, tile_px: int, mpp: float) -> dict:
-    """lazyslide's tissue detection and tiling, then its tile dataset through a DataLoader."""
+    """Lazyslide's tissue detection and tiling, then its tile dataset through a DataLoader."""
     import lazyslide as zs
     from torch.utils.data import DataLoader
     from wsidata import open_wsi

@@ -1,5 +1,4 @@
-"""``domainfm bench tiling --peers`` and ``--sizes``: the tiler against the tools a user would pick instead,
-and how its cost grows with the slide.
+"""``domainfm bench tiling --peers`` and ``--sizes``: the tiler against its peers, and how its cost grows.
 
 ``--peers``: on the benchmark's phantom Aperio SVS (0.5 mpp), every tool cuts the same 224-px tiles at
 0.5 mpp with its own tissue detection on, and stores them where it stores them:
@@ -14,11 +13,12 @@ and how its cost grows with the slide.
   dataset in a 2-worker ``DataLoader``, written into one ``.npy``.
 
 Each tool runs in its own child process (:mod:`.peer_tilers`, which imports no domainfm), so the peak RSS
-(``VmHWM``) is its own, imports included. The peers need not live in domainfm's environment: tiatoolbox
-pins ``torch<2.13`` and lazyslide ``pandas<3`` (and the two pin disjoint ``dask`` ranges), so
+(``VmHWM``) is its own, imports included. The peers cannot live in domainfm's environment: tiatoolbox
+2.1.3 pins ``torch<2.13``, ``numpy<2.4.4`` and ``dask<2026.7.1``, lazyslide 0.13 (through anndata and
+spatialdata) ``pandas<3`` and ``dask<2026.1.2``, and the two ``dask`` ranges are disjoint, so
 ``make bench-peers-env`` builds one environment per peer, ``.venv-peers/<peer>``, where the children run
-(:func:`find_peer_python`). A peer that no interpreter imports is reported as not installed. ``ratio_vs_<peer>`` = domainfm's tiles/s
-/ the peer's; ``agreement_<peer>`` = the Jaccard index of the slide area the two tile sets cover, and
+(:func:`find_peer_python`). A peer that no interpreter imports is reported as not installed.
+``ratio_vs_<peer>`` = domainfm's tiles/s / the peer's; ``agreement_<peer>`` = the Jaccard index of the slide area the two tile sets cover, and
 ``<peer>_common_tiles`` the tile origins both kept (:func:`coordinate_agreement`; the tools' tissue
 detectors differ, so the counts differ, and the agreement says by how much).
 
@@ -164,7 +164,7 @@ def peer_tile(python: str, peer: str, slide: Path, out: Path, tile_px: int, mpp:
 def run_tiling_peers(
     slide: Path, folder: Path, tile_px: int, threads: int, rounds: int, envs: Path | None = None
 ) -> dict[str, Any]:
-    """domainfm and every peer found on the same slide, ``rounds`` interleaved rounds; returns the JSON fields."""
+    """Domainfm and every peer found on the same slide, ``rounds`` interleaved rounds; returns the JSON fields."""
     results: dict[str, Any] = {"peer_rounds": rounds}
     found = {peer: find_peer_python(peer, envs) for peer in PEERS}
     runs: dict[str, list[dict[str, Any]]] = {"domainfm": []} | {p: [] for p in PEERS if found[p]}

@@ -16,7 +16,7 @@ def test_coordinate_agreement_is_the_jaccard_index_of_the_covered_area():
     ours = np.array([[0, 0], [224, 0], [448, 0]])
     theirs = np.array([[0, 0], [224, 0], [0, 224]])
     assert tiling_peers.coordinate_agreement(ours, theirs) == {"tiles": 3, "common_tiles": 2, "agreement": 0.5}
-    shifted = tiling_peers.coordinate_agreement(ours, ours + [112, 0])  # a grid that starts elsewhere
+    shifted = tiling_peers.coordinate_agreement(ours, ours + np.array([112, 0]))  # a grid that starts elsewhere
     assert shifted == {"tiles": 3, "common_tiles": 0, "agreement": round(560 / 784, 3)}
     assert tiling_peers.coordinate_agreement(ours, ours[::-1])["agreement"] == 1.0
     assert tiling_peers.coordinate_agreement(ours, np.zeros((0, 2)))["agreement"] == 0.0
