@@ -18,9 +18,10 @@ Each tool runs in its own child process (:mod:`.peer_tilers`, which imports no d
 spatialdata) ``pandas<3`` and ``dask<2026.1.2``, and the two ``dask`` ranges are disjoint, so
 ``make bench-peers-env`` builds one environment per peer, ``.venv-peers/<peer>``, where the children run
 (:func:`find_peer_python`). A peer that no interpreter imports is reported as not installed.
-``ratio_vs_<peer>`` = domainfm's tiles/s / the peer's; ``agreement_<peer>`` = the Jaccard index of the slide area the two tile sets cover, and
-``<peer>_common_tiles`` the tile origins both kept (:func:`coordinate_agreement`; the tools' tissue
-detectors differ, so the counts differ, and the agreement says by how much).
+``ratio_vs_<peer>`` = domainfm's tiles/s / the peer's; ``agreement_<peer>`` = the Jaccard index of
+the slide area the two tile sets cover, and ``<peer>_common_tiles`` the tile origins both kept
+(:func:`coordinate_agreement`; the tools' tissue detectors differ, so the counts differ, and the agreement
+says by how much).
 
 ``--sizes``: the tiler alone (one child process per slide size and round), tiles/s and peak RSS per size.
 """
