@@ -33,6 +33,10 @@ def test_domainfm_and_torchgeo_read_the_same_chips(tmp_path: Path):
         8 / (setup + epochs[0]), rel=0.05
     )
     assert result["torchgeo_version"]
+    cumulative = [(setup + sum(epochs[:k])) for k in (1, 2)]
+    theirs = [result["torchgeo_setup_s"] + sum(result["torchgeo_epoch_s"][:k]) for k in (1, 2)]
+    by_epochs = [t / o for o, t in zip(cumulative, theirs, strict=True)]
+    assert result["ratio_vs_torchgeo_by_epochs"] == pytest.approx(by_epochs, abs=0.02)
 
 
 def test_a_missing_torchgeo_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
