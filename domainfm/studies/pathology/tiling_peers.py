@@ -194,6 +194,8 @@ def run_tiling_peers(
         results[f"{tool}_common_tiles"] = agreement["common_tiles"]
         results[f"agreement_{tool}"] = agreement["agreement"]
         results[f"ratio_vs_{tool}"] = round(results["domainfm_tiles_per_s"] / rate, 2)
+        per_round = zip(runs["domainfm"], measured, strict=True)  # the same round: the same minute of the machine
+        results[f"ratio_vs_{tool}_rounds"] = [round(a["tiles_per_s"] / b["tiles_per_s"], 2) for a, b in per_round]
     for peer in PEERS:
         if not found[peer]:
             results[peer] = MISSING

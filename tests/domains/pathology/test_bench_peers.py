@@ -55,6 +55,7 @@ def test_peers_bench_runs_domainfm_in_a_child_and_compares_a_peer(
     assert result["tiatoolbox_tiles"] == n - 1 and result["tiatoolbox_common_tiles"] == n - 1
     assert result["agreement_tiatoolbox"] == round((n - 1) / n, 3)
     assert result["ratio_vs_tiatoolbox"] == round(result["domainfm_tiles_per_s"] / 8.0, 2)
+    assert result["ratio_vs_tiatoolbox_rounds"] == [round(result["domainfm_tiles_per_s"] / 8.0, 2)]
     assert result["tiatoolbox_version"] == "9.9" and result["tiatoolbox_settings"] == {"x": 1}
     assert result["lazyslide"] == tiling_peers.MISSING and "bench-peers-env" in tiling_peers.MISSING
     assert result["domainfm_peak_rss_mb"] > 100  # the child's own peak: an interpreter with torch imported
