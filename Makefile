@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.domainfm-installed
 
-.PHONY: quickstart test lint format clean
+.PHONY: quickstart test lint format clean bench-peers-env
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "domainfm needs Python >= 3.11; set PYTHON=python3.11")'
@@ -24,6 +24,16 @@ test: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# `domainfm bench tiling --peers`: tiatoolbox pins torch<2.13 and lazyslide pins pandas<3 (and the two pin
+# disjoint dask ranges), so neither can join domainfm's environment; each gets its own, which the benchmark
+# finds under .venv-peers/<peer> and runs in a child process (docs/benchmarks.md).
+PEERS_VENVS := .venv-peers
+bench-peers-env:
+	test -x $(PEERS_VENVS)/tiatoolbox/bin/python || $(PYTHON) -m venv $(PEERS_VENVS)/tiatoolbox
+	$(PEERS_VENVS)/tiatoolbox/bin/python -m pip install --quiet "tiatoolbox==2.1.3" "torch==2.12.1"
+	test -x $(PEERS_VENVS)/lazyslide/bin/python || $(PYTHON) -m venv $(PEERS_VENVS)/lazyslide
+	$(PEERS_VENVS)/lazyslide/bin/python -m pip install --quiet -c constraints.txt "lazyslide==0.13.0"
 
 clean:
 	rm -rf $(VENV) quickstart_report quickstart_report.partial .pytest_cache .ruff_cache dist build

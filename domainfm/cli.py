@@ -95,6 +95,7 @@ GROUPS: dict[str, Group] = {
             "stream": "domainfm.studies.shared.tiles.bench:bench_stream",
             "ingest": "domainfm.studies.shared.tiles.ingest_bench:bench_ingest",
             "tiling": "domainfm.studies.pathology.bench:bench_tiling",
+            "chips": "domainfm.studies.remote_sensing.chips_bench:bench_chips",
             "predict-memory": "domainfm.studies.pathology.predict_bench:bench_predict_memory",
             "convert": "domainfm.studies.shared.foundation.bench:bench_convert",
             "gpu": "domainfm.studies.device_check:bench_gpu",

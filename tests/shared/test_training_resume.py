@@ -4,6 +4,7 @@ Lightning 2.6 writes ``ModelCheckpoint(save_top_k=0, save_last=True)``'s ``last.
 ends, so a run killed mid-way started again from scratch; :func:`epoch_checkpoint` is checked here.
 """
 
+import contextlib
 from pathlib import Path
 
 import lightning
@@ -13,7 +14,7 @@ import torch
 from domainfm.shared.engine.training import fit, resumable_trainer, step_task
 
 
-class Killed(RuntimeError):
+class KilledError(RuntimeError):
     pass
 
 
@@ -25,7 +26,7 @@ class KillAfter(lightning.Callback):
 
     def on_train_epoch_start(self, trainer, module) -> None:
         if trainer.current_epoch == self.epochs:
-            raise Killed
+            raise KilledError
 
 
 def _run(out: Path, epochs: int, kill_after: int | None = None):
@@ -45,7 +46,7 @@ def _run(out: Path, epochs: int, kill_after: int | None = None):
 
 def test_a_run_killed_after_an_epoch_resumes_from_it_and_ends_as_an_uninterrupted_run(tmp_path: Path):
     reference, reference_task, _ = _run(tmp_path / "reference", 3)
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         _run(tmp_path / "killed", 3, kill_after=2)
     last = tmp_path / "killed" / "resume" / "last.ckpt"
     assert last.is_file()  # written after each epoch, not only at the end
@@ -56,3 +57,44 @@ def test_a_run_killed_after_an_epoch_resumes_from_it_and_ends_as_an_uninterrupte
     assert len(task.losses) == 4  # only the third epoch ran
     torch.testing.assert_close(resumed.weight, reference.weight)
     torch.testing.assert_close(task.losses, reference_task.losses[-4:])
+
+
+class OrderedStream:
+    """A stream that records which epoch's order each iteration read (TileStream's set_epoch protocol)."""
+
+    def __init__(self) -> None:
+        self.epoch, self.fixed, self.read = 0, False, []
+        self.data = torch.randn(8, 4)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.fixed = epoch, True
+
+    def __iter__(self):
+        self.epoch, self.fixed = (self.epoch if self.fixed else self.epoch + 1), False
+        epoch = self.epoch
+
+        def batches():
+            self.read.append(epoch)  # recorded when the epoch really reads it
+            yield from self.data[torch.randperm(8, generator=torch.Generator().manual_seed(epoch))].split(4)
+
+        return batches()
+
+    def __len__(self) -> int:
+        return 2
+
+
+def test_each_epoch_reads_its_own_order_also_after_a_resume(tmp_path: Path):
+    def run(out: Path, kill_after: int | None = None) -> list[int]:
+        module, stream = torch.nn.Linear(4, 1), OrderedStream()
+        task = step_task(lambda b: module(b).sum(), module, lambda params: torch.optim.SGD(params, lr=0.1))
+        trainer, resume = resumable_trainer(
+            out, 3, torch.device("cpu"), progress=False, callbacks=[KillAfter(kill_after)] if kill_after else []
+        )
+        with contextlib.suppress(KilledError):
+            fit(trainer, task, stream, resume / "last.ckpt")
+        return stream.read
+
+    uninterrupted = run(tmp_path / "a")
+    assert uninterrupted == [2, 3, 4]  # distinct orders, the ones runs have always read (EpochStream)
+    assert run(tmp_path / "b", kill_after=1) == [2]
+    assert run(tmp_path / "b") == [3, 4]  # the resumed epochs read what the uninterrupted run read

@@ -220,8 +220,42 @@ def step_task(step: Step, module: nn.Module, optimizers: OptimizerFactory) -> An
 
 
 def fit(trainer: Any, task: Any, stream: Any, resume_from: Path | None = None) -> None:
-    """``trainer.fit`` on ``stream``, resuming from ``resume_from`` when it exists (safe loading)."""
+    """``trainer.fit`` on ``stream``, resuming from ``resume_from`` when it exists (safe loading).
+
+    A stream with ``set_epoch`` (a :class:`~domainfm.shared.tiles.stream.TileStream`) is handed to Lightning
+    through :class:`EpochStream`, so each epoch reads the order of the trainer's epoch, also after a resume
+    (a resumed run sees the batches an uninterrupted one would).
+    """
+    if hasattr(stream, "set_epoch"):
+        stream = EpochStream(stream, trainer)
     ckpt = resume_from if resume_from is not None and Path(resume_from).exists() else None  # FSDP: a folder
     with warnings.catch_warnings():  # Lightning warns about modules kept in eval mode: frozen parts, on purpose
         warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")
         trainer.fit(task, train_dataloaders=stream, ckpt_path=ckpt, weights_only=True)
+
+
+class EpochStream:
+    """A stream as Lightning iterates it: each iteration reads the shuffle order of the trainer's epoch.
+
+    A TileStream left to itself advances its epoch once per ``iter()``, and Lightning calls ``iter()`` once
+    more than it trains (it checks that the loader is iterable before the first epoch), so an uninterrupted
+    run's epoch ``k`` has always read order ``k + 2``; a resumed run would have started again from order 1.
+    Here iteration asks the trainer's loop which epoch is about to run: epoch ``k`` reads order
+    ``k + ORDER_OFFSET`` (the orders runs have always read, so results made before stay reproducible) whether
+    or not the run was resumed.
+    """
+
+    ORDER_OFFSET = 2
+
+    def __init__(self, stream: Any, trainer: Any) -> None:
+        self.stream, self.trainer = stream, trainer
+
+    def __iter__(self) -> Any:
+        # the epoch about to run, as Lightning counts it when it sets a DistributedSampler's epoch: right also
+        # while a resumed run first iterates, when ``trainer.current_epoch`` still reads 0
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed
+        self.stream.set_epoch(epoch + self.ORDER_OFFSET)
+        return iter(self.stream)
+
+    def __len__(self) -> int:
+        return len(self.stream)

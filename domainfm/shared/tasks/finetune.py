@@ -8,9 +8,8 @@ tiles, scoring and saving stay with the domain.
 
 With ``resume_dir`` the fit is resumable: Lightning writes
 ``resume_dir/last.ckpt`` (weights, optimiser, epoch, callback states) after every epoch and a rerun continues
-from it. Epoch ``k`` always reads the stream's order of epoch ``k`` (the trainer's epoch is handed to the
-stream), so a resumed run sees the batches an uninterrupted one would and, on a deterministic device, ends
-with the same weights.
+from it. :func:`~domainfm.shared.engine.training.fit` hands the trainer's epoch to the stream, so a resumed
+run sees the batches an uninterrupted one would and, on a deterministic device, ends with the same weights.
 """
 
 from __future__ import annotations
@@ -85,13 +84,7 @@ def finetune(
     stream = TileStream(
         store, batch_size, indices=train, seed=seed, device=device, normalize=False, companions=tuple(companions)
     )
-    import lightning
-
-    class EpochOrder(lightning.Callback):  # epoch k reads order k, also after a resume
-        def on_train_epoch_start(self, trainer: Any, _: Any) -> None:
-            stream.set_epoch(trainer.current_epoch)
-
-    extra: list[Any] = [EpochOrder(), *callbacks]
+    extra: list[Any] = [*callbacks]  # fit tells the stream each epoch's number, also after a resume
     if resume_dir is not None:
         extra.append(epoch_checkpoint(Path(resume_dir)))
     last = Path(resume_dir) / "last.ckpt" if resume_dir is not None else None

@@ -138,6 +138,21 @@ def run_tiling_benchmark(
     return results
 
 
+def run_peer_benchmark(
+    size: int, tile_px: int, threads: int, folder: Path, rounds: int, envs: Path | None
+) -> dict[str, Any]:
+    """The tiler against tiatoolbox and lazyslide on the benchmark's phantom slide (child processes)."""
+    from domainfm.studies.pathology.phantom import write_phantom_slide
+    from domainfm.studies.pathology.tiling_peers import run_tiling_peers
+
+    start = time.perf_counter()
+    slide = write_phantom_slide(folder / "bench.svs", size, seed=0, mpp=0.5)
+    results: dict[str, Any] = {"slide_px": [size, size], "slide_mb": round(slide.path.stat().st_size / 2**20, 1)}
+    results["phantom_seconds"] = round(time.perf_counter() - start, 1)
+    results.update(tile_px=tile_px, mpp=0.5, threads=threads)
+    return results | run_tiling_peers(slide.path, folder, tile_px, threads, rounds, envs)
+
+
 def bench_tiling(
     size: PositiveInt = 20000,
     tile_size: PositiveInt = 224,
@@ -146,8 +161,15 @@ def bench_tiling(
     rounds: PositiveInt = 3,
     workdir: Path | None = None,
     json: bool = False,
+    peers: bool = False,
+    sizes: list[PositiveInt] | None = None,
+    peer_envs: Path | None = None,
 ) -> int:
     """Slide tiler tiles/s against a naive read_region + PNG loop and a plain two-thread read_region loop.
+
+    With ``--peers``: the tiler against tiatoolbox and lazyslide on the same slide; with ``--sizes``: the
+    tiler alone on slides of each size, tiles/s and peak RSS per size
+    (:mod:`domainfm.studies.pathology.tiling_peers`).
 
     Args:
         size: Side of the generated phantom slide in pixels (at least 20000 for the documented figures).
@@ -157,10 +179,20 @@ def bench_tiling(
         rounds: Interleaved rounds of the tiler and the two read passes (medians are reported).
         workdir: Where to build the data (a temporary folder, removed afterwards, when unset).
         json: Print the JSON fields only.
+        peers: Measure tiatoolbox and lazyslide (each in its own child process) instead of the read passes.
+        sizes: Slide sides to measure the tiler's growth on (e.g. ``[10000, 20000, 40000]``), instead.
+        peer_envs: Folder of one Python environment per peer (``<peer_envs>/<peer>/bin/python``); by default
+            ``$DOMAINFM_PEERS_ENVS``, then ``.venv-peers`` (``make bench-peers-env``), then this environment.
     """
     from domainfm.shared.report import run_benchmark
 
     def measure(folder: Path) -> dict:
+        if sizes:
+            from domainfm.studies.pathology.tiling_peers import run_growth
+
+            return run_growth(list(sizes), folder, tile_size, threads, rounds)
+        if peers:
+            return run_peer_benchmark(size, tile_size, threads, folder, rounds, peer_envs)
         return run_tiling_benchmark(size, tile_size, threads, naive_tiles, folder, rounds)
 
     return run_benchmark(measure, workdir, "domainfm-bench-tiling-", json)
