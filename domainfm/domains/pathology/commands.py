@@ -279,7 +279,8 @@ def mil(
 
     Args:
         embeddings: An embedding store from ``pathology embed``.
-        out: Output folder (mil.json, heat-map PNGs).
+        out: Output folder (mil.json, heat-map PNGs, test_predictions.csv, and slide_classifier.safetensors:
+            the encoder and the ABMIL head, for ``pathology predict``).
         labels: A CSV with columns slide,label; ``tiles:CLASS`` (from the tiles' annotation labels: CLASS
             present in a slide or not; slides without labelled tiles are left out); or ``truth`` (phantom
             slides: tumour present or not).

@@ -37,12 +37,14 @@ def _wrap(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
 
 def network(kind: str, build: dict[str, Any]) -> nn.Module:
     """Standardisation + a randomly initialised tile classifier (or instance segmenter) shaped as ``build`` says."""
-    from domainfm.domains.pathology import instance_deploy
+    from domainfm.domains.pathology import instance_deploy, slide_model
 
     if kind == instance_deploy.KIND:
         return instance_deploy.network(build)
+    if kind == slide_model.KIND:
+        return slide_model.network(build)
     if kind != KIND:
-        raise ValueError(f"pathology deploys {[KIND, instance_deploy.KIND]}, not {kind!r}")
+        raise ValueError(f"pathology deploys {[KIND, instance_deploy.KIND, slide_model.KIND]}, not {kind!r}")
     return _wrap(build_tile_classifier(build), build)
 
 
@@ -69,12 +71,19 @@ def card(meta: dict[str, Any], source: Path) -> ModelCard:
 
 
 def deployable(path: Path) -> Deployable:
-    """The tile classifier (or instance segmenter, :mod:`.instance_deploy`) in ``path`` as a deployable network."""
-    from domainfm.domains.pathology import instance_deploy
+    """The pathology model in ``path`` as a deployable network.
+
+    A tile classifier, an instance segmenter (:mod:`.instance_deploy`) or an ABMIL slide classifier
+    (:mod:`.slide_model`).
+    """
+    from domainfm.domains.pathology import instance_deploy, slide_model
     from domainfm.domains.pathology.instances import INSTANCES_KEY
     from domainfm.shared.tasks.checkpoint import checkpoint_metadata
 
-    if INSTANCES_KEY in checkpoint_metadata(path):
+    keys = checkpoint_metadata(path)
+    if INSTANCES_KEY in keys:
         return instance_deploy.deployable(path)
+    if slide_model.SLIDE_KEY in keys:
+        return slide_model.deployable(path)
     model, meta = load_tile_classifier(path)
     return Deployable(_wrap(model, meta), card(meta, path), Path(path))

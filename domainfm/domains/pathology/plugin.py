@@ -9,8 +9,12 @@ from domainfm.shared.plugins import DomainPlugin
 PLUGIN = DomainPlugin(
     name="pathology",
     deploy="domainfm.domains.pathology.deploy",
-    checkpoint_keys=("domainfm_pathology_tile_classifier", "domainfm_pathology_instances"),
-    producers=("pathology train", "pathology instances-train"),
+    checkpoint_keys=(
+        "domainfm_pathology_tile_classifier",
+        "domainfm_pathology_instances",
+        "domainfm_pathology_slide_classifier",
+    ),
+    producers=("pathology train", "pathology instances-train", "pathology mil"),
     modality="SM",
     large_inputs="domainfm.domains.pathology.slide_inputs:SLIDES",
     foundation_models="domainfm.domains.pathology.foundation:FOUNDATION_MODELS",

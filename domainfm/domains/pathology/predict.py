@@ -27,8 +27,9 @@ with the class probabilities; no GeoJSON or map); they must be the model's tile 
 
 Slides without a recorded mpp are refused by name unless ``--assume_mpp``; an unreadable slide is reported
 on one line and the others still run; a rerun finishes only the slides not done (docs/predict.md).
-ABMIL slide models (``pathology mil``) are not saved as deployable checkpoints, so ``predict`` takes tile
-classifiers (``pathology train``) and nuclei/gland instance segmenters (``pathology instances-train``).
+An ABMIL slide classifier (``pathology mil`` saves ``slide_classifier.safetensors``) is walked the same
+way and written in the same formats, with the slide's class and probabilities, its most attended tiles,
+and attention per tile (:mod:`.predict_mil`); it takes whole slides only.
 
 An instance segmenter (HoVer-Net-style, :mod:`.instances`) takes pictures of any size (fields, tiles) at
 its training mpp (``--mpp``: the pictures' own, resampled when it differs) and writes per picture
@@ -42,8 +43,10 @@ across tile edges (:mod:`.instance_wsi`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,9 +55,14 @@ from domainfm.shared.config import Fraction, NonNegativeInt, PositiveFloat, Posi
 from domainfm.shared.deploy.card import Deployable, predict_array
 from domainfm.shared.predict import InputFile, Outputs
 
+if TYPE_CHECKING:
+    from domainfm.domains.pathology.predict_maps import TileGrid
+    from domainfm.domains.pathology.slide_inputs import SlideTiles
+
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp")
-KINDS = ("pathology.tile_classifier", "pathology.instances")
+KINDS = ("pathology.tile_classifier", "pathology.instances", "pathology.slide_classifier")
 INSTANCES = "pathology.instances"
+SLIDE_CLASSIFIER = "pathology.slide_classifier"
 
 
 def _suffixes() -> tuple[str, ...]:
@@ -73,9 +81,123 @@ def _class_columns(names: list[str], counts: np.ndarray, means: np.ndarray | Non
     return row
 
 
+def release_heap() -> None:
+    """Returns the heap a batch's forward pass freed to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    A forward pass frees tens of MB of activations that glibc may keep for the process, so the next batch's
+    peak sits on top of them: trimming after each batch lowered the peak RSS of ``predict`` on a 10000-px
+    phantom from 1038 to 1009 MB (``domainfm bench predict-memory``, batch 64); on larger slides the peak
+    is elsewhere and the gain small.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def predict_tiles(deployable: Deployable, tiles: np.ndarray, device: torch.device) -> np.ndarray:
     """Class probabilities ``[n, classes]`` (float32) of raw uint8 tiles ``[n, 3, t, t]``."""
     return predict_array(deployable, tiles, device)
+
+
+@dataclass
+class SlideWalk:
+    """One slide cut into a slide model's tiles and walked batch by batch: the one walk of every slide model.
+
+    Attributes:
+        item: The input.
+        tiles: The tiler's cut (:func:`.slide_inputs.slide_tiles`): plan, coords, bounded batches.
+        grid: The slide's tile grid, ``channels`` values per cell.
+        members: The ``domainfm`` foreign member of the slide's GeoJSON.
+        progress: Show a progress bar while walking.
+    """
+
+    item: InputFile
+    tiles: SlideTiles
+    grid: TileGrid
+    members: dict[str, Any]
+    progress: bool
+
+    @property
+    def coords(self) -> np.ndarray:
+        """Level-0 top-left corners ``[N, 2]`` of the tissue tiles, in walk order."""
+        return self.tiles.coords
+
+    @property
+    def tile_um(self) -> float:
+        """A tile's side in microns (the map's pixel size)."""
+        return self.tiles.params.tile_px * self.tiles.mpp
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(corners [n, 2], raw uint8 tiles [n, 3, t, t])`` in walk order; refuses a walk that ends short."""
+        from tqdm.auto import tqdm
+
+        from domainfm.domains.pathology.slides import SlideError
+
+        start, coords = 0, self.coords
+        bar = tqdm(total=len(coords), desc=self.item.key, unit="tile", leave=False, disable=not self.progress)
+        with contextlib.closing(bar):
+            for raw in self.tiles.batches:
+                yield coords[start : start + len(raw)], raw
+                start += len(raw)
+                bar.update(len(raw))
+                del raw
+                release_heap()
+        if start != len(coords):
+            raise SlideError(f"{self.item.path}: read {start} of {len(coords)} tiles")
+
+    def title(self) -> str:
+        """The overlay's title: tiles, their mpp and size, the scan's mpp and where it came from."""
+        info, tiles = self.tiles.plan.info, self.tiles
+        return (f"{self.item.key}: {len(self.coords)} tissue tiles at {tiles.mpp:g} mpp ({tiles.params.tile_px} px), "
+                f"scan {info.mpp:g} mpp ({info.mpp_source})")  # fmt: skip
+
+    def row(self, levels: int) -> dict[str, Any]:
+        """The slide's CSV columns every slide model shares (after its own)."""
+        info = self.tiles.plan.info
+        return {
+            "mpp": self.tiles.mpp,
+            "slide_mpp": info.mpp,
+            "mpp_source": info.mpp_source,
+            "width": info.width,
+            "height": info.height,
+            "grid": list(self.grid.shape),
+            "map_levels": levels,
+            "geojson": f"geojson/{self.item.stem}.geojson",
+            "map": f"maps/{self.item.stem}.tif",
+        }
+
+
+@contextlib.contextmanager
+def slide_walk(
+    deployable: Deployable,
+    item: InputFile,
+    channels: int,
+    *,
+    mpp: float | None,
+    assume_mpp: float | None,
+    min_tissue: float,
+    batch: int,
+    progress: bool,
+) -> Iterator[SlideWalk]:
+    """The slide cut as ``pathology tile`` cuts it at the model's mpp, with an empty grid of ``channels`` values."""
+    from domainfm.domains.pathology.predict_maps import TileGrid
+    from domainfm.domains.pathology.slide_inputs import slide_tiles
+    from domainfm.domains.pathology.slides import SlideError
+
+    with slide_tiles(item.path, deployable.card, mpp=mpp, min_tissue=min_tissue, batch=batch, assume_mpp=assume_mpp,
+                     require_tissue=False) as tiles:  # fmt: skip
+        info = tiles.plan.info
+        grid = TileGrid.for_slide(info.width, info.height, tiles.side, channels)
+        if 0 in grid.shape:
+            raise SlideError(
+                f"{item.path}: the slide ({info.width}x{info.height} px at {info.mpp:g} mpp) is smaller than one "
+                f"tile ({tiles.side:.0f} px at {tiles.mpp:g} mpp); predict it as a picture or at a finer --mpp"
+            )
+        members = {"domainfm": {"slide": item.key, "tile_px": tiles.params.tile_px, "mpp": tiles.mpp,
+                                "slide_mpp": info.mpp, "tile_side_level0": tiles.side,
+                                "coordinates": "level-0 pixels, origin top-left"}}  # fmt: skip
+        yield SlideWalk(item, tiles, grid, members, progress)
 
 
 def predict_slide(
@@ -93,51 +215,27 @@ def predict_slide(
     explain: bool = False,
 ) -> dict[str, Any]:
     """Predicts every tissue tile of one slide and writes its GeoJSON, map and overlay (module docstring)."""
-    from tqdm.auto import tqdm
+    from domainfm.domains.pathology.predict_maps import GeoJSONTiles, write_overlay, write_probability_map
 
-    from domainfm.domains.pathology.predict_maps import GeoJSONTiles, TileGrid, write_overlay, write_probability_map
-    from domainfm.domains.pathology.slide_inputs import slide_tiles
-    from domainfm.domains.pathology.slides import SlideError
-
-    card = deployable.card
-    names = list(card.class_names)
+    names = list(deployable.card.class_names)
     device = device or torch.device("cpu")
-    with slide_tiles(item.path, card, mpp=mpp, min_tissue=min_tissue, batch=batch, assume_mpp=assume_mpp,
-                     require_tissue=False) as tiles:  # fmt: skip
-        info, coords = tiles.plan.info, tiles.coords
-        grid = TileGrid.for_slide(info.width, info.height, tiles.side, len(names))
-        if 0 in grid.shape:
-            raise SlideError(
-                f"{item.path}: the slide ({info.width}x{info.height} px at {info.mpp:g} mpp) is smaller than one "
-                f"tile ({tiles.side:.0f} px at {tiles.mpp:g} mpp); predict it as a picture or at a finer --mpp"
-            )
-        tile_um = tiles.params.tile_px * tiles.mpp
-        members = {"domainfm": {"slide": item.key, "tile_px": tiles.params.tile_px, "mpp": tiles.mpp,
-                                "slide_mpp": info.mpp, "tile_side_level0": tiles.side,
-                                "coordinates": "level-0 pixels, origin top-left"}}  # fmt: skip
+    with slide_walk(deployable, item, len(names), mpp=mpp, assume_mpp=assume_mpp, min_tissue=min_tissue,
+                    batch=batch, progress=progress) as walk:  # fmt: skip
+        grid, coords, tiles = walk.grid, walk.coords, walk.tiles
         sums = np.zeros(len(names))
         with open(outputs.path("geojson", ".geojson"), "w", encoding="utf-8") as handle:
-            features = GeoJSONTiles(handle, names, tiles.side, members)
-            start = 0
-            bar = tqdm(total=len(coords), desc=item.key, unit="tile", leave=False, disable=not progress)
-            with contextlib.closing(bar):
-                for raw in tiles.batches:
-                    probabilities = predict_tiles(deployable, raw, device)
-                    where = coords[start : start + len(raw)]
-                    grid.add(where, probabilities)
-                    features.write(where, probabilities)
-                    sums += probabilities.sum(0, dtype=np.float64)
-                    start += len(raw)
-                    bar.update(len(raw))
+            features = GeoJSONTiles(handle, names, tiles.side, walk.members)
+            for where, raw in walk.batches():
+                probabilities = predict_tiles(deployable, raw, device)
+                grid.add(where, probabilities)
+                features.write(where, probabilities)
+                sums += probabilities.sum(0, dtype=np.float64)
             features.close()
-        if start != len(coords):
-            raise SlideError(f"{item.path}: read {start} of {len(coords)} tiles")
-        levels = write_probability_map(outputs.path("maps", ".tif"), grid, names, tile_um)
+        levels = write_probability_map(outputs.path("maps", ".tif"), grid, names, walk.tile_um)
         counts = np.bincount(grid.classes()[grid.predicted] - 1, minlength=len(names))
-        title = (f"{item.key}: {len(coords)} tissue tiles at {tiles.mpp:g} mpp ({tiles.params.tile_px} px), "
-                 f"scan {info.mpp:g} mpp ({info.mpp_source})")  # fmt: skip
         write_overlay(outputs.path("overlays", ".png"), grid, tiles.plan.thumbnail, tiles.plan.thumb_downsample,
-                      names, title, overlay_class)  # fmt: skip
+                      names, walk.title(), overlay_class)  # fmt: skip
+        shared = walk.row(levels)
     predicted = names[int(counts.argmax())] if len(coords) else ""
     if explain and len(coords):
         from domainfm.shared.explain.slides import explain_slide
@@ -151,15 +249,7 @@ def predict_slide(
         "tiles": len(coords),
         "predicted": predicted,
         **_class_columns(names, counts, sums / len(coords) if len(coords) else None),
-        "mpp": tiles.mpp,
-        "slide_mpp": info.mpp,
-        "mpp_source": info.mpp_source,
-        "width": info.width,
-        "height": info.height,
-        "grid": list(grid.shape),
-        "map_levels": levels,
-        "geojson": f"geojson/{item.stem}.geojson",
-        "map": f"maps/{item.stem}.tif",
+        **shared,
     }
 
 
@@ -230,7 +320,7 @@ def predict(
     overwrite: bool = False,
     json: bool = False,
 ) -> int:
-    """Classify the tissue tiles of whole slides (QuPath GeoJSON, pyramidal TIFF map, overlay), or find nuclei/glands.
+    """Classify whole slides tile by tile or as a whole (ABMIL), in QuPath GeoJSON, TIFF map, overlay; or find nuclei.
 
     Writes OUT/geojson/NAME.geojson (tile squares in level-0 pixels with class and P(CLASS) measurements),
     OUT/maps/NAME.tif (pyramidal OME-TIFF, one pixel per tile), OUT/overlays/NAME.png and a row per slide in
@@ -238,9 +328,11 @@ def predict(
     the slides not finished (docs/predict/pathology.md).
 
     Args:
-        checkpoint: A tile classifier written by ``domainfm pathology train``, or a nuclei/gland instance
-            segmenter written by ``domainfm pathology instances-train`` (per picture OUT/instances, OUT/geojson
-            and OUT/overlays; per slide OUT/geojson of level-0 polygons and OUT/overlays).
+        checkpoint: A tile classifier written by ``domainfm pathology train``, an ABMIL slide classifier
+            written by ``domainfm pathology mil`` (slides only: the slide's class, P(CLASS) and most attended
+            tiles in its row; attention per tile in OUT/geojson and OUT/maps), or a nuclei/gland instance
+            segmenter written by ``domainfm pathology instances-train`` (per picture OUT/instances,
+            OUT/geojson and OUT/overlays; per slide OUT/geojson of level-0 polygons and OUT/overlays).
         input: Slides (any OpenSlide format), pictures of single tiles, or folders holding them (searched
             recursively; outputs keep the relative names).
         out: The folder to write (new, empty, or an earlier ``predict`` output to resume).
@@ -276,6 +368,11 @@ def predict(
         heat = None if overlay_class is None else resolve_target(deployable.card, overlay_class)
     except ExplainError as error:
         raise PredictError(f"--overlay_class: {error}") from error
+    if deployable.card.kind == SLIDE_CLASSIFIER and (explain or overlay_class is not None):
+        raise PredictError(
+            f"{checkpoint}: an ABMIL slide classifier's overlay is its attention heat-map; --explain and "
+            "--overlay_class apply to tile classifiers"
+        )
 
     def predict_one(deployable: Deployable, item: InputFile, outputs: Outputs) -> dict[str, Any]:
         if deployable.card.kind == INSTANCES:
@@ -286,6 +383,18 @@ def predict(
                                               min_size=min_size, batch=batch, overlap=overlap, device=torch_device,
                                               progress=not json)  # fmt: skip
             return predict_instances(deployable, item, outputs, mpp, min_size, torch_device)
+        if deployable.card.kind == SLIDE_CLASSIFIER:
+            from domainfm.domains.pathology import predict_mil
+            from domainfm.domains.pathology.slide_inputs import SlideInputs
+
+            if not SlideInputs((SLIDE_CLASSIFIER,)).claims(item.path, deployable.card):
+                raise PredictError(
+                    f"{item.path} is not a whole slide; an ABMIL slide classifier predicts whole slides (its bag is "
+                    "the slide's tissue tiles)"
+                )
+            return predict_mil.predict_mil_slide(deployable, item, outputs, mpp=mpp, assume_mpp=assume_mpp,
+                                                 min_tissue=min_tissue, batch=batch, device=torch_device,
+                                                 progress=not json)  # fmt: skip
         if SLIDES.claims(item.path, deployable.card):
             return predict_slide(deployable, item, outputs, mpp=mpp, assume_mpp=assume_mpp, min_tissue=min_tissue,
                                  batch=batch, overlay_class=heat, device=torch_device, progress=not json,

@@ -32,6 +32,8 @@ class channel stays a class), down to one pixel.
 predicted tile tinted in its class's colour (the GeoJSON's), more opaque the more probable (alpha ``0.2 + 0.6 *
 probability``); or, with ``overlay_class``, a heat map of that class's probability (``inferno``, alpha
 0.55, colour bar). Colours are matplotlib's ``tab10`` cycle (:func:`domainfm.shared.predict.pictures.palette`).
+Both panels are drawn from the thumbnail subsampled to at most :data:`OVERLAY_MAX_SIDE` pixels a side (twice a
+panel's pixels in the PNG), so the overlay's memory does not follow the slide's thumbnail.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ from domainfm.shared.predict.pictures import SOFTWARE, palette
 MAP_TILE = 256
 OVERLAY_ALPHA = (0.2, 0.6)  # alpha = 0.2 + 0.6 * probability: every predicted tile shows
 HEAT_ALPHA = 0.55
-OVERLAY_MAX_SIDE = 1600
+OVERLAY_PANEL_INCHES, OVERLAY_DPI = 4.0, 110
+# the thumbnail is subsampled to at most twice a panel's pixels before drawing: the PNG cannot show more, and
+# the float arrays and matplotlib's resampling copies grow with the pixels drawn (at 1600 px a 40000-px
+# slide's overlay took 284 MB above what predict held before it; at 880 px, 80 MB)
+OVERLAY_MAX_SIDE = int(2 * OVERLAY_PANEL_INCHES * OVERLAY_DPI)
 DECIMALS = 6
 
 
@@ -279,8 +285,8 @@ def write_overlay(
     colour, alpha = overlay_layers(grid, thumbnail[::step, ::step], downsample * step, overlay_class)
     blended = picture * (1 - alpha[..., None]) + colour * alpha[..., None]
     height, width = picture.shape[:2]
-    panel = 4.0
-    fig = Figure(figsize=(2 * panel + 1.6, panel * height / width + 0.9), dpi=110, layout="constrained")
+    panel = OVERLAY_PANEL_INCHES
+    fig = Figure(figsize=(2 * panel + 1.6, panel * height / width + 0.9), dpi=OVERLAY_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.06 if overlay_class is not None else 0.35])
     for ax, shown, caption in ((axes[0], picture, "thumbnail"), (axes[1], blended, "predicted tiles")):
@@ -299,5 +305,5 @@ def write_overlay(
         mappable = ScalarMappable(Normalize(0, 1), colormaps["inferno"])
         fig.colorbar(mappable, cax=axes[2], label=f"P({class_names[overlay_class]})")
     fig.suptitle(title, fontsize=8)
-    fig.savefig(path, format="png", dpi=110, metadata={"Software": SOFTWARE})
+    fig.savefig(path, format="png", dpi=OVERLAY_DPI, metadata={"Software": SOFTWARE})
     return Path(path)

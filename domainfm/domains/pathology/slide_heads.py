@@ -7,7 +7,9 @@ without labelled tiles are left out), or, for phantom slides, from their ground 
 slide has tumour tissue).
 ABMIL (Ilse et al. 2018, arXiv 1802.04712; :mod:`.mil`) trains on the train and val slides and is scored
 on the test slides; each test slide gets an attention heat-map over its thumbnail. Bags hold the tiles
-of one resolution (the finest in the store unless ``mpp`` is given).
+of one resolution (the finest in the store unless ``mpp`` is given). The trained head is saved with the
+encoder that made the embeddings as ``slide_classifier.safetensors`` (:mod:`.slide_model`), which
+``pathology predict`` runs on new slides; the test slides' probabilities are in ``test_predictions.csv``.
 """
 
 from __future__ import annotations
@@ -104,8 +106,9 @@ def run_mil(
     seed: int = 0,
     heatmaps: bool = True,
 ) -> dict[str, Any]:
-    """Trains ABMIL on train+val slides, scores the test slides, writes heat-maps and ``mil.json``."""
-    from domainfm.domains.pathology.mil import evaluate_mil, train_mil
+    """Trains ABMIL on train+val slides, scores the test slides; writes the model, heat-maps and ``mil.json``."""
+    from domainfm.domains.pathology.mil import evaluate_mil, predict_mil, train_mil
+    from domainfm.domains.pathology.slide_model import slide_classifier_from_mil
 
     mpp = float(np.min(embeddings.mpp)) if mpp is None else mpp
     names, mapping = slide_labels(embeddings, labels)
@@ -118,6 +121,9 @@ def run_mil(
     test_bags = bags(embeddings, test, mpp)
     metrics = evaluate_mil(model, test_bags, [mapping[r] for r in test])
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint = slide_classifier_from_mil(model, embeddings, mpp, names, out)
+    probabilities = predict_mil(model, test_bags)
+    write_test_predictions(out / "test_predictions.csv", embeddings, test, probabilities, mapping, names)
     figures = []
     if heatmaps:
         figures = [str(p) for p in write_heatmaps(model, embeddings, test, test_bags, mpp, out, names)]
@@ -128,9 +134,23 @@ def run_mil(
         "mpp": mpp,
         **metrics,
         "heatmaps": figures,
+        "checkpoint": str(checkpoint),
     }
     (out / "mil.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def write_test_predictions(
+    path: Path, embeddings: Embeddings, rows: list[int], probabilities: torch.Tensor, mapping: dict, names: list[str]
+) -> Path:
+    """One CSV row per test slide: its file name, true and predicted class, and ``P(CLASS)`` per class."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slide", "label", "predicted", *(f"P({name})" for name in names)])
+        for row, p in zip(rows, probabilities.tolist(), strict=True):
+            name = Path(embeddings.slides[row]["path"]).name
+            writer.writerow([name, names[mapping[row]], names[int(np.argmax(p))], *(repr(float(v)) for v in p)])
+    return path
 
 
 def write_heatmaps(

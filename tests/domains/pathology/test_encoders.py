@@ -142,6 +142,19 @@ def test_a_converted_foundation_checkpoint_embeds_probes_trains_and_mils(
     mil = workspace / "mil_uni"
     assert main(["pathology", "mil", "--embeddings", str(emb), "--out", str(mil), "--epochs", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_slides"] == 2
+    # the saved slide classifier carries the converted encoder and its record (64-px tiles resized to 32)
+    from domainfm.domains.pathology.slide_model import load_slide_classifier
+    from domainfm.shared.deploy import load_deployable, predict
+
+    slide_model = load_deployable(mil / "slide_classifier.safetensors")
+    assert slide_model.card.transform["geometry"] == "resize" and slide_model.card.build["tile_px"] == 64
+    bag = np.flatnonzero(embeddings.slide == embeddings.slide[-1])
+    head = load_slide_classifier(mil / "slide_classifier.safetensors")[0].head
+    with torch.no_grad():
+        expected = torch.softmax(head(torch.from_numpy(embeddings.features[bag]))[0], 0)
+    torch.testing.assert_close(
+        predict(slide_model, _tiles(workspace / "tiles.zarr", bag))[0], expected, atol=1e-5, rtol=0
+    )
     out = workspace / "clf_uni"
     assert main(["pathology", "train", "--store", str(workspace / "tiles.zarr"), "--out", str(out), "--checkpoint",
                  str(uni), "--peft", "lora", "--epochs", "1", "--json", "--device", "cpu"]) == 0  # fmt: skip
