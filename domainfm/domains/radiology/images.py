@@ -99,8 +99,8 @@ def read_dicom(path: Path) -> np.ndarray:
     return display
 
 
-def read_raster(path: Path) -> np.ndarray:
-    """A PNG/JPEG/TIFF radiograph as float ``[H, W]`` in [0, 1] (8-bit / 255; deeper: percentiles)."""
+def _read_raster_array(path: Path) -> np.ndarray:
+    """The picture's greyscale values ``[H, W]`` as stored (colour pictures converted to ``L``)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -110,6 +110,12 @@ def read_raster(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not a readable image: {error}") from error
     if array.ndim != 2:
         raise ValueError(f"{path}: expected a greyscale image, found shape {array.shape}")
+    return array
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """A PNG/JPEG/TIFF radiograph as float ``[H, W]`` in [0, 1] (8-bit / 255; deeper: percentiles)."""
+    array = _read_raster_array(path)
     return array / 255.0 if array.dtype == np.uint8 else percentile_scale(array.astype(np.float64))
 
 
@@ -147,8 +153,27 @@ def display_transform(size: int, mean: float = 0.0, std: float = 1.0) -> InputTr
     )
 
 
+# raw_radiograph(value / 255) for every 8-bit value: the same float64 division and float32 product per value
+RAW_8BIT = raw_radiograph(np.arange(256) / 255.0)
+
+
+def read_raw(path: Path) -> np.ndarray:
+    """``raw_radiograph(read_radiograph(path))``: float32 ``[H, W]`` raw values in 0..255.
+
+    An 8-bit picture goes through :data:`RAW_8BIT`, one table lookup per pixel instead of a float64
+    division, a float32 copy and a product: the same arithmetic per value, so the same values bit for bit.
+    """
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        array = _read_raster_array(path)
+        if array.dtype == np.uint8:
+            return RAW_8BIT[array]
+        return raw_radiograph(percentile_scale(array.astype(np.float64)))
+    return raw_radiograph(read_dicom(path))
+
+
 def ingest_tile(path: Path, size: int) -> np.ndarray:
     """A radiograph file as the ``[1, size, size]`` uint8 tile ``radiology ingest`` stores."""
     from domainfm.shared.model import transform_array
 
-    return transform_array(raw_radiograph(read_radiograph(Path(path)))[None], display_transform(size))
+    return transform_array(read_raw(Path(path))[None], display_transform(size))
