@@ -18,6 +18,7 @@ same file, so ``radiology ingest``, ``eval``, ``explain`` and an exported bundle
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,14 @@ def _voi_display(values: np.ndarray, ds: object) -> np.ndarray:
     return np.clip((display - low) / (high - low), 0, 1)
 
 
+def _source(path: Path) -> Path | io.BytesIO:
+    """The file as ingest already read it (:func:`~domainfm.shared.tiles.fragments.source_bytes`), else its path."""
+    from domainfm.shared.tiles.fragments import source_bytes
+
+    data = source_bytes(path)
+    return io.BytesIO(data) if data is not None else path
+
+
 def read_dicom(path: Path) -> np.ndarray:
     """A DICOM radiograph as float ``[H, W]`` in [0, 1], air dark (see the module docstring)."""
     import pydicom
@@ -75,7 +84,7 @@ def read_dicom(path: Path) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(_source(path))
     except (InvalidDicomError, OSError, EOFError) as error:
         raise ValueError(f"{path} is not a readable DICOM file: {error}") from error
     if "PixelData" not in ds:
@@ -100,14 +109,19 @@ def read_dicom(path: Path) -> np.ndarray:
 
 
 def _read_raster_array(path: Path) -> np.ndarray:
-    """The picture's greyscale values ``[H, W]`` as stored (colour pictures converted to ``L``)."""
+    """The picture's greyscale values ``[H, W]`` as stored (colour pictures converted to ``L``).
+
+    Decodes the bytes ingest already read for the file's fingerprint where there are any.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    source = _source(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             array = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image)
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path} is not a readable image: {error}") from error
+        reason = str(error).replace(repr(source), repr(str(path)))  # name the file, not its bytes in memory
+        raise ValueError(f"{path} is not a readable image: {reason}") from error
     if array.ndim != 2:
         raise ValueError(f"{path}: expected a greyscale image, found shape {array.shape}")
     return array

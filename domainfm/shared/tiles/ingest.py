@@ -187,8 +187,9 @@ def _open_or_create(
     overwrite: bool,
     inputs: dict | None = None,
     per_source: list[str] | None = None,
+    resolved: list[str] | None = None,
 ) -> zarr.Group:
-    planned = [str(Path(s).resolve()) for s in sources]
+    planned = resolved if resolved is not None else [str(Path(s).resolve()) for s in sources]
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out} is a file, not a tile store; choose another --out")
     if out.exists() and not (out / "zarr.json").is_file() and any(out.iterdir()):
@@ -343,12 +344,12 @@ def _ingest_locked(
     sources_per_pack: int | None,
 ) -> IngestSummary:
     start = time.perf_counter()
-    options, own = reader_options(reader, names, out)
+    options, own = reader_options(reader, names, out, keys)
     inputs = inputs_record(reader_name, reader_version, options)
     shared = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     per_source = [f"{shared}:{digest}" for digest in own]  # a staged source is kept only under the same options
     reader_ids = [[reader_name, reader_version, digest] for digest in per_source]
-    group = _open_or_create(out, spec, names, overwrite, inputs, per_source)
+    group = _open_or_create(out, spec, names, overwrite, inputs, per_source, keys)
     summary = IngestSummary(out)
     staging = out / STAGING
     if group.attrs.get("status") == "complete":
@@ -378,6 +379,7 @@ def _ingest_locked(
                     spec.to_attrs(),
                     reader,
                     [reader_ids[r] for r in rows],
+                    [keys[r] for r in rows],
                 )
             )
         run = lambda: _run_tasks(tasks, workers, scheduler, processes)  # noqa: E731

@@ -33,7 +33,14 @@ from typing import Any
 import crc32c as _crc32c
 import numpy as np
 
-from domainfm.shared.tiles.fragments import Reader, batch_arrays, fingerprint, kill_point, staging_keys
+from domainfm.shared.tiles.fragments import (
+    Reader,
+    batch_arrays,
+    fingerprint,
+    forget_source_bytes,
+    kill_point,
+    staging_keys,
+)
 from domainfm.shared.tiles.layout import choose_layout
 from domainfm.shared.tiles.schema import StoreSpec
 from domainfm.shared.tiles.stats import RunningStats
@@ -205,11 +212,22 @@ def _write_raw(path: Path, tiles: np.ndarray) -> int:
     return int(_crc32c.crc32c(flat))
 
 
-def stage_source(writer: PackWriter, path: str, source_row: int, reader: Reader, reader_id: list[str] | None) -> None:
-    """Reads one source into ``writer``; never raises: a failure becomes a ``failed`` entry."""
+def stage_source(
+    writer: PackWriter,
+    path: str,
+    source_row: int,
+    reader: Reader,
+    reader_id: list[str] | None,
+    key: str | None = None,
+) -> None:
+    """Reads one source into ``writer``; never raises: a failure becomes a ``failed`` entry.
+
+    ``key`` is the source's resolved path (resolved here when not given).
+    """
     source, mark, start = Path(path), writer.mark(), writer.row
+    key = key if key is not None else str(source.resolve())
     try:
-        identity = fingerprint(source)
+        identity = fingerprint(source, key, keep=True)
         stats = RunningStats(writer.spec.tile_shape[0])
         meta: dict[str, Any] = {}
         n = 0
@@ -225,7 +243,7 @@ def stage_source(writer: PackWriter, path: str, source_row: int, reader: Reader,
     except Exception as error:  # any reader failure: record it, let the other sources continue
         writer.discard(mark)
         try:
-            identity = fingerprint(source)
+            identity = fingerprint(source, key)
         except OSError:
             identity = {"path": str(source)}
         entry = {
@@ -233,7 +251,9 @@ def stage_source(writer: PackWriter, path: str, source_row: int, reader: Reader,
             "error": f"{type(error).__name__}: {error}",
             "traceback": traceback.format_exc(limit=8),
         }
-    entry.update(key=str(source.resolve()), fingerprint=identity, reader=reader_id)
+    finally:
+        forget_source_bytes()
+    entry.update(key=key, fingerprint=identity, reader=reader_id)
     writer.finish(entry)
 
 
@@ -265,14 +285,18 @@ def ingest_pack(
     spec_attrs: dict,
     reader: Reader,
     reader_ids: Sequence[list[str] | None],
+    keys: Sequence[str] | None = None,
 ) -> int:
-    """Stages ``paths`` (rows ``rows`` of the source list) into the new pack ``pack``; returns the tiles staged."""
+    """Stages ``paths`` (rows ``rows`` of the source list) into the new pack ``pack``; returns the tiles staged.
+
+    ``keys``: the sources' resolved paths, when the caller has them.
+    """
     writer = PackWriter(Path(pack), StoreSpec.from_attrs(spec_attrs))
     # in this worker's own thread (or process): a pool's threads keep their own OpenMP setting, whatever the
     # thread that started the ingest set
     with one_torch_thread():
-        for path, row, reader_id in zip(paths, rows, reader_ids, strict=True):
-            stage_source(writer, path, row, reader, reader_id)
+        for i, (path, row, reader_id) in enumerate(zip(paths, rows, reader_ids, strict=True)):
+            stage_source(writer, path, row, reader, reader_id, keys[i] if keys is not None else None)
     writer.flush()
     return writer.tiles
 

@@ -36,3 +36,31 @@ def test_read_raw_and_ingest_tile_equal_the_contract_path(tmp_path: Path):
         assert read_raw(path).tobytes() == contract.tobytes(), path.name
         expected = transform_array(contract[None], display_transform(64))
         np.testing.assert_array_equal(ingest_tile(path, 64), expected, err_msg=path.name)
+
+
+def test_the_reader_decodes_the_bytes_ingest_fingerprinted(tmp_path: Path):
+    import pytest
+
+    from domainfm.shared.tiles.fragments import HEAD_BYTES, fingerprint, forget_source_bytes, source_bytes
+
+    path = tmp_path / "a.png"
+    first = np.full((20, 30), 7, np.uint8)
+    Image.fromarray(first).save(path)
+    identity = fingerprint(path, keep=True)
+    assert source_bytes(path) == path.read_bytes() and identity["size"] == path.stat().st_size
+    Image.fromarray(np.full((20, 30), 9, np.uint8)).save(path)  # changed after its fingerprint was taken
+    np.testing.assert_array_equal(read_raw(path), RAW_8BIT[first])  # the fingerprinted picture, not the new one
+    forget_source_bytes()
+    assert source_bytes(path) is None
+    np.testing.assert_array_equal(read_raw(path), RAW_8BIT[np.full((20, 30), 9, np.uint8)])
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(HEAD_BYTES + 1))
+    fingerprint(big, keep=True)
+    assert source_bytes(big) is None  # only files read whole are kept
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")
+    fingerprint(broken, keep=True)
+    with pytest.raises(ValueError, match=r"broken\.png") as error:
+        read_raw(broken)
+    assert "BytesIO" not in str(error.value)
+    forget_source_bytes()
