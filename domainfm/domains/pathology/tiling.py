@@ -16,10 +16,11 @@ Plain images (patch sets) are one-level slides (:func:`.slides.open_image`); fol
 :mod:`.inputs`; ``--labels`` annotations label the tiles (:mod:`.annotations`); an mpp finer than the scan's
 is refused unless ``allow_upsample``.
 
-Regions are read by a small thread pool per slide (OpenSlide releases the GIL while decoding; every
-thread has its own handle), a bounded number of tiles ahead of the writer, so memory does not grow with
-the slide. Slides run in parallel through the shared ingest engine, which also makes the run resumable
-and records a corrupt slide by name while the others are tiled.
+Regions are read by a few threads per slide (OpenSlide releases the GIL while decoding; every thread has
+its own handle and keeps to one vertical band of the slide, so its tile cache serves the next row), a
+bounded number of tiles ahead of the writer, so memory does not grow with the slide. Slides run in
+parallel through the shared ingest engine, which also makes the run resumable and records a corrupt slide
+by name while the others are tiled.
 """
 
 from __future__ import annotations

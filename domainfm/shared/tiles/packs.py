@@ -1,18 +1,21 @@
 """Shared staging packs: many sources staged together, so that per-source overhead vanishes.
 
 A pack is ``STORE/_staging/<pack>/``, written by one ingest task for a run of consecutive sources: the
-tiles of those sources buffered in memory and flushed, about every ``FLUSH_BYTES``, as one ``.npy`` file
-per array (``data/<key>/<flush>.npy``, :func:`.fragments.staging_keys`). Each flush then appends one line
-to ``journal.jsonl``: the number of rows the flush wrote and an entry for every source that finished since
-the previous flush (``done`` with its first row in the pack, tile count, exact statistics, input
-fingerprint and reader metadata, or ``failed`` with the error). A source counts as staged only once its
-line is in the journal, and its rows were written before the line, so a kill at any moment leaves every
-journalled source complete: a rerun keeps them and redoes only the rest (at most one flush of work per
-task is lost). A half-written last line (a kill during the append) is ignored. A new run never appends
-to an old pack; it writes new ones, named by time so that later packs sort after earlier ones.
+tiles of those sources buffered in memory and flushed, about every ``FLUSH_BYTES`` (or at every whole
+shard, :class:`PackWriter`), as one file per array: the tiles raw (``data/tiles/<flush>.raw``), the
+others as ``.npy`` (``data/<key>/<flush>.npy``, :func:`.fragments.staging_keys`). Each flush then appends
+one line to ``journal.jsonl``: the number of rows the flush wrote, the CRC-32C of its tile file, and an
+entry for every finished source whose rows are all written (``done`` with its first row in the pack, tile
+count, exact statistics, input fingerprint and reader metadata, or ``failed`` with the error). A source
+counts as staged only once its line is in the journal, and its rows were written before the line, so a
+kill at any moment leaves every journalled source complete: a rerun keeps them and redoes only the rest
+(at most one flush of work per task is lost). A half-written last line (a kill during the append) is
+ignored. A new run never appends to an old pack; it writes new ones, named by time so that later packs
+sort after earlier ones.
 
-Per source this costs one fingerprint (a stat and the SHA-256 of the first MiB, docs/reliability.md) and
-a few dictionary entries, instead of a folder of ~10 arrays and a status file: what is left per small
+Per source this costs one fingerprint (a stat and the SHA-256 of the first MiB, docs/reliability.md; a
+small file's bytes are kept for its reader, :func:`.fragments.source_bytes`, so it is read once) and a
+few dictionary entries, instead of a folder of ~10 arrays and a status file: what is left per small
 file is its reader's work (``domainfm bench ingest``, docs/benchmarks.md).
 """
 
