@@ -18,6 +18,7 @@ def test_bench_ingest_reports_consistent_rates_and_ratios(capsys: pytest.Capture
     assert png + jpg + dcm == 12 and dcm >= 1  # the seeded mix holds every kind
     for name in ("png256_decode_limit", "png256_domainfm", "png256_per_source", "png256_2n_domainfm"):
         assert result[f"{name}_rounds"] == [result[f"{name}_sources_per_s"]]
+
     def close(reported: float, a: str, b: str, factor: float = 1.0) -> bool:
         """``reported`` (rounded to 0.01) is factor * a / b of the unrounded rates (reported rounded to 0.1)."""
         rate_a, rate_b = result[f"{a}_sources_per_s"], result[f"{b}_sources_per_s"]
