@@ -16,10 +16,11 @@ Plain images (patch sets) are one-level slides (:func:`.slides.open_image`); fol
 :mod:`.inputs`; ``--labels`` annotations label the tiles (:mod:`.annotations`); an mpp finer than the scan's
 is refused unless ``allow_upsample``.
 
-Regions are read by a small thread pool per slide (OpenSlide releases the GIL while decoding; every
-thread has its own handle), a bounded number of tiles ahead of the writer, so memory does not grow with
-the slide. Slides run in parallel through the shared ingest engine, which also makes the run resumable
-and records a corrupt slide by name while the others are tiled.
+Regions are read by a few threads per slide (OpenSlide releases the GIL while decoding; every thread has
+its own handle and keeps to one vertical band of the slide, so its tile cache serves the next row), a
+bounded number of tiles ahead of the writer, so memory does not grow with the slide. Slides run in
+parallel through the shared ingest engine, which also makes the run resumable and records a corrupt slide
+by name while the others are tiled.
 """
 
 from __future__ import annotations
@@ -146,16 +147,19 @@ def plan_slide(slide: Any, path: Path, params: TilingParams) -> SlidePlan:
 
 
 class RegionReader:
-    """Reads tiles of one slide with a thread pool; each thread opens its own OpenSlide handle.
+    """Reads tiles of one slide with ``threads`` reading threads, each with its own OpenSlide handle.
 
     Regions are decoded by OpenSlide straight into numpy (:func:`.slides.read_bgra`); ``public_api`` reads
-    through ``OpenSlide.read_region`` and its PIL image instead (the benchmark's read limit).
+    through ``OpenSlide.read_region`` and its PIL image instead (the benchmark's previous read limit).
+    Thread ``k`` always reads band ``k`` of the slide (:func:`read_tiles`), so the pyramid tiles its
+    handle decoded for one row of tiles are still in that handle's cache for the next row.
     """
 
     def __init__(self, path: Path, threads: int, public_api: bool = False) -> None:
         self.path, self.local, self.public_api = path, threading.local(), public_api
         self.threads = max(1, threads)
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="slide-read")
+        self.pools = [ThreadPoolExecutor(1, thread_name_prefix=f"slide-read-{k}") for k in range(self.threads)]
+        self.pool = self.pools[0]
         self.handles: list[Any] = []
         self.lock = threading.Lock()
 
@@ -167,12 +171,18 @@ class RegionReader:
                 self.handles.append(handle)
         return handle
 
-    def read_into(self, out: np.ndarray, coords: np.ndarray, level: int, size: int) -> None:
-        """Reads the tiles at level-0 ``coords`` into ``out`` ``[n, 3, tile_px, tile_px]`` (one copy per tile)."""
+    def read_into(
+        self, out: np.ndarray, coords: np.ndarray, level: int, size: int, rows: np.ndarray | None = None
+    ) -> None:
+        """Reads the tiles at level-0 ``coords`` into ``out[rows]`` (``[n, 3, tile_px, tile_px]``; one copy per tile).
+
+        ``rows`` (default: ``0, 1, ...``) are the rows of ``out`` the tiles go to.
+        """
         from PIL import Image
 
         slide, tile_px = self._slide(), out.shape[-1]
-        for i, (x, y) in enumerate(coords):
+        rows = np.arange(len(coords)) if rows is None else rows
+        for row, (x, y) in zip(rows, coords, strict=True):
             if self.public_api:  # openslide-python's PIL path, as other tools read (the benchmark's read limit)
                 rgb = rgb_on_white(slide.read_region((int(x), int(y)), level, (size, size)))
             else:
@@ -180,13 +190,24 @@ class RegionReader:
             if size != tile_px:
                 rgb = Image.fromarray(np.ascontiguousarray(rgb)).resize((tile_px, tile_px), Image.BILINEAR)
                 rgb = np.asarray(rgb)
-            out[i] = rgb.transpose(2, 0, 1)
+            out[row] = rgb.transpose(2, 0, 1)
 
     def close(self) -> None:
         """Stops the threads and closes every handle."""
-        self.pool.shutdown(wait=True)
+        for pool in self.pools:
+            pool.shutdown(wait=True)
         for handle in self.handles:
             handle.close()
+
+
+def band_edges(coords: np.ndarray, bands: int) -> np.ndarray:
+    """``bands - 1`` x coordinates that split ``coords`` into vertical bands of about equal tile counts."""
+    if bands <= 1 or not len(coords):
+        return np.zeros(0, np.int64)
+    xs = np.unique(coords[:, 0])
+    counts = np.searchsorted(np.sort(coords[:, 0]), xs, side="right")  # tiles with x <= each column
+    targets = np.arange(1, bands) * len(coords) / bands
+    return xs[np.minimum(np.searchsorted(counts, targets), len(xs) - 1)] + 1
 
 
 def read_tiles(
@@ -194,17 +215,27 @@ def read_tiles(
 ) -> Iterator[np.ndarray]:
     """Tiles of ``coords`` in order, in batches (:func:`read_batch`), at most two batches in flight.
 
-    Each batch is split into one contiguous part per thread, read straight into the batch array.
+    The slide is cut into one vertical band per thread (equal tile counts); each thread reads its band's
+    tiles of every batch, straight into their rows of the batch array. Neighbouring tiles share the
+    slide's pyramid tiles (a 224-px tile spans parts of four 256-px JPEG tiles), so a thread that reads the
+    same columns row after row decodes each pyramid tile about once: measured on ``bench tiling``'s
+    slide (two threads), 15-20 % less CPU than splitting each batch into two runs of consecutive tiles,
+    where each thread re-decodes the pyramid row the other thread decoded for the row above.
     """
     level = best_level(info.level_downsamples, side / params.tile_px)
     size = max(1, round(side / info.level_downsamples[level]))
     batch = read_batch(params)
+    edges = band_edges(coords, reader.threads)
     pending: deque[tuple[np.ndarray, list[Future]]] = deque()
     for start in range(0, len(coords), batch):
         chunk = coords[start : start + batch]
         out = np.empty((len(chunk), 3, params.tile_px, params.tile_px), np.uint8)
-        parts = np.array_split(np.arange(len(chunk)), min(reader.threads, len(chunk)))
-        futures = [reader.pool.submit(reader.read_into, out[p[0] : p[-1] + 1], chunk[p], level, size) for p in parts]
+        band = np.searchsorted(edges, chunk[:, 0], side="right")
+        futures = []
+        for k, pool in enumerate(reader.pools):
+            rows = np.flatnonzero(band == k)
+            if len(rows):
+                futures.append(pool.submit(reader.read_into, out, chunk[rows], level, size, rows))
         pending.append((out, futures))
         if len(pending) > 2:
             yield _finished(pending.popleft())

@@ -18,6 +18,7 @@ same file, so ``radiology ingest``, ``eval``, ``explain`` and an exported bundle
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,14 @@ def _voi_display(values: np.ndarray, ds: object) -> np.ndarray:
     return np.clip((display - low) / (high - low), 0, 1)
 
 
+def _source(path: Path) -> Path | io.BytesIO:
+    """The file as ingest already read it (:func:`~domainfm.shared.tiles.fragments.source_bytes`), else its path."""
+    from domainfm.shared.tiles.fragments import source_bytes
+
+    data = source_bytes(path)
+    return io.BytesIO(data) if data is not None else path
+
+
 def read_dicom(path: Path) -> np.ndarray:
     """A DICOM radiograph as float ``[H, W]`` in [0, 1], air dark (see the module docstring)."""
     import pydicom
@@ -75,7 +84,7 @@ def read_dicom(path: Path) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(_source(path))
     except (InvalidDicomError, OSError, EOFError) as error:
         raise ValueError(f"{path} is not a readable DICOM file: {error}") from error
     if "PixelData" not in ds:
@@ -99,17 +108,28 @@ def read_dicom(path: Path) -> np.ndarray:
     return display
 
 
-def read_raster(path: Path) -> np.ndarray:
-    """A PNG/JPEG/TIFF radiograph as float ``[H, W]`` in [0, 1] (8-bit / 255; deeper: percentiles)."""
+def _read_raster_array(path: Path) -> np.ndarray:
+    """The picture's greyscale values ``[H, W]`` as stored (colour pictures converted to ``L``).
+
+    Decodes the bytes ingest already read for the file's fingerprint where there are any.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    source = _source(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             array = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image)
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path} is not a readable image: {error}") from error
+        reason = str(error).replace(repr(source), repr(str(path)))  # name the file, not its bytes in memory
+        raise ValueError(f"{path} is not a readable image: {reason}") from error
     if array.ndim != 2:
         raise ValueError(f"{path}: expected a greyscale image, found shape {array.shape}")
+    return array
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """A PNG/JPEG/TIFF radiograph as float ``[H, W]`` in [0, 1] (8-bit / 255; deeper: percentiles)."""
+    array = _read_raster_array(path)
     return array / 255.0 if array.dtype == np.uint8 else percentile_scale(array.astype(np.float64))
 
 
@@ -147,8 +167,27 @@ def display_transform(size: int, mean: float = 0.0, std: float = 1.0) -> InputTr
     )
 
 
+# raw_radiograph(value / 255) for every 8-bit value: the same float64 division and float32 product per value
+RAW_8BIT = raw_radiograph(np.arange(256) / 255.0)
+
+
+def read_raw(path: Path) -> np.ndarray:
+    """``raw_radiograph(read_radiograph(path))``: float32 ``[H, W]`` raw values in 0..255.
+
+    An 8-bit picture goes through :data:`RAW_8BIT`, one table lookup per pixel instead of a float64
+    division, a float32 copy and a product: the same arithmetic per value, so the same values bit for bit.
+    """
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        array = _read_raster_array(path)
+        if array.dtype == np.uint8:
+            return RAW_8BIT[array]
+        return raw_radiograph(percentile_scale(array.astype(np.float64)))
+    return raw_radiograph(read_dicom(path))
+
+
 def ingest_tile(path: Path, size: int) -> np.ndarray:
     """A radiograph file as the ``[1, size, size]`` uint8 tile ``radiology ingest`` stores."""
     from domainfm.shared.model import transform_array
 
-    return transform_array(raw_radiograph(read_radiograph(Path(path)))[None], display_transform(size))
+    return transform_array(read_raw(Path(path))[None], display_transform(size))

@@ -41,12 +41,37 @@ def kill_point(name: str) -> None:
             os.kill(os.getpid(), 9)
 
 
-def fingerprint(path: Path) -> dict[str, Any]:
-    """Identity of a source file: absolute path, size, mtime and the SHA-256 of its first MiB."""
+def fingerprint(path: Path, resolved: str | None = None, keep: bool = False) -> dict[str, Any]:
+    """Identity of a source file: absolute path, size, mtime and the SHA-256 of its first MiB.
+
+    ``resolved`` is the path already resolved (saves the lookups). With ``keep``, a file read whole (at
+    most ``HEAD_BYTES``) stays available to its reader in this thread (:func:`source_bytes`), so a small
+    file is read once, and its reader decodes the very bytes that were fingerprinted.
+    """
     stat = path.stat()
     with open(path, "rb") as handle:
-        head = hashlib.sha256(handle.read(HEAD_BYTES)).hexdigest()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_head": head}
+        data = handle.read(HEAD_BYTES)
+    head = hashlib.sha256(data).hexdigest()
+    _kept.value = (str(path), data) if keep and len(data) == stat.st_size < HEAD_BYTES else None
+    path_text = resolved if resolved is not None else str(path.resolve())
+    return {"path": path_text, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_head": head}
+
+
+_kept = threading.local()
+
+
+def source_bytes(path: str | Path) -> bytes | None:
+    """The whole file ``path`` as the ingest engine just read it for its fingerprint, else ``None``.
+
+    Readers of small files (pictures, DICOMs) decode these bytes instead of reading the file again.
+    """
+    kept = getattr(_kept, "value", None)
+    return kept[1] if kept is not None and kept[0] == str(path) else None
+
+
+def forget_source_bytes() -> None:
+    """Drops the bytes :func:`fingerprint` kept (once their source is staged)."""
+    _kept.value = None
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@
    shows sources, tiles and tiles/s.
 3. **Assemble.** The staged rows are copied, shard by shard (one task per shard, so one writer per
    shard), into the sharded store in source order (uncompressed uint8 tiles straight into their shard
-   files, :func:`.shards.write_raw_shard`; the rest through zarr); per-source statistics are merged
+   files, or a staged file that is a whole shard linked in place, :mod:`.assembly`; the rest through
+   zarr); per-source statistics are merged
    exactly, in source order; the sources table and the attributes are written, ``status: complete`` last.
 
 A run killed at any point and rerun with the same command ends with the same tiles, index and statistics
@@ -41,11 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 
 from domainfm.shared.outputs import lock_output
-from domainfm.shared.tiles.fragments import Reader, fingerprint, kill_point, read_fragment_rows
+from domainfm.shared.tiles.assembly import assemble as _assemble
+from domainfm.shared.tiles.fragments import Reader, fingerprint, kill_point
 from domainfm.shared.tiles.inputs import differences, inputs_record, reader_options, spec_differences
 from domainfm.shared.tiles.layout import choose_layout
 from domainfm.shared.tiles.packs import (
@@ -57,10 +58,9 @@ from domainfm.shared.tiles.packs import (
     read_pack_progress,
     read_staged,
 )
-from domainfm.shared.tiles.schema import INDEX_COLUMNS, StoreSpec
-from domainfm.shared.tiles.shards import ShardDecoder, file_crc32c, shard_file, write_raw_shard
+from domainfm.shared.tiles.schema import StoreSpec
 from domainfm.shared.tiles.stats import RunningStats
-from domainfm.shared.tiles.store import CHECKSUMS, WRITE_ALL_CHUNKS, StoreError, create_arrays, initial_attrs
+from domainfm.shared.tiles.store import WRITE_ALL_CHUNKS, StoreError, initial_attrs
 
 STAGING = "_staging"
 
@@ -187,8 +187,9 @@ def _open_or_create(
     overwrite: bool,
     inputs: dict | None = None,
     per_source: list[str] | None = None,
+    resolved: list[str] | None = None,
 ) -> zarr.Group:
-    planned = [str(Path(s).resolve()) for s in sources]
+    planned = resolved if resolved is not None else [str(Path(s).resolve()) for s in sources]
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out} is a file, not a tile store; choose another --out")
     if out.exists() and not (out / "zarr.json").is_file() and any(out.iterdir()):
@@ -271,109 +272,6 @@ def _capture(run: Any) -> dict[str, Any]:
         return {"error": error}
 
 
-Segment = tuple[Path, list[int], int, int, int]  # pack, its rows per flush, first pack row, global offset, rows
-
-
-def _segment_rows(segments: list[Segment], key: str, start: int, stop: int) -> list[np.ndarray]:
-    """Global rows ``[start, stop)`` of ``key``, read from the packs that hold them."""
-    parts = []
-    for pack, batches, first, offset, count in segments:
-        lo, hi = max(start, offset), min(stop, offset + count)
-        if lo < hi:
-            parts += read_fragment_rows(pack, batches, key, first + lo - offset, first + hi - offset)
-    return parts
-
-
-def _copy_rows(
-    segments: list[Segment],
-    start: int,
-    stop: int,
-    store: Path,
-    keys: list[str],
-    raw_tiles: bool,
-) -> int:
-    """Writes global rows ``[start, stop)`` of every array from the packs that hold them (one shard).
-
-    With ``raw_tiles`` (see :func:`_raw_shards`) the tile shard file is written directly. Returns the
-    CRC-32C of the tile shard file written.
-    """
-    group = zarr.open_group(store, mode="r+")
-    crc = None
-    with zarr.config.set(WRITE_ALL_CHUNKS):  # in this worker too: all-zero tiles must still be written
-        for key in keys:
-            parts = _segment_rows(segments, key, start, stop)
-            array = group[key]
-            if key == "tiles" and raw_tiles:
-                shard_rows, chunk_rows = int(array.shards[0]), int(array.chunks[0])
-                path = shard_file(Path(store) / "tiles", start // shard_rows, array.ndim)
-                crc = write_raw_shard(path, parts, chunk_rows, shard_rows // chunk_rows)
-            else:
-                array[start:stop] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    if crc is None:  # written by zarr: read back (one shard, still in the page cache)
-        tiles = group["tiles"]
-        crc = file_crc32c(shard_file(Path(store) / "tiles", start // int(tiles.shards[0]), tiles.ndim))
-    kill_point("shard")
-    return crc
-
-
-def _raw_shards(array: zarr.Array) -> bool:
-    """Uncompressed single-byte tiles in the layout :func:`.shards.write_raw_shard` writes (no byte order)."""
-    decoder = ShardDecoder(array)
-    return decoder.supported and decoder.decoder is None and array.dtype.itemsize == 1
-
-
-def _segments(staged: list[Staged | None]) -> tuple[list[Segment], list[np.ndarray]]:
-    """The done sources' rows as runs of consecutive pack rows in store order, and each tile's source row."""
-    segments: list[Segment] = []
-    rows_of, total = [], 0
-    for row, item in enumerate(staged):
-        if item is None or item.entry["status"] != "done":
-            continue
-        n = int(item.entry["n_tiles"])
-        rows_of.append(np.full(n, row, np.int32))
-        if n and segments and segments[-1][0] == item.pack and segments[-1][2] + segments[-1][4] == item.start:
-            pack, batches, first, offset, count = segments[-1]
-            segments[-1] = (pack, batches, first, offset, count + n)
-        elif n:
-            segments.append((item.pack, item.batches, item.start, total, n))
-        total += n
-    return segments, rows_of
-
-
-def _assemble(
-    group: zarr.Group,
-    out: Path,
-    spec: StoreSpec,
-    staged: list[Staged | None],
-    workers: int,
-    scheduler: str | None,
-    processes: bool,
-) -> int:
-    import dask
-
-    segments, rows_of = _segments(staged)
-    total = sum(len(r) for r in rows_of)
-    layout = choose_layout(spec.tile_shape, spec.dtype, spec.codec)
-    create_arrays(group, spec, total, layout)
-    keys = ["tiles", *[f"companions/{name}" for name in spec.companions]]
-    rows = int(group["tiles"].shards[0])
-    raw = _raw_shards(group["tiles"])
-    copies = []
-    for s in range(0, total, rows):
-        stop = min(s + rows, total)
-        mine = [g for g in segments if g[3] < stop and g[3] + g[4] > s]  # only what this shard needs travels
-        copies.append(dask.delayed(_copy_rows)(mine, s, stop, out, keys, raw))
-    crcs = _run_tasks(copies, workers, scheduler, processes) if copies else []
-    for name in INDEX_COLUMNS:  # a few bytes per tile: assembled in memory, written once
-        # index/source: the row in today's source list, whatever the list was when the pack was made
-        parts = rows_of if name == "source" else _segment_rows(segments, f"index/{name}", 0, total)
-        if parts and total:
-            group[f"index/{name}"][:] = np.concatenate(parts)
-    if crcs:
-        group[CHECKSUMS][:] = np.asarray(crcs, np.uint32)
-    return total
-
-
 def ingest(
     sources: Sequence[str | Path],
     out: str | Path,
@@ -446,12 +344,12 @@ def _ingest_locked(
     sources_per_pack: int | None,
 ) -> IngestSummary:
     start = time.perf_counter()
-    options, own = reader_options(reader, names, out)
+    options, own = reader_options(reader, names, out, keys)
     inputs = inputs_record(reader_name, reader_version, options)
     shared = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     per_source = [f"{shared}:{digest}" for digest in own]  # a staged source is kept only under the same options
     reader_ids = [[reader_name, reader_version, digest] for digest in per_source]
-    group = _open_or_create(out, spec, names, overwrite, inputs, per_source)
+    group = _open_or_create(out, spec, names, overwrite, inputs, per_source, keys)
     summary = IngestSummary(out)
     staging = out / STAGING
     if group.attrs.get("status") == "complete":
@@ -481,6 +379,7 @@ def _ingest_locked(
                     spec.to_attrs(),
                     reader,
                     [reader_ids[r] for r in rows],
+                    [keys[r] for r in rows],
                 )
             )
         run = lambda: _run_tasks(tasks, workers, scheduler, processes)  # noqa: E731

@@ -78,13 +78,16 @@ def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
     into[prefix] = value
 
 
-def reader_options(reader: Any, sources: Sequence[str | Path], out: Path) -> tuple[dict[str, str], list[str]]:
+def reader_options(
+    reader: Any, sources: Sequence[str | Path], out: Path, resolved: Sequence[str] | None = None
+) -> tuple[dict[str, str], list[str]]:
     """``(options, per_source)``: the reader's options (name -> short JSON or digest) and one digest per source.
 
     ``per_source[i]`` covers the entries of source-keyed dictionaries for ``sources[i]`` (empty options
-    give the same digest for every source).
+    give the same digest for every source). ``resolved``: the sources' resolved paths, when known.
     """
-    keys = {str(s) for s in sources} | {str(Path(s).resolve()) for s in sources}
+    resolved = list(resolved) if resolved is not None else [str(Path(s).resolve()) for s in sources]
+    keys = {str(s) for s in sources} | set(resolved)
     func, args, keywords = reader, (), {}
     if isinstance(reader, functools.partial):
         func, args, keywords = reader.func, reader.args, dict(reader.keywords)
@@ -98,10 +101,10 @@ def reader_options(reader: Any, sources: Sequence[str | Path], out: Path) -> tup
         _flatten(name, _canonical(value, out), flat)
     options = {name: _short(value) for name, value in flat.items()}
     per_source = []
-    for source in sources:
+    for source, path in zip(sources, resolved, strict=True):
         own = {}
         for name, mapping in per_source_maps.items():
-            entry = mapping.get(str(source), mapping.get(str(Path(source).resolve())))
+            entry = mapping[str(source)] if str(source) in mapping else mapping.get(path)
             own[name] = _canonical(entry, out)
         per_source.append(hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:16])
     return options, per_source

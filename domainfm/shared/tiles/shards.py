@@ -268,26 +268,31 @@ def write_raw_shard(path: Path, parts: list[np.ndarray], rows_per_chunk: int, ch
         raise ValueError(f"no rows to write into shard {path}")
     row_bytes = parts[0][:1].nbytes
     rows = sum(len(part) for part in parts)
-    chunk_bytes = rows_per_chunk * row_bytes
-    stored = -(-rows // rows_per_chunk)
-    index = np.full((chunks_per_shard, 2), EMPTY, "<u8")
-    index[:stored, 0] = np.arange(stored, dtype=np.uint64) * chunk_bytes
-    index[:stored, 1] = chunk_bytes
-    padding = stored * rows_per_chunk - rows
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)  # never written through: it may be a link to a staged file (ingest assembly)
     crc = 0
     with open(partial, "wb") as handle:
         for part in parts:
             flat = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
             crc = _crc32c.crc32c(flat, crc)
             handle.write(memoryview(flat))
-        tail = bytes(padding * row_bytes) + index.tobytes()
-        tail += np.uint32(_crc32c.crc32c(index.tobytes())).tobytes()
+        tail = raw_shard_tail(rows, row_bytes, rows_per_chunk, chunks_per_shard)
         handle.write(tail)
         crc = _crc32c.crc32c(tail, crc)
     partial.replace(path)
     return int(crc)
+
+
+def raw_shard_tail(rows: int, row_bytes: int, rows_per_chunk: int, chunks_per_shard: int) -> bytes:
+    """What follows ``rows`` rows in an uncompressed shard file: zero padding of the last chunk, the index, its CRC."""
+    chunk_bytes = rows_per_chunk * row_bytes
+    stored = -(-rows // rows_per_chunk)
+    index = np.full((chunks_per_shard, 2), EMPTY, "<u8")
+    index[:stored, 0] = np.arange(stored, dtype=np.uint64) * chunk_bytes
+    index[:stored, 1] = chunk_bytes
+    padding = stored * rows_per_chunk - rows
+    return bytes(padding * row_bytes) + index.tobytes() + np.uint32(_crc32c.crc32c(index.tobytes())).tobytes()
 
 
 _local = threading.local()

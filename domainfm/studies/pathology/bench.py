@@ -8,10 +8,13 @@ On a generated phantom Aperio SVS of ``size`` x ``size`` pixels (JPEG tiles, pyr
 (b) ``naive_png``: what CLAM-style scripts do: one ``read_region`` per tile, converted to RGB and saved as
     a PNG file, in a plain loop (measured on the first ``naive_tiles`` tiles);
 (c) ``read_limit``: the fastest plain read a user could write: ``threads`` threads, one
-    ``openslide.OpenSlide`` handle per thread, alternate tiles (thread k reads tiles k, k + threads, ...),
-    ``numpy.asarray(slide.read_region(...))`` of the RGBA image and nothing else (no compositing on white,
-    no channel-first copy, nothing kept): ``ratio_vs_read_limit`` = (a) / (c). Everything the tiler does
-    beyond decoding (alpha, layout, statistics, staging, assembly, tissue detection) counts against it.
+    ``openslide.OpenSlide`` handle per thread, ``numpy.asarray(slide.read_region(...))`` of the RGBA image
+    and nothing else (no compositing on white, no channel-first copy, nothing kept), in the faster of two
+    orders, measured each round: ``read_alternate`` (thread k reads tiles k, k + threads, ...) and
+    ``read_halves`` (thread k reads the k-th run of consecutive tiles: each handle's tile cache serves its
+    neighbours, about 18 % less CPU than alternating on this slide): ``ratio_vs_read_limit`` = (a) / (c).
+    Everything the tiler does beyond decoding (alpha, layout, statistics, staging, assembly, tissue
+    detection) counts against it.
 
 (a) and (c) run in interleaved rounds, each tiler round into a new store (the previous round's is deleted
 before the clock starts); medians of the rates and of the per-round ratios are reported.
@@ -41,18 +44,28 @@ from domainfm.shared.config import PositiveInt
 from domainfm.shared.engine.memory import peak_memory_mb
 
 
-def plain_read_limit(slide_path: Path, coords: np.ndarray, level: int, size: int, threads: int) -> float:
-    """Tiles/s of the plain read: one handle per thread, alternate tiles, ``numpy.asarray`` of the RGBA image."""
+def plain_read_limit(
+    slide_path: Path, coords: np.ndarray, level: int, size: int, threads: int, order: str = "alternate"
+) -> float:
+    """Tiles/s of the plain read: one handle per thread, ``numpy.asarray`` of the RGBA image.
+
+    ``order``: ``alternate`` (thread k reads tiles k, k + threads, ...) or ``halves`` (thread k reads the
+    k-th run of consecutive tiles, ``numpy.array_split``).
+    """
     import openslide
+
+    parts = [coords[k::threads] for k in range(threads)]
+    if order == "halves":
+        parts = np.array_split(coords, threads)
 
     def read(part: int) -> int:
         slide = openslide.OpenSlide(str(slide_path))
         try:
-            for x, y in coords[part::threads]:
+            for x, y in parts[part]:
                 np.asarray(slide.read_region((int(x), int(y)), level, (size, size)))
         finally:
             slide.close()
-        return len(coords[part::threads])
+        return len(parts[part])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(threads, thread_name_prefix="plain-read") as pool:
@@ -110,8 +123,11 @@ def run_tiling_benchmark(
     region = max(1, round(side / plan.info.level_downsamples[level]))
     results.update(tiles=len(coords), threads=threads, rounds=rounds)
     measured: dict[str, list[float]] = {"tiler": [], "read_limit": [], "rgb_read": [], "native_read": []}
+    measured.update(read_alternate=[], read_halves=[])
     for _ in range(rounds):  # interleaved, so drift on a noisy machine hits every variant alike
-        measured["read_limit"].append(plain_read_limit(slide.path, coords, level, region, threads))
+        for order in ("alternate", "halves"):
+            measured[f"read_{order}"].append(plain_read_limit(slide.path, coords, level, region, threads, order))
+        measured["read_limit"].append(max(measured["read_alternate"][-1], measured["read_halves"][-1]))
         measured["rgb_read"].append(_tiler_read(slide.path, plan, params))
         shutil.rmtree(folder / "tiles.zarr", ignore_errors=True)  # the last round's store: not the tiler's work
         start = time.perf_counter()

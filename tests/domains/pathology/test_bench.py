@@ -10,7 +10,9 @@ from domainfm.cli import main
 
 # seconds per tile of each timed pass, per round; the medians of the rates and the median of the per-round
 # ratios differ from the ratio of the medians and from means, so a wrong summary gives other numbers
-READ_LIMIT = [0.010, 0.001, 0.020]  # rates 100, 1000, 50: median 100
+# the plain read's two orders per round (alternate, halves): alternate 100, 500, 50; halves 50, 1000, 40;
+# the read limit is the faster of each round's two: 100, 1000, 50, median 100
+READ_PLAIN = [0.010, 0.020, 0.002, 0.001, 0.020, 0.025]
 RGB_READ = [0.005, 0.005, 0.001]  # rates 200, 200, 1000: median 200
 NATIVE_READ = [0.004, 0.004, 0.002]  # rates 250, 250, 500: median 250
 TILER = [0.020, 0.004, 0.100]  # rates 50, 250, 10: median 50; tiler / read limit 0.5, 0.25, 0.2: median 0.25
@@ -73,7 +75,7 @@ def test_bench_tiling_reports_the_timed_rates_and_ratios(
     def read_region(slide, *args, **kwargs):
         if threading.current_thread().name.startswith("plain-read"):  # the plain read limit's threads only
             with lock:
-                clock.now += READ_LIMIT[state["plain"] - 1]
+                clock.now += READ_PLAIN[state["plain"] - 1]
                 state["plain_tiles"] += 1
         return real_read_region(slide, *args, **kwargs)
 
@@ -91,15 +93,17 @@ def test_bench_tiling_reports_the_timed_rates_and_ratios(
     assert main([*args, "--workdir", str(work)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["tiles"] > 20 and result["rounds"] == 3
-    assert state["plain_tiles"] == 3 * result["tiles"]  # every tile read by the plain loop, in each round
+    assert state["plain_tiles"] == 6 * result["tiles"]  # every tile read by the plain loop, in each order and round
     assert {k: state[k] for k in ("plain", "public", "native", "tiler", "naive")} == {
-        "plain": 3,
+        "plain": 6,
         "public": 3,
         "native": 3,
         "tiler": 3,
         "naive": 20,
     }
     assert result["read_limit_rounds"] == pytest.approx([100.0, 1000.0, 50.0])
+    assert result["read_alternate_rounds"] == pytest.approx([100.0, 500.0, 50.0])
+    assert result["read_halves_rounds"] == pytest.approx([50.0, 1000.0, 40.0])
     assert result["rgb_read_rounds"] == pytest.approx([200.0, 200.0, 1000.0])
     assert result["rgb_read_tiles_per_s"] == pytest.approx(200.0)
     assert result["native_read_rounds"] == pytest.approx([250.0, 250.0, 500.0])
