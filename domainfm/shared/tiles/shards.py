@@ -136,10 +136,9 @@ class ShardDecoder:
         With ``expected_crc`` the CRC-32C of the whole file is computed on the way, in file order, and
         checked after the last chunk: a mismatch raises :class:`ShardCorruptError` before this returns,
         so a caller never hands on what it copied from a changed file. An uncompressed chunk is checked
-        row by row, each row just before it is copied, so the copy reads it from the cache the checksum
-        has just filled rather than from memory a second time: a plain copy is memory-bound, and a
-        checksum pass over a whole chunk first, then the copy, read the chunk twice (measured with
-        ``domainfm bench stream``: see ``checksum_cost_ratio`` in docs/benchmarks.md).
+        row by row, each row just after it is copied: the copy brings the row from memory (the page cache)
+        and the checksum then reads it from the core's cache, so memory is read once, as without checks
+        (the cost measured with ``domainfm bench stream`` is in docs/reliability.md).
         """
         data, index = self._open(path)
         wanted: dict[int, list[int]] = {}
@@ -181,17 +180,17 @@ def _copy_chunk_rows(
 ) -> None:
     """Copies the wanted rows of one chunk, whose rows are ``first_row`` on.
 
-    With ``check``, every row of the chunk is added to the checksum, in order, just before it is copied.
+    With ``check``, every row of the chunk is added to the checksum, in order, just after it is copied.
     """
     for r in range(len(chunk)):
         positions = wanted.get(first_row + r)
         if check is None and positions is None:
             continue
         source = chunk[r]
-        if check is not None:
-            check.add(source)
         for position in positions or ():
             targets[position][...] = source
+        if check is not None:
+            check.add(source)  # the row the copy has just brought into the cache
 
 
 class FileCheck:
