@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from domainfm.shared.deploy.card import Deployable, ModelCard, predict_array
-from domainfm.shared.deploy.inputs import InputError
+from domainfm.shared.deploy.inputs import InputError, check_finite, check_shape
 from domainfm.shared.model.transform import SLIDING_WINDOW
 
 MEMORY_BUDGET = 1 << 30  # bytes of float32 bands and outputs held at once before an input goes strip by strip
@@ -66,11 +66,7 @@ def _npy(path: Path, card: ModelCard) -> np.ndarray:
         raise InputError(f"{path}: cannot be read as a NumPy array [C, H, W] ({error})") from error
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3 or array.shape[0] != card.in_channels:
-        raise InputError(
-            f"{path} holds an array of shape {list(array.shape)}; {card.kind} takes [{card.in_channels}, H, W] "
-            f"({', '.join(card.channel_names)})"
-        )
+    check_shape(path, array, card)
     return array
 
 
@@ -86,8 +82,7 @@ def read_region(path: Path, card: ModelCard, rows: tuple[int, int], cols: tuple[
     suffix = path.suffix.lower()
     if suffix == ".npy":
         region = np.asarray(_npy(path, card)[:, rows[0] : rows[1], cols[0] : cols[1]], dtype=np.float32)
-        if not np.isfinite(region).all():
-            raise InputError(f"{path} holds NaN or infinite values: fill them (e.g. with 0) and keep a validity mask")
+        check_finite(path, region)
         return region
     if suffix in (".tif", ".tiff"):
         return read_raster_input(path, card, (rows, cols))

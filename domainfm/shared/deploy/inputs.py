@@ -68,14 +68,24 @@ def read_array(path: str | Path, card: ModelCard) -> np.ndarray:
         array = _raster(path)
     else:
         raise InputError(f"{path}: unknown input type {suffix!r}; give .png/.jpg/.tif, .dcm or .npy [C, H, W]")
+    check_shape(path, array, card)
+    check_finite(path, array)
+    return array
+
+
+def check_shape(path: Path, array: np.ndarray, card: ModelCard) -> None:
+    """Refuses an input array that is not ``[C, H, W]`` with the card's channel count, naming the file."""
     if array.ndim != 3 or array.shape[0] != card.in_channels:
         raise InputError(
             f"{path} holds an array of shape {list(array.shape)}; {card.kind} takes [{card.in_channels}, H, W] "
             f"({', '.join(card.channel_names)})"
         )
+
+
+def check_finite(path: Path, array: np.ndarray) -> None:
+    """Refuses an input array holding NaN or infinite values, naming the file."""
     if not np.isfinite(array).all():
         raise InputError(f"{path} holds NaN or infinite values: fill them (e.g. with 0) and keep a validity mask")
-    return array
 
 
 def read_input(path: str | Path, card: ModelCard) -> torch.Tensor:
