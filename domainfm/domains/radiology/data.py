@@ -205,8 +205,6 @@ def ingest_studies(
     ``reports`` may be ``None`` when ``labels`` are given (a store for probes and fine-tuning); ``splits`` is a
     CSV of ``patient|study|image,split`` rows. An empty split is warned about, not refused.
     """
-    import zarr
-
     from domainfm.shared.tiles.ingest import ingest
 
     if reports is None and labels is None:
@@ -235,18 +233,19 @@ def ingest_studies(
     reader = partial(read_study, studies=studies, size=size)
     sources = [image for image, _ in pairing.pairs]
     spec = radiology_spec(size, table.names if table else [], reports is not None)
-    summary = ingest(
-        sources, out, spec, reader, "radiology.images_reports", READER_VERSION,
-        workers, scheduler, processes, overwrite, progress,
-    )  # fmt: skip
-    if summary.ok:
-        attrs = zarr.open_group(out, mode="a").attrs
-        attrs["unpaired"] = {
+    recorded = {
+        "unpaired": {
             "images_without_report": [str(p) for p in pairing.images_without_report],
             "reports_without_image": pairing.reports_without_image,
             "images_without_labels": [str(p) for p in pairing.images_without_labels],
-        }
-        attrs["groups"] = {"kinds": dict(kinds), "splits_csv": str(splits) if splits else None}
+        },
+        "groups": {"kinds": dict(kinds), "splits_csv": str(splits) if splits else None},
+    }
+    summary = ingest(
+        sources, out, spec, reader, "radiology.images_reports", READER_VERSION,
+        workers, scheduler, processes, overwrite, progress, attrs=recorded,
+    )  # fmt: skip
+    if summary.ok:
         counts = Counter(s.split for s in studies.values())
         warning = empty_split_warning(Path(out), {name: counts[i] for name, i in SPLITS.items()})
         if warning:

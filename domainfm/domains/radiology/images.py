@@ -169,19 +169,22 @@ def display_transform(size: int, mean: float = 0.0, std: float = 1.0) -> InputTr
 
 # raw_radiograph(value / 255) for every 8-bit value: the same float64 division and float32 product per value
 RAW_8BIT = raw_radiograph(np.arange(256) / 255.0)
+# Every 8-bit value comes back exactly (float64 v / 255 times float32 255 rounds to v), so an 8-bit picture's raw
+# values are its values as float32: a conversion instead of a table lookup (checked here, not assumed).
+_RAW_8BIT_IS_IDENTITY = bool(np.array_equal(RAW_8BIT, np.arange(256, dtype=np.float32)))
 
 
 def read_raw(path: Path) -> np.ndarray:
     """``raw_radiograph(read_radiograph(path))``: float32 ``[H, W]`` raw values in 0..255.
 
-    An 8-bit picture goes through :data:`RAW_8BIT`, one table lookup per pixel instead of a float64
-    division, a float32 copy and a product: the same arithmetic per value, so the same values bit for bit.
+    An 8-bit picture takes :data:`RAW_8BIT`'s values (the same arithmetic per value, so the same values bit
+    for bit): as a float32 conversion where the table is the identity, as it is, else one lookup per pixel.
     """
     path = Path(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
         array = _read_raster_array(path)
         if array.dtype == np.uint8:
-            return RAW_8BIT[array]
+            return array.astype(np.float32) if _RAW_8BIT_IS_IDENTITY else RAW_8BIT[array]
         return raw_radiograph(percentile_scale(array.astype(np.float64)))
     return raw_radiograph(read_dicom(path))
 

@@ -290,8 +290,6 @@ def ingest_pairs(
     Files that are not 2-D pictures are skipped and listed (``pairing.skipped``); when nothing else is
     there, the error names them instead of "no mask". ``splits`` is a CSV of case (or stem) -> split.
     """
-    import zarr
-
     from domainfm.shared.tiles.ingest import ingest
     from domainfm.shared.tiles.splits import read_splits_csv
 
@@ -342,12 +340,13 @@ def ingest_pairs(
         processes,
         overwrite,
         progress,
+        attrs={
+            "unpaired": {
+                "images_without_mask": [str(p) for p in pairing.images_without_mask],
+                "masks_without_image": [str(p) for p in pairing.masks_without_image],
+            }
+        },
     )
-    if summary.ok:
-        zarr.open_group(out, mode="a").attrs["unpaired"] = {
-            "images_without_mask": [str(p) for p in pairing.images_without_mask],
-            "masks_without_image": [str(p) for p in pairing.masks_without_image],
-        }
     return summary, pairing
 
 

@@ -184,6 +184,8 @@ def apply_geometry(images: torch.Tensor, size: list[int], geometry: str, fill: f
         if (height, width) == (side, side):
             return images
         top, left, new_h, new_w = letterbox_box(height, width, side)
+        if (new_h, new_w) == (side, side):  # a square picture fills the grid: no border to paste into
+            return _bilinear(images, (side, side))
         canvas = images.new_full((*images.shape[:2], side, side), float(fill))
         canvas[..., top : top + new_h, left : left + new_w] = _bilinear(images, (new_h, new_w))
         return canvas
@@ -198,9 +200,14 @@ def transform_array(array: np.ndarray, transform: InputTransform) -> np.ndarray:
     """
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     tensor = tensor[None, None] if tensor.ndim == 2 else tensor[None]
-    out = apply_geometry(tensor, transform.size, transform.geometry, transform.fill)
-    out = _quantise(out, transform.quantise)[0].numpy()
-    return out.astype(np.uint8) if transform.quantise == "uint8" else out
+    with torch.no_grad():
+        out = apply_geometry(tensor, transform.size, transform.geometry, transform.fill)
+        if transform.quantise is not None:  # _quantise's values, without its straight-through gradient
+            low, high = QUANTISE_RANGES[transform.quantise]
+            out = torch.round(out).clamp_(low, high)
+        if transform.quantise == "uint8":
+            return out[0].to(torch.uint8).numpy()
+        return out[0].numpy()
 
 
 def _quantise(images: torch.Tensor, quantise: str | None) -> torch.Tensor:

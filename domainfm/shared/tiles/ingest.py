@@ -285,6 +285,7 @@ def ingest(
     overwrite: bool = False,
     progress: bool = True,
     sources_per_pack: int | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> IngestSummary:
     """Ingests ``sources`` into the store at ``out`` (see the module docstring for the guarantees).
 
@@ -303,6 +304,9 @@ def ingest(
         sources_per_pack: Sources staged together in one pack (:mod:`.packs`); by default up to 512 small
             files, a large file alone. ``1`` stages each source on its own and flushes it at once (as
             ingest did before packs; ``domainfm bench ingest`` measures the difference).
+        attrs: More group attributes the domain records (e.g. what was left unpaired), written with the
+            store's final attributes in the same metadata write (once the store is complete, only when they
+            differ from what it holds).
     """
     out = Path(out)
     names = [str(s) for s in sources]
@@ -313,7 +317,7 @@ def ingest(
     with lock_output(out, "tile store"):  # one writer per store: a second ingest into `out` fails at once
         return _ingest_locked(
             out, names, [str(r) for r in resolved], spec, reader, reader_name, reader_version, workers, scheduler,
-            processes, overwrite, progress, sources_per_pack,
+            processes, overwrite, progress, sources_per_pack, attrs or {},
         )  # fmt: skip
 
 
@@ -342,6 +346,7 @@ def _ingest_locked(
     overwrite: bool,
     progress: bool,
     sources_per_pack: int | None,
+    attrs: dict[str, Any],
 ) -> IngestSummary:
     start = time.perf_counter()
     options, own = reader_options(reader, names, out, keys)
@@ -354,6 +359,8 @@ def _ingest_locked(
     staging = out / STAGING
     if group.attrs.get("status") == "complete":
         shutil.rmtree(staging, ignore_errors=True)
+        if any(group.attrs.get(key) != json.loads(json.dumps(value)) for key, value in attrs.items()):
+            group.attrs.update(attrs)
         summary.skipped, summary.n_tiles = names, int(group["tiles"].shape[0])
         summary.seconds = time.perf_counter() - start
         return summary
@@ -417,6 +424,7 @@ def _ingest_locked(
     kill_point("attrs")
     group.attrs.update(
         {
+            **attrs,
             "sources": table,
             "stats": stats.to_dict(),
             "n_tiles": summary.n_tiles,
