@@ -62,6 +62,21 @@ def test_store_tile_equals_what_the_module_makes_of_the_same_raw_input():
     torch.testing.assert_close(module(torch.from_numpy(raw)[None]), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(1, 30, 21), (1, 37, 37), (3, 20, 20)])
+def test_store_tile_equals_the_module_on_grid_for_every_shape_and_out_of_range_values(shape):
+    # Square pictures skip the letterbox canvas and ingest quantises without the straight-through graph:
+    # neither may change a value, including values the clamp cuts off.
+    raw = np.random.default_rng(2).uniform(0, 255, shape).astype(np.float32)
+    raw[:, : shape[1] // 3] = -60.0  # bands far outside 0..255, wide enough to survive the antialiasing
+    raw[:, -(shape[1] // 3) :] = 320.0
+    record = _record(channels=["r", "g", "b"][: shape[0]], size=[16, 16], mean=[0.0] * shape[0], std=[1.0] * shape[0])
+    stored = transform_array(raw, record)
+    assert stored.dtype == np.uint8 and stored.shape == (shape[0], 16, 16)
+    assert stored.min() == 0 and stored.max() == 255  # the clamp was exercised
+    on_grid = record.module().geometry(torch.from_numpy(raw)[None])
+    assert torch.equal(on_grid[0], torch.from_numpy(stored).float())
+
+
 def test_quantisation_rounds_the_value_and_passes_the_gradient():
     record = _record()
     raw = (torch.rand(1, 1, 20, 10, generator=torch.Generator().manual_seed(0)) * 255).requires_grad_(True)
