@@ -215,11 +215,12 @@ def _coarsest_exact_level(downsamples: tuple[float, ...], final: float, level: i
     return level, factor
 
 
-def read_thumbnail(slide: Any, downsample: float, chunk: int = 2048) -> tuple[np.ndarray, float]:
+def read_thumbnail(slide: Any, downsample: float, chunk: int = 1024) -> tuple[np.ndarray, float]:
     """The slide at about ``downsample`` as ``[h, w, 3]`` uint8, and the exact downsample used.
 
     Reads the best pyramid level in ``chunk``-sized windows and reduces each by an integer factor, so a
-    slide without a pyramid costs memory for one window and the thumbnail, never for the whole level.
+    slide without a pyramid costs memory for one window and the thumbnail, never for the whole level
+    (1,024 px windows: a few MB each beside the thumbnail, which is at most 8,192 px a side).
     """
     from PIL import Image
 
@@ -237,8 +238,8 @@ def read_thumbnail(slide: Any, downsample: float, chunk: int = 2048) -> tuple[np
         for x in range(0, out_w * factor, chunk):
             w, h = min(chunk, out_w * factor - x), min(chunk, out_h * factor - y)
             origin = (round(x * level_ds), round(y * level_ds))
-            region = Image.fromarray(np.ascontiguousarray(bgra_to_rgb(read_bgra(slide, *origin, level, w, h))))
-            if factor > 1:
-                region = region.reduce(factor)
-            thumbnail[y // factor : y // factor + region.height, x // factor : x // factor + region.width] = region
+            rgb = bgra_to_rgb(read_bgra(slide, *origin, level, w, h))
+            if factor > 1:  # Pillow's box reduction; a level read at its own size is copied as it is
+                rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor))
+            thumbnail[y // factor : y // factor + rgb.shape[0], x // factor : x // factor + rgb.shape[1]] = rgb
     return thumbnail, level_ds * factor
