@@ -53,6 +53,7 @@ import torch
 
 from domainfm.shared.config import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 from domainfm.shared.deploy.card import Deployable, predict_array
+from domainfm.shared.engine.memory import release_heap
 from domainfm.shared.predict import InputFile, Outputs
 
 if TYPE_CHECKING:
@@ -79,20 +80,6 @@ def _class_columns(names: list[str], counts: np.ndarray, means: np.ndarray | Non
     for k, name in enumerate(names):
         row[f"mean_P({name})"] = None if means is None else round(float(means[k]), 6)
     return row
-
-
-def release_heap() -> None:
-    """Returns the heap a batch's forward pass freed to the system (glibc ``malloc_trim``; elsewhere nothing).
-
-    A forward pass frees tens of MB of activations that glibc may keep for the process, so the next batch's
-    peak sits on top of them: trimming after each batch lowered the peak RSS of ``predict`` on a 10000-px
-    phantom from 1038 to 1009 MB (``domainfm bench predict-memory``, batch 64); on larger slides the peak
-    is elsewhere and the gain small.
-    """
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def predict_tiles(deployable: Deployable, tiles: np.ndarray, device: torch.device) -> np.ndarray:

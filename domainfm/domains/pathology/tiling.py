@@ -50,6 +50,7 @@ from domainfm.domains.pathology.slides import (
     slide_info,
 )
 from domainfm.domains.pathology.tissue import TissueParams, tissue_fractions, tissue_mask, write_qc_png
+from domainfm.shared.engine.memory import release_heap
 from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.ingest import QC_FOLDER, IngestSummary
 from domainfm.shared.tiles.schema import Companion, StoreSpec, TileBatch
@@ -294,6 +295,7 @@ def read_slide_tiles(path: Path, params: TilingParams, qc_dir: Path | None = Non
         plan = plan_slide(slide, path, params)
     finally:
         slide.close()
+    release_heap()  # the thumbnail's reading and the tissue mask freed mask-sized arrays: not under the tiles' peak
     meta = {**plan.info.to_meta(), "tiles_per_mpp": {str(m): len(g[0]) for m, g in plan.grids.items()}}
     meta["upsampled_mpps"] = [m for m in params.mpps if m < plan.info.mpp * (1 - 1e-3)]
     yield TileBatch(np.zeros((0, 3, params.tile_px, params.tile_px), np.uint8), source_meta=meta)
