@@ -2,8 +2,9 @@
 
 Integrity: the index, companion and checksum arrays carry zarr's ``crc32c`` codec (each chunk is checked
 whenever it is decoded); every tile shard file's CRC-32C is recorded by position in ``checksums/tiles``
-(so a changed, damaged or swapped shard file is detected), checked by ``tiles verify`` and by every read
-of a shard the first time this process reads that file (``verify_reads``). Opening a finished store checks
+(so a changed, damaged or swapped shard file is detected), checked by ``tiles verify`` and by the first
+read of each shard file (``verify_reads``; remembered across processes by the file's identity,
+:mod:`.stamps`). Opening a finished store checks
 cheaply that its arrays, index, sources table and shard files agree, and refuses, naming the problem,
 when they do not.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+import time
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +28,7 @@ from domainfm.shared.errors import DomainfmError
 from domainfm.shared.tiles.layout import TileLayout, compressors_for
 from domainfm.shared.tiles.schema import INDEX_COLUMNS, INDEX_DEFAULTS, SCHEMA_VERSION, TEXT, StoreSpec
 from domainfm.shared.tiles.shards import ShardCorruptError, ShardDecoder, shard_file
+from domainfm.shared.tiles.stamps import VerificationStamps
 
 INDEX_CHUNK = 65536
 # Every chunk is written, even all-zero ones, so a missing chunk is always corruption (zarr would read it as
@@ -138,8 +141,9 @@ class TileStore:
             (cheap: metadata, the ``index/source`` column and a ``stat`` per shard); ``tiles verify``
             turns it off to list every problem instead of the first.
         verify_reads: ``once`` (default): check each shard file against its recorded CRC-32C the first
-            time this process reads it (again if the file's size, mtime or inode change); ``always``:
-            on every read; ``off``: never (``tiles verify`` still checks everything).
+            time it is read, by this process or any other (stamps in the store, :mod:`.stamps`; again as
+            soon as the file's inode, size, modification or change time differ); ``always``: on every
+            read; ``off``: never (``tiles verify`` still checks everything).
     """
 
     def __init__(
@@ -338,21 +342,39 @@ class TileStore:
         return ShardDecoder(self.tiles)
 
     def _expected_crc(self, shard: int, path: Path, force: bool = False) -> tuple[int | None, tuple | None]:
-        """``(crc, key)`` to check ``path`` against, or ``(None, None)`` when it needs no check now."""
+        """``(crc, key)`` to check ``path`` against, or ``(None, None)`` when it needs no check now.
+
+        With ``verify_reads="once"`` a file needs no check when this process, or any process through the
+        store's verification stamps (:mod:`.stamps`), checked it in full and its ``stat`` is unchanged since.
+        """
         checksums = self.shard_checksums
         if checksums is None or (self.verify_reads == "off" and not force):
             return None, None
+        started = time.time_ns()
         stat = os.stat(path)
-        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, int(checksums[shard]))
-        if self.verify_reads == "once" and not force and key in _verified:
-            return None, None
-        return int(checksums[shard]), key
+        crc = int(checksums[shard])
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, crc)
+        if self.verify_reads == "once" and not force:
+            if key in _verified:
+                return None, None
+            if self._stamps.holds(path, stat, crc):
+                with _verified_lock:
+                    _verified.add(key)
+                return None, None
+        return crc, (*key, stat, started)
 
-    @staticmethod
-    def _mark_verified(key: tuple | None) -> None:
-        if key is not None:
-            with _verified_lock:
-                _verified.add(key)
+    @cached_property
+    def _stamps(self) -> VerificationStamps:
+        return VerificationStamps(self.path)
+
+    def _mark_verified(self, key: tuple | None) -> None:
+        """Records a passed full check of the file in ``key`` (:meth:`_expected_crc`), here and in the store."""
+        if key is None:
+            return
+        with _verified_lock:
+            _verified.add(key[:5])
+        path, crc, stat, started = key[0], key[4], key[5], key[6]
+        self._stamps.record(Path(path), stat, crc, started)
 
     def check_shard(self, shard: int) -> None:
         """Checks one shard file in full against its recorded CRC-32C (no-op for a store without them)."""
