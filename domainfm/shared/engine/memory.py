@@ -19,8 +19,8 @@ def release_heap() -> None:
     """Returns the heap this process freed to the system (glibc ``malloc_trim``; elsewhere nothing).
 
     glibc keeps freed memory for the process, so a later peak sits on top of what an earlier step freed:
-    trimming after a step that frees tens of MB keeps the next step's peak down (pathology ``predict``
-    after each batch's forward pass; the tiler after its thumbnail and tissue mask, which held 90 MB of a
+    trimming after a step that frees tens of MB keeps the next step's peak down (after each batch's forward
+    pass of a whole-slide prediction; after a slide's thumbnail and tissue mask, which held 90 MB of a
     40k-px slide before its tiles were read).
     """
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
