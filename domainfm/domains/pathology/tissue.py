@@ -101,16 +101,14 @@ def _histogram_uint8(values: np.ndarray, rows: int = 512) -> tuple[np.ndarray, n
     ``threshold_otsu(hist=...)``: the same threshold, without the int64 copy of the whole image that
     scikit-image's own histogram makes (50 MB at a 40k-px slide's 2,500-px thumbnail).
     """
-    counts = np.zeros(256, np.int64)
-    for start in range(0, values.shape[0], rows):
-        counts += np.bincount(values[start : start + rows].ravel(), minlength=256)
+    counts = component_sizes(values, 255, rows)  # occurrences of each value 0..255
     present = np.flatnonzero(counts)
     low, high = int(present[0]), int(present[-1])
     return counts[low : high + 1], np.arange(low, high + 1)
 
 
 def component_sizes(labels: np.ndarray, count: int, rows: int = 512) -> np.ndarray:
-    """Pixels per label ``0..count`` of an int32 label image, ``rows`` rows at a time.
+    """Pixels per label (or value) ``0..count`` of an integer image, ``rows`` rows at a time.
 
     ``np.bincount`` of the whole image first converts it to int64: on a 40k-px slide's 2,500-px mask that
     copy (50 MB) was the tiler's largest memory cost that grows with the slide.
